@@ -5,12 +5,12 @@
 //! lookup). Transitions are appended to a caller-owned `Vec` that the caller
 //! reuses, so the steady path allocates nothing.
 
-use crate::coord::{Position, Probe};
+use crate::coord::{Envelope, Position, Probe};
 use crate::error::EngineError;
 use crate::id::{CategoryId, DeviceId, RuleId, SubjectHandle, SubjectId, ZoneId};
 use crate::index::GlobalIndex;
 use crate::rule::{RuleKind, RuleSpec, Thresholds};
-use crate::schedule::{ScheduleCursor, ScheduleState};
+use crate::schedule::{Schedule, ScheduleCursor, ScheduleState};
 use crate::track::{Edge, EndCause, Track, Verdict};
 use crate::zone::{Presence, Zone, ZoneKind, ZoneScope, ZoneSpec, classify_signed};
 use jiff::Timestamp;
@@ -134,6 +134,26 @@ struct ZoneRef {
     slot: u32,
     /// The zone's kind when last seen, so a kind change closes the old episode.
     kind: ZoneKind,
+    /// The zone's buffered envelope and whether its schedule is `Always`, valid
+    /// while `epoch` equals the engine's zone epoch. A fix outside the envelope is
+    /// then judged `Outside` without touching the zone (one cache miss saved per
+    /// far zone per fix).
+    env: Envelope,
+    always: bool,
+    epoch: u64,
+}
+
+impl ZoneRef {
+    fn of(zone: &Zone, slot: u32, epoch: u64) -> ZoneRef {
+        ZoneRef {
+            id: zone.id,
+            slot,
+            kind: zone.kind,
+            env: zone.envelope,
+            always: matches!(zone.schedule, Schedule::Always),
+            epoch,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -183,14 +203,22 @@ enum Tracks {
     PerZone(Vec<ZoneTrack>),
 }
 
+/// One rule's state. Hot fields inline; the definition and the historical
+/// tracks (needed only for transitions and late fixes) sit behind boxes.
 struct RuleState {
-    spec: RuleSpec,
+    spec: Box<RuleSpec>,
+    schedule: Schedule,
     target: Target,
     th: Thresholds,
     cursor: ScheduleCursor,
-    hist_cursor: ScheduleCursor,
     live: Tracks,
-    hist: Tracks,
+    hist: Option<Box<Hist>>,
+}
+
+/// Historical tracks of a rule, allocated at its first late fix.
+struct Hist {
+    tracks: Tracks,
+    cursor: ScheduleCursor,
 }
 
 impl RuleState {
@@ -202,12 +230,21 @@ impl RuleState {
     }
 
     fn schedule_state(&mut self, t: i64, historical: bool) -> ScheduleState {
-        let cursor = if historical {
-            &mut self.hist_cursor
-        } else {
-            &mut self.cursor
+        let cursor = match (historical, &mut self.hist) {
+            (true, Some(h)) => &mut h.cursor,
+            _ => &mut self.cursor,
         };
-        self.spec.schedule.state(t, cursor)
+        self.schedule.state(t, cursor)
+    }
+
+    fn hist_mut(&mut self) -> &mut Hist {
+        let target = &self.target;
+        self.hist.get_or_insert_with(|| {
+            Box::new(Hist {
+                tracks: RuleState::fresh_tracks(target),
+                cursor: ScheduleCursor::default(),
+            })
+        })
     }
 }
 
@@ -237,6 +274,7 @@ struct Watched {
 /// Everything one fix's evaluation reads besides the rule itself.
 struct StepCx<'a> {
     subject: SubjectId,
+    zone_epoch: u64,
     t: i64,
     historical: bool,
     probe: &'a Probe,
@@ -254,6 +292,8 @@ pub struct Engine {
     free_subjects: Vec<u32>,
     subject_ids: FxHashMap<SubjectId, SubjectHandle>,
     watched: FxHashMap<DeviceId, Watched>,
+    /// Bumped by every zone change; invalidates the envelopes cached in rules.
+    zone_epoch: u64,
     /// Scratch: global zones near the current fix.
     hits: Vec<(u32, Presence)>,
 }
@@ -379,15 +419,27 @@ fn step_rule(rule: &mut RuleState, zones: &mut ZoneStore, cx: &StepCx<'_>, out: 
         Target::Zone(zref) | Target::Curfew(zref) => {
             let is_curfew = matches!(rule.spec.kind, RuleKind::Curfew(_));
             let seen_kind = zref.kind;
-            let verdict = match zones.resolve(zref) {
-                None => Verdict::Void(EndCause::ZoneRemoved),
-                // The zone changed kind: close the episode under the old kind first.
-                Some(zone) if zone.kind != seen_kind || (is_curfew && zone.kind != ZoneKind::Inclusion) => {
-                    let new_kind = zone.kind;
-                    zref.kind = new_kind;
-                    Verdict::Void(EndCause::ZoneRemoved)
+            let verdict = if !sched.active {
+                Verdict::Void(EndCause::ScheduleEnded)
+            } else if zref.epoch == cx.zone_epoch && zref.always && !zref.env.intersects(&cx.probe.env) {
+                if in_grace(sched.period_start, t, &th) {
+                    Verdict::Neutral
+                } else {
+                    presence_verdict(zref.kind, Presence::Outside, &th)
                 }
-                Some(zone) => zone_verdict(zone, |z| z.presence(cx.probe), sched, t, &th, cx.historical),
+            } else {
+                match zones.resolve(zref) {
+                    None => Verdict::Void(EndCause::ZoneRemoved),
+                    // The zone changed kind: close the episode under the old kind first.
+                    Some(zone) if zone.kind != seen_kind || (is_curfew && zone.kind != ZoneKind::Inclusion) => {
+                        *zref = ZoneRef::of(zone, zref.slot, cx.zone_epoch);
+                        Verdict::Void(EndCause::ZoneRemoved)
+                    }
+                    Some(zone) => {
+                        *zref = ZoneRef::of(zone, zref.slot, cx.zone_epoch);
+                        zone_verdict(zone, |z| z.presence(cx.probe), sched, t, &th, cx.historical)
+                    }
+                }
             };
             let zone_for_edge = ZoneRef { kind: seen_kind, ..*zref };
             step_one(rule, cx, out, verdict, Some(zone_for_edge));
@@ -421,14 +473,20 @@ fn step_one(
     mut verdict: Verdict,
     zone: Option<ZoneRef>,
 ) {
-    let (Tracks::One(live), Tracks::One(hist)) = (&mut rule.live, &mut rule.hist) else {
+    if cx.historical {
+        rule.hist_mut();
+    }
+    let hist = rule.hist.as_deref_mut().map(|h| &mut h.tracks);
+    let (Tracks::One(live), hist) = (&mut rule.live, hist) else {
         return;
     };
-    let track = if cx.historical {
+    let track = if let Some(Tracks::One(hist)) = hist.filter(|_| cx.historical) {
         if live.covers(cx.t) {
             verdict = Verdict::Neutral;
         }
         hist
+    } else if cx.historical {
+        return;
     } else {
         // A proximity rule may already have been judged at a later time on the
         // other party's fix; this fix is then too old to move the live state.
@@ -450,7 +508,11 @@ fn step_category(
     cx: &StepCx<'_>,
     out: &mut Vec<Transition>,
 ) {
-    let (Tracks::PerZone(live), Tracks::PerZone(hist)) = (&mut rule.live, &mut rule.hist) else {
+    if cx.historical {
+        rule.hist_mut();
+    }
+    let hist = rule.hist.as_deref_mut().map(|h| &mut h.tracks);
+    let (Tracks::PerZone(live), hist) = (&mut rule.live, hist) else {
         return;
     };
     let th = rule.th;
@@ -458,10 +520,10 @@ fn step_category(
         live.iter()
             .any(|zt| zt.zone.id == id && zt.track.covers(cx.t))
     };
-    let (tracks, live_ref): (&mut Vec<ZoneTrack>, &[ZoneTrack]) = if cx.historical {
-        (hist, live.as_slice())
-    } else {
-        (live, &[])
+    let (tracks, live_ref): (&mut Vec<ZoneTrack>, &[ZoneTrack]) = match hist {
+        Some(Tracks::PerZone(hist)) if cx.historical => (hist, live.as_slice()),
+        _ if cx.historical => return,
+        _ => (live, &[]),
     };
 
     // Zones already tracked: they may have been left, so judge them whatever the hits say.
@@ -497,11 +559,7 @@ fn step_category(
         if zone.scope != ZoneScope::Category(cat) {
             continue;
         }
-        let zref = ZoneRef {
-            id: zone.id,
-            slot,
-            kind: zone.kind,
-        };
+        let zref = ZoneRef::of(zone, slot, cx.zone_epoch);
         let verdict = zone_verdict(zone, |_| p, sched, cx.t, &th, cx.historical);
         if verdict != Verdict::Violating || (cx.historical && covered(live_ref, zref.id)) {
             continue;
@@ -524,7 +582,10 @@ fn step_category(
 /// Closes every historical track of a subject (end of a late run).
 fn close_runs(subject: &mut Subject, out: &mut Vec<Transition>) {
     for rule in &mut subject.rules {
-        match &mut rule.hist {
+        let Some(hist) = rule.hist.as_deref_mut() else {
+            continue;
+        };
+        match &mut hist.tracks {
             Tracks::One(track) => {
                 if let Some(edge) = track.close(EndCause::EvidenceEnded) {
                     let zone = match rule.target {
@@ -554,7 +615,11 @@ fn close_rule(subject: SubjectId, rule: &mut RuleState, cause: EndCause, out: &m
         Target::Zone(z) | Target::Curfew(z) => Some(z),
         _ => None,
     };
-    for (tracks, historical) in [(&mut rule.live, false), (&mut rule.hist, true)] {
+    let hist = rule.hist.as_deref_mut().map(|h| &mut h.tracks);
+    for (tracks, historical) in [(Some(&mut rule.live), false), (hist, true)] {
+        let Some(tracks) = tracks else {
+            continue;
+        };
         match tracks {
             Tracks::One(track) => {
                 if let Some(edge) = track.close(cause) {
@@ -585,6 +650,7 @@ impl Engine {
     pub fn upsert_zone(&mut self, spec: ZoneSpec) -> Result<(), EngineError> {
         let zone = Zone::prepare(spec)?;
         let id = zone.id;
+        self.zone_epoch += 1;
         let slot = match self.zones.by_id.get(&id) {
             Some(&slot) => {
                 if let Some(old) = self.zones.slots[slot as usize].take()
@@ -622,6 +688,7 @@ impl Engine {
             .by_id
             .remove(&id)
             .ok_or(crate::error::ZoneError::Unknown(id))?;
+        self.zone_epoch += 1;
         if let Some(old) = self.zones.slots[slot as usize].take()
             && matches!(old.scope, ZoneScope::Category(_))
         {
@@ -808,10 +875,12 @@ impl Engine {
                 rule: spec.id,
                 zone: zid,
             })?;
-            let kind = self.zones.slots[slot as usize]
-                .as_ref()
-                .map_or(ZoneKind::Exclusion, |z| z.kind);
-            Ok::<_, EngineError>(ZoneRef { id: zid, slot, kind })
+            let zone = self.zones.slots[slot as usize].as_ref().ok_or(EngineError::RuleZoneUnknown {
+                subject,
+                rule: spec.id,
+                zone: zid,
+            })?;
+            Ok::<_, EngineError>(ZoneRef::of(zone, slot, self.zone_epoch))
         };
         let target = match &spec.kind {
             RuleKind::Zone(zid) => Target::Zone(zone_ref(*zid)?),
@@ -852,12 +921,12 @@ impl Engine {
             .ok_or(EngineError::BadHysteresis(spec.id))?;
         Ok(RuleState {
             live: RuleState::fresh_tracks(&target),
-            hist: RuleState::fresh_tracks(&target),
-            spec,
+            hist: None,
+            schedule: spec.schedule.clone(),
+            spec: Box::new(spec),
             target,
             th,
             cursor: ScheduleCursor::default(),
-            hist_cursor: ScheduleCursor::default(),
         })
     }
 
@@ -920,6 +989,7 @@ impl Engine {
             subjects,
             watched,
             hits,
+            zone_epoch,
             ..
         } = self;
         let subject = subjects
@@ -968,6 +1038,7 @@ impl Engine {
         };
         let cx = StepCx {
             subject: subject.id,
+            zone_epoch: *zone_epoch,
             t,
             historical,
             probe: &probe,
@@ -1020,6 +1091,7 @@ impl Engine {
             zones,
             subjects,
             watched,
+            zone_epoch,
             ..
         } = self;
         let Some(w) = watched.get_mut(&device) else {
@@ -1051,6 +1123,7 @@ impl Engine {
             };
             let cx = StepCx {
                 subject: subject.id,
+                zone_epoch: *zone_epoch,
                 t,
                 historical: false,
                 probe: &probe,

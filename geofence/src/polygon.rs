@@ -51,9 +51,147 @@ struct Segment {
     b: [f64; 2],
 }
 
+/// Polygons with at most this many edges skip the grid: a 16×16 raster decides
+/// most points and the rest run the plain crossing test over one contiguous ring.
+/// Small zones (homes, schools) are the vast majority and this keeps each to about
+/// 700 bytes, so 10k of them stay cache-resident.
+const SMALL_MAX_EDGES: usize = 64;
+/// Raster side of a small polygon.
+const RASTER: usize = 16;
+
 /// A polygon with holes, prepared for fast queries. Coordinates are `[lon, lat]` degrees.
 #[derive(Clone, Debug)]
-pub(crate) struct PreparedPolygon {
+pub(crate) enum PreparedPolygon {
+    /// At most [`SMALL_MAX_EDGES`] edges.
+    Small(SmallPolygon),
+    /// Larger polygons (city boundaries).
+    Grid(Box<GridPolygon>),
+}
+
+/// A small polygon: bounding box, a 2-bit-per-cell raster (outside, inside,
+/// boundary), and the rings as one vertex array with a NaN vertex between rings.
+#[derive(Clone, Debug)]
+pub(crate) struct SmallPolygon {
+    env: Envelope,
+    inv_cell: [f64; 2],
+    raster: [u64; RASTER * RASTER / 32],
+    ring: Box<[[f64; 2]]>,
+    vertex_count: u32,
+}
+
+const OUTSIDE: u64 = 0;
+const INSIDE: u64 = 1;
+const BOUNDARY: u64 = 2;
+
+impl SmallPolygon {
+    fn new(segments: &[Segment], env: Envelope, vertex_count: usize) -> SmallPolygon {
+        // Rebuild the separated ring from the segments (consecutive segments share
+        // an endpoint within a ring; a break starts a new ring).
+        let mut ring = Vec::with_capacity(segments.len() + 4);
+        for (k, s) in segments.iter().enumerate() {
+            if k > 0 && segments[k - 1].b != s.a {
+                ring.push([f64::NAN, f64::NAN]);
+            }
+            if k == 0 || segments[k - 1].b != s.a {
+                ring.push(s.a);
+            }
+            ring.push(s.b);
+        }
+        let size = [
+            (env.max[0] - env.min[0]) / RASTER as f64,
+            (env.max[1] - env.min[1]) / RASTER as f64,
+        ];
+        let mut p = SmallPolygon {
+            env,
+            inv_cell: [1.0 / size[0], 1.0 / size[1]],
+            raster: [0; RASTER * RASTER / 32],
+            ring: ring.into_boxed_slice(),
+            vertex_count: vertex_count as u32,
+        };
+        let eps = [size[0] * 1e-6, size[1] * 1e-6];
+        for j in 0..RASTER {
+            for i in 0..RASTER {
+                let min = [env.min[0] + i as f64 * size[0], env.min[1] + j as f64 * size[1]];
+                let max = [min[0] + size[0], min[1] + size[1]];
+                let (gmin, gmax) = ([min[0] - eps[0], min[1] - eps[1]], [max[0] + eps[0], max[1] + eps[1]]);
+                let state = if segments.iter().any(|s| segment_touches_rect(s, gmin, gmax)) {
+                    BOUNDARY
+                } else if p.exact(0.5 * (min[0] + max[0]), 0.5 * (min[1] + max[1])) {
+                    INSIDE
+                } else {
+                    OUTSIDE
+                };
+                let k = j * RASTER + i;
+                p.raster[k / 32] |= state << (2 * (k % 32));
+            }
+        }
+        p
+    }
+
+    #[inline]
+    fn contains(&self, x: f64, y: f64) -> bool {
+        let env = &self.env;
+        if !(x >= env.min[0] && x <= env.max[0] && y >= env.min[1] && y <= env.max[1]) {
+            return false;
+        }
+        let i = (((x - env.min[0]) * self.inv_cell[0]) as usize).min(RASTER - 1);
+        let j = (((y - env.min[1]) * self.inv_cell[1]) as usize).min(RASTER - 1);
+        let k = j * RASTER + i;
+        match (self.raster[k / 32] >> (2 * (k % 32))) & 3 {
+            OUTSIDE => false,
+            INSIDE => true,
+            _ => self.exact(x, y),
+        }
+    }
+
+    /// Even-odd crossing test with a ray towards +x; points on an edge are inside.
+    fn exact(&self, x: f64, y: f64) -> bool {
+        let p = [x, y];
+        let mut inside = false;
+        for w in self.ring.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            if !(y >= a[1].min(b[1]) && y <= a[1].max(b[1])) || a[0].is_nan() || b[0].is_nan() {
+                continue;
+            }
+            let o = orient(a, b, p);
+            if o == 0.0 && x >= a[0].min(b[0]) && x <= a[0].max(b[0]) {
+                return true;
+            }
+            if (a[1] > y) != (b[1] > y) && (o > 0.0) == (b[1] > a[1]) {
+                inside = !inside;
+            }
+        }
+        inside
+    }
+
+    fn boundary_within(&self, x: f64, y: f64, r_m: f64) -> Option<f64> {
+        let dlat = lat_degrees_covering(r_m);
+        let dlon = lon_degrees_covering(r_m, y.abs());
+        let query = Envelope {
+            min: [x - dlon, y - dlat],
+            max: [x + dlon, y + dlat],
+        };
+        if !query.intersects(&self.env) {
+            return None;
+        }
+        let kx = M_PER_DEG * y.to_radians().cos();
+        let mut best = f64::INFINITY;
+        for w in self.ring.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            if a[0].is_nan() || b[0].is_nan() {
+                continue;
+            }
+            let a = [(a[0] - x) * kx, (a[1] - y) * M_PER_DEG];
+            let b = [(b[0] - x) * kx, (b[1] - y) * M_PER_DEG];
+            best = best.min(origin_to_segment(a, b));
+        }
+        (best <= r_m).then_some(best)
+    }
+}
+
+/// A large polygon with holes, grid-indexed. Coordinates are `[lon, lat]` degrees.
+#[derive(Clone, Debug)]
+pub(crate) struct GridPolygon {
     env: Envelope,
     origin: [f64; 2],
     cell_size: [f64; 2],
@@ -66,6 +204,20 @@ pub(crate) struct PreparedPolygon {
     /// A lower bound, in metres, of the smaller side of any cell.
     min_cell_m: f64,
     vertex_count: usize,
+}
+
+impl GridPolygon {
+    fn new(segments: &[Segment], env: Envelope, vertex_count: usize) -> Result<Self, ZoneError> {
+        for attempt in 0..PLACEMENT_ATTEMPTS {
+            if let Some(p) = Self::build(segments, env, attempt, vertex_count) {
+                return Ok(p);
+            }
+        }
+        Err(ZoneError::InvalidGeometry(
+            "edges pass through every candidate grid reference point; the rings are degenerate"
+                .into(),
+        ))
+    }
 }
 
 impl PreparedPolygon {
@@ -101,17 +253,49 @@ impl PreparedPolygon {
         if width <= 0.0 || height <= 0.0 {
             return Err(ZoneError::Degenerate);
         }
-        for attempt in 0..PLACEMENT_ATTEMPTS {
-            if let Some(p) = Self::build(&segments, env, attempt, vertex_count) {
-                return Ok(p);
-            }
+        if segments.len() <= SMALL_MAX_EDGES {
+            Ok(PreparedPolygon::Small(SmallPolygon::new(&segments, env, vertex_count)))
+        } else {
+            Ok(PreparedPolygon::Grid(Box::new(GridPolygon::new(&segments, env, vertex_count)?)))
         }
-        Err(ZoneError::InvalidGeometry(
-            "edges pass through every candidate grid reference point; the rings are degenerate"
-                .into(),
-        ))
     }
 
+    /// The bounding box of the rings.
+    pub(crate) fn envelope(&self) -> Envelope {
+        match self {
+            PreparedPolygon::Small(p) => p.env,
+            PreparedPolygon::Grid(p) => p.env,
+        }
+    }
+
+    /// Number of distinct vertices over all rings.
+    pub(crate) fn vertex_count(&self) -> usize {
+        match self {
+            PreparedPolygon::Small(p) => p.vertex_count as usize,
+            PreparedPolygon::Grid(p) => p.vertex_count,
+        }
+    }
+
+    /// Closed point-in-polygon: true inside and on the boundary.
+    #[inline]
+    pub(crate) fn contains(&self, x: f64, y: f64) -> bool {
+        match self {
+            PreparedPolygon::Small(p) => p.contains(x, y),
+            PreparedPolygon::Grid(p) => p.contains(x, y),
+        }
+    }
+
+    /// The distance in metres from `(x, y)` to the nearest point of the boundary
+    /// (any ring), if that distance is at most `r_m`; `None` means "farther than `r_m`".
+    pub(crate) fn boundary_within(&self, x: f64, y: f64, r_m: f64) -> Option<f64> {
+        match self {
+            PreparedPolygon::Small(p) => p.boundary_within(x, y, r_m),
+            PreparedPolygon::Grid(p) => p.boundary_within(x, y, r_m),
+        }
+    }
+}
+
+impl GridPolygon {
     /// Builds the grid; `None` when a reference point falls on an edge (then the
     /// caller retries with a shifted grid).
     fn build(segments: &[Segment], env: Envelope, attempt: u32, vertex_count: usize) -> Option<Self> {
@@ -136,7 +320,7 @@ impl PreparedPolygon {
         let min_cell_m = (cell_size[0] * M_PER_DEG * abs_lat.to_radians().cos())
             .min(cell_size[1] * M_PER_DEG);
 
-        let mut grid = PreparedPolygon {
+        let mut grid = GridPolygon {
             env,
             origin,
             cell_size,
@@ -296,19 +480,8 @@ impl PreparedPolygon {
         &self.edges[self.cells[c].start as usize..self.cells[c + 1].start as usize]
     }
 
-    /// The bounding box of the rings.
-    pub(crate) fn envelope(&self) -> Envelope {
-        self.env
-    }
-
-    /// Number of distinct vertices over all rings.
-    pub(crate) fn vertex_count(&self) -> usize {
-        self.vertex_count
-    }
-
-    /// Closed point-in-polygon: true inside and on the boundary.
     #[inline]
-    pub(crate) fn contains(&self, x: f64, y: f64) -> bool {
+    fn contains(&self, x: f64, y: f64) -> bool {
         let env = &self.env;
         if !(x >= env.min[0] && x <= env.max[0] && y >= env.min[1] && y <= env.max[1]) {
             return false;
@@ -336,9 +509,7 @@ impl PreparedPolygon {
         inside
     }
 
-    /// The distance in metres from `(x, y)` to the nearest point of the boundary
-    /// (any ring), if that distance is at most `r_m`; `None` means "farther than `r_m`".
-    pub(crate) fn boundary_within(&self, x: f64, y: f64, r_m: f64) -> Option<f64> {
+    fn boundary_within(&self, x: f64, y: f64, r_m: f64) -> Option<f64> {
         let dlat = lat_degrees_covering(r_m);
         let dlon = lon_degrees_covering(r_m, y.abs());
         let query = Envelope {

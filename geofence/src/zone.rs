@@ -102,7 +102,8 @@ pub enum Presence {
 #[derive(Clone, Debug)]
 pub(crate) enum Geometry {
     Circle { centre: Position, radius_m: f64 },
-    Polygons(Vec<PreparedPolygon>),
+    Polygon(PreparedPolygon),
+    MultiPolygon(Vec<PreparedPolygon>),
 }
 
 /// A zone prepared for the hot path.
@@ -119,7 +120,8 @@ pub(crate) struct Zone {
     geometry: Geometry,
     /// Bounding box of the buffered zone.
     pub(crate) envelope: Envelope,
-    spec: ZoneSpec,
+    /// Cold: only read by tools, kept off the hot cache lines.
+    spec: Box<ZoneSpec>,
 }
 
 impl Zone {
@@ -163,7 +165,7 @@ impl Zone {
             Shape::Polygon(p) => {
                 let part = prepare_polygon(p, 0)?;
                 let env = part.envelope();
-                (Geometry::Polygons(vec![part]), env)
+                (Geometry::Polygon(part), env)
             }
             Shape::MultiPolygon(mp) => {
                 let mut parts = Vec::with_capacity(mp.0.len());
@@ -178,7 +180,7 @@ impl Zone {
                         .flat_map(|p| [p.envelope().min, p.envelope().max]),
                 )
                 .ok_or(ZoneError::Degenerate)?;
-                (Geometry::Polygons(parts), env)
+                (Geometry::MultiPolygon(parts), env)
             }
         };
         Ok(Zone {
@@ -190,7 +192,7 @@ impl Zone {
             buffer_m: spec.buffer_m,
             geometry,
             envelope: raw_env.buffered(spec.buffer_m),
-            spec,
+            spec: Box::new(spec),
         })
     }
 
@@ -203,7 +205,8 @@ impl Zone {
     pub(crate) fn vertex_count(&self) -> usize {
         match &self.geometry {
             Geometry::Circle { .. } => 0,
-            Geometry::Polygons(parts) => parts.iter().map(PreparedPolygon::vertex_count).sum(),
+            Geometry::Polygon(p) => p.vertex_count(),
+            Geometry::MultiPolygon(parts) => parts.iter().map(PreparedPolygon::vertex_count).sum(),
         }
     }
 
@@ -218,7 +221,10 @@ impl Zone {
             Geometry::Circle { centre, radius_m } => {
                 classify_signed(probe.pos.distance_m(*centre) - radius_m, a, b)
             }
-            Geometry::Polygons(parts) => {
+            Geometry::Polygon(part) => {
+                polygon_presence(part, probe.pos.lon(), probe.pos.lat(), a, b)
+            }
+            Geometry::MultiPolygon(parts) => {
                 let (x, y) = (probe.pos.lon(), probe.pos.lat());
                 let mut uncertain = false;
                 for part in parts {

@@ -1,0 +1,83 @@
+//! `cargo run --release -p benches --bin geofence-report`: runs the three geofence
+//! scenarios once each (about 20 s in all) and prints one summary line per
+//! scenario, then informational lines prefixed with `#`. Exits non-zero if the
+//! engine disagrees with its baseline.
+
+use benches::{BigPolygon, GlobalZones, SubjectWorld};
+use std::process::ExitCode;
+use std::time::Instant;
+
+fn main() -> ExitCode {
+    let mut ok = true;
+
+    // 1. global_zones_10k: engine vs. naive R-tree + geo::Contains, same points.
+    let t = Instant::now();
+    let data = GlobalZones::generate(10_000, 2_000_000);
+    let engine = data.engine();
+    let tree = data.baseline();
+    let setup = t.elapsed();
+    let n = data.points.len() as f64;
+    let t = Instant::now();
+    let engine_hits = benches::count_engine(&engine, &data.points);
+    let engine_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let baseline_hits = benches::count_baseline(&tree, &data.points);
+    let baseline_s = t.elapsed().as_secs_f64();
+    let (e_rate, b_rate) = (n / engine_s / 1e6, n / baseline_s / 1e6);
+    println!(
+        "global_zones_10k: engine={e_rate:.2} Mpts/s baseline={b_rate:.2} Mpts/s ratio={:.2}x hits={engine_hits}",
+        e_rate / b_rate
+    );
+    println!("# global_zones_10k setup (generate + prepare + bulk load) {:.2} s", setup.as_secs_f64());
+    if engine_hits != baseline_hits {
+        eprintln!("global_zones_10k: engine hits {engine_hits} != baseline hits {baseline_hits}");
+        ok = false;
+    }
+    drop((data, engine, tree));
+
+    // 2. subject_rules: full evaluate, 100k subjects.
+    let t = Instant::now();
+    let mut world = SubjectWorld::generate(100_000, 30);
+    let setup = t.elapsed();
+    let fixes = world.fixes.len() as f64;
+    let t = Instant::now();
+    let transitions = world.run();
+    let secs = t.elapsed().as_secs_f64();
+    println!("subject_rules: {:.2} Mfixes/s", fixes / secs / 1e6);
+    println!(
+        "# subject_rules {} fixes, {transitions} transitions, setup {:.2} s",
+        fixes as u64,
+        setup.as_secs_f64()
+    );
+    if transitions == 0 {
+        eprintln!("subject_rules: no transitions at all; the workload is not exercising the rules");
+        ok = false;
+    }
+    drop(world);
+
+    // 3. big_polygon: 20,000 vertices.
+    let t = Instant::now();
+    let big = BigPolygon::generate(20_000, 600_000);
+    let setup = t.elapsed();
+    let t = Instant::now();
+    let (inside, _) = big.count_engine(0.0);
+    let secs = t.elapsed().as_secs_f64();
+    println!("big_polygon: {:.0} ns/pt", secs * 1e9 / big.points.len() as f64);
+    let t = Instant::now();
+    let (inside_acc, uncertain_acc) = big.count_engine(15.0);
+    let secs_acc = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let geo_inside = big.count_geo();
+    let geo_secs = t.elapsed().as_secs_f64();
+    println!(
+        "# big_polygon inside={inside} (geo::Contains {geo_inside}, {:.0} ns/pt); with 15 m accuracy {:.0} ns/pt, inside={inside_acc} uncertain={uncertain_acc}; setup {:.1} ms",
+        geo_secs * 1e9 / big.points.len() as f64,
+        secs_acc * 1e9 / big.points.len() as f64,
+        setup.as_secs_f64() * 1e3
+    );
+    if inside != geo_inside {
+        eprintln!("big_polygon: engine inside {inside} != geo::Contains {geo_inside}");
+        ok = false;
+    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
