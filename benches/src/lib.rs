@@ -11,7 +11,7 @@ use geofence::jiff::tz::TimeZone;
 use geofence::jiff::{SignedDuration, Timestamp};
 use geofence::{
     CategoryId, Engine, Fix, Position, Presence, RuleId, RuleKind, RuleSpec, Schedule, Shape,
-    SubjectHandle, SubjectId, Transition, WeeklyWindow, Weekdays, ZoneId, ZoneKind, ZoneScope,
+    SubjectHandle, SubjectId, Transition, Weekdays, WeeklyWindow, ZoneId, ZoneKind, ZoneScope,
     ZoneSpec,
 };
 use rand::rngs::StdRng;
@@ -143,7 +143,8 @@ impl Plan {
         let dist_m = haversine_approx(self.home, self.other);
         let travel_ms = (dist_m / self.speed_mps * 1000.0) as i64;
         let frac = |since: i64| ((t - since) as f64 / travel_ms.max(1) as f64).clamp(0.0, 1.0);
-        let lerp = |a: [f64; 2], b: [f64; 2], f: f64| [a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f];
+        let lerp =
+            |a: [f64; 2], b: [f64; 2], f: f64| [a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f];
         if t < self.leave_ms {
             self.home
         } else if t < self.back_ms {
@@ -196,7 +197,10 @@ impl SubjectWorld {
         let mut handles = Vec::with_capacity(subjects);
         let mut sink: Vec<Transition> = Vec::new();
         for s in 0..subjects as u64 {
-            let home = [rng.random_range(76.55..77.45), rng.random_range(43.05..43.95)];
+            let home = [
+                rng.random_range(76.55..77.45),
+                rng.random_range(43.05..43.95),
+            ];
             let bearing: f64 = rng.random_range(0.0..std::f64::consts::TAU);
             let km: f64 = rng.random_range(1.0..6.0);
             let other = [
@@ -218,21 +222,31 @@ impl SubjectWorld {
                     schedule: Schedule::Always,
                 })
                 .expect("valid home");
-            let mut rules = vec![RuleSpec::new(RuleId(4 * s), RuleKind::Curfew(home_zone))
-                .with_schedule(curfew.clone())];
+            let mut rules = vec![
+                RuleSpec::new(RuleId(4 * s), RuleKind::Curfew(home_zone))
+                    .with_schedule(curfew.clone()),
+            ];
             let exclusions = if rng.random_bool(0.5) { 2 } else { 1 };
             for e in 0..exclusions {
                 let zid = ZoneId(1_000_001 + 3 * s + e);
                 let bearing: f64 = rng.random_range(0.0..std::f64::consts::TAU);
                 let km: f64 = rng.random_range(0.5..8.0);
-                let c = [home[0] + km / 81.0 * bearing.cos(), home[1] + km / 111.0 * bearing.sin()];
+                let c = [
+                    home[0] + km / 81.0 * bearing.cos(),
+                    home[1] + km / 111.0 * bearing.sin(),
+                ];
                 let shape = if e == 0 {
                     Shape::Circle {
                         centre: Position::new(c[0], c[1]).expect("valid"),
                         radius_m: rng.random_range(200.0..500.0),
                     }
                 } else {
-                    Shape::Polygon(circle_polygon(c[0], c[1], rng.random_range(0.002..0.005), 12))
+                    Shape::Polygon(circle_polygon(
+                        c[0],
+                        c[1],
+                        rng.random_range(0.002..0.005),
+                        12,
+                    ))
                 };
                 engine
                     .upsert_zone(ZoneSpec {
@@ -248,7 +262,10 @@ impl SubjectWorld {
                 rules.push(RuleSpec::new(RuleId(4 * s + 1 + e), RuleKind::Zone(zid)));
             }
             if rng.random_bool(0.3) {
-                rules.push(RuleSpec::new(RuleId(4 * s + 3), RuleKind::Category(SCHOOLS)));
+                rules.push(RuleSpec::new(
+                    RuleId(4 * s + 3),
+                    RuleKind::Category(SCHOOLS),
+                ));
             }
             let handle = engine
                 .upsert_subject(SubjectId(s), rules, &mut sink)
@@ -330,7 +347,11 @@ impl BigPolygon {
         let waves: Vec<(f64, f64, f64)> = (0..12)
             .map(|k| {
                 let freq = 3.0 * 2f64.powi(k / 2) + f64::from(k);
-                (freq, 0.02 / (1.0 + f64::from(k)), rng.random_range(0.0..std::f64::consts::TAU))
+                (
+                    freq,
+                    0.02 / (1.0 + f64::from(k)),
+                    rng.random_range(0.0..std::f64::consts::TAU),
+                )
             })
             .collect();
         let radius = |a: f64| {

@@ -411,7 +411,12 @@ fn push_edge(
 }
 
 /// Steps one rule with one fix (live or late).
-fn step_rule(rule: &mut RuleState, zones: &mut ZoneStore, cx: &StepCx<'_>, out: &mut Vec<Transition>) {
+fn step_rule(
+    rule: &mut RuleState,
+    zones: &mut ZoneStore,
+    cx: &StepCx<'_>,
+    out: &mut Vec<Transition>,
+) {
     let t = cx.t;
     let sched = rule.schedule_state(t, cx.historical);
     let th = rule.th;
@@ -421,7 +426,10 @@ fn step_rule(rule: &mut RuleState, zones: &mut ZoneStore, cx: &StepCx<'_>, out: 
             let seen_kind = zref.kind;
             let verdict = if !sched.active {
                 Verdict::Void(EndCause::ScheduleEnded)
-            } else if zref.epoch == cx.zone_epoch && zref.always && !zref.env.intersects(&cx.probe.env) {
+            } else if zref.epoch == cx.zone_epoch
+                && zref.always
+                && !zref.env.intersects(&cx.probe.env)
+            {
                 if in_grace(sched.period_start, t, &th) {
                     Verdict::Neutral
                 } else {
@@ -431,7 +439,10 @@ fn step_rule(rule: &mut RuleState, zones: &mut ZoneStore, cx: &StepCx<'_>, out: 
                 match zones.resolve(zref) {
                     None => Verdict::Void(EndCause::ZoneRemoved),
                     // The zone changed kind: close the episode under the old kind first.
-                    Some(zone) if zone.kind != seen_kind || (is_curfew && zone.kind != ZoneKind::Inclusion) => {
+                    Some(zone)
+                        if zone.kind != seen_kind
+                            || (is_curfew && zone.kind != ZoneKind::Inclusion) =>
+                    {
                         *zref = ZoneRef::of(zone, zref.slot, cx.zone_epoch);
                         Verdict::Void(EndCause::ZoneRemoved)
                     }
@@ -441,7 +452,10 @@ fn step_rule(rule: &mut RuleState, zones: &mut ZoneStore, cx: &StepCx<'_>, out: 
                     }
                 }
             };
-            let zone_for_edge = ZoneRef { kind: seen_kind, ..*zref };
+            let zone_for_edge = ZoneRef {
+                kind: seen_kind,
+                ..*zref
+            };
             step_one(rule, cx, out, verdict, Some(zone_for_edge));
         }
         Target::Proximity {
@@ -544,7 +558,15 @@ fn step_category(
             verdict = Verdict::Neutral;
         }
         if let Some(edge) = zt.track.step(cx.t, verdict, &th) {
-            push_edge(out, cx.subject, &rule.spec, Some(zt.zone), edge, cx.t, cx.historical);
+            push_edge(
+                out,
+                cx.subject,
+                &rule.spec,
+                Some(zt.zone),
+                edge,
+                cx.t,
+                cx.historical,
+            );
         }
     }
 
@@ -569,7 +591,15 @@ fn step_category(
             track: Track::default(),
         };
         if let Some(edge) = zt.track.step(cx.t, verdict, &th) {
-            push_edge(out, cx.subject, &rule.spec, Some(zref), edge, cx.t, cx.historical);
+            push_edge(
+                out,
+                cx.subject,
+                &rule.spec,
+                Some(zref),
+                edge,
+                cx.t,
+                cx.historical,
+            );
         }
         tracks.push(zt);
     }
@@ -599,7 +629,15 @@ fn close_runs(subject: &mut Subject, out: &mut Vec<Transition>) {
             Tracks::PerZone(tracks) => {
                 for zt in tracks.iter_mut() {
                     if let Some(edge) = zt.track.close(EndCause::EvidenceEnded) {
-                        push_edge(out, subject.id, &rule.spec, Some(zt.zone), edge, zt.track.head, true);
+                        push_edge(
+                            out,
+                            subject.id,
+                            &rule.spec,
+                            Some(zt.zone),
+                            edge,
+                            zt.track.head,
+                            true,
+                        );
                     }
                 }
                 tracks.clear();
@@ -610,7 +648,12 @@ fn close_runs(subject: &mut Subject, out: &mut Vec<Transition>) {
 }
 
 /// Closes every open episode of a rule that is going away.
-fn close_rule(subject: SubjectId, rule: &mut RuleState, cause: EndCause, out: &mut Vec<Transition>) {
+fn close_rule(
+    subject: SubjectId,
+    rule: &mut RuleState,
+    cause: EndCause,
+    out: &mut Vec<Transition>,
+) {
     let zone = match rule.target {
         Target::Zone(z) | Target::Curfew(z) => Some(z),
         _ => None,
@@ -629,7 +672,15 @@ fn close_rule(subject: SubjectId, rule: &mut RuleState, cause: EndCause, out: &m
             Tracks::PerZone(list) => {
                 for zt in list.iter_mut() {
                     if let Some(edge) = zt.track.close(cause) {
-                        push_edge(out, subject, &rule.spec, Some(zt.zone), edge, zt.track.head, historical);
+                        push_edge(
+                            out,
+                            subject,
+                            &rule.spec,
+                            Some(zt.zone),
+                            edge,
+                            zt.track.head,
+                            historical,
+                        );
                     }
                 }
             }
@@ -798,8 +849,10 @@ impl Engine {
                         let old = old_rules.swap_remove(pos);
                         new.live = old.live;
                         new.hist = old.hist;
-                        if let (Target::Zone(n) | Target::Curfew(n), Target::Zone(o) | Target::Curfew(o)) =
-                            (&mut new.target, old.target)
+                        if let (
+                            Target::Zone(n) | Target::Curfew(n),
+                            Target::Zone(o) | Target::Curfew(o),
+                        ) = (&mut new.target, old.target)
                         {
                             n.kind = o.kind;
                         }
@@ -844,8 +897,15 @@ impl Engine {
     }
 
     /// Removes a subject. Its open episodes close with [`EndCause::RuleRemoved`].
-    pub fn remove_subject(&mut self, id: SubjectId, out: &mut Vec<Transition>) -> Result<(), EngineError> {
-        let handle = self.subject_ids.remove(&id).ok_or(EngineError::UnknownSubject)?;
+    pub fn remove_subject(
+        &mut self,
+        id: SubjectId,
+        out: &mut Vec<Transition>,
+    ) -> Result<(), EngineError> {
+        let handle = self
+            .subject_ids
+            .remove(&id)
+            .ok_or(EngineError::UnknownSubject)?;
         self.unwatch(handle);
         let slot = &mut self.subjects[handle.index()];
         if let Some(mut subject) = slot.subject.take() {
@@ -870,16 +930,23 @@ impl Engine {
 
     fn compile_rule(&self, subject: SubjectId, spec: RuleSpec) -> Result<RuleState, EngineError> {
         let zone_ref = |zid: ZoneId| {
-            let slot = *self.zones.by_id.get(&zid).ok_or(EngineError::RuleZoneUnknown {
-                subject,
-                rule: spec.id,
-                zone: zid,
-            })?;
-            let zone = self.zones.slots[slot as usize].as_ref().ok_or(EngineError::RuleZoneUnknown {
-                subject,
-                rule: spec.id,
-                zone: zid,
-            })?;
+            let slot = *self
+                .zones
+                .by_id
+                .get(&zid)
+                .ok_or(EngineError::RuleZoneUnknown {
+                    subject,
+                    rule: spec.id,
+                    zone: zid,
+                })?;
+            let zone =
+                self.zones.slots[slot as usize]
+                    .as_ref()
+                    .ok_or(EngineError::RuleZoneUnknown {
+                        subject,
+                        rule: spec.id,
+                        zone: zid,
+                    })?;
             Ok::<_, EngineError>(ZoneRef::of(zone, slot, self.zone_epoch))
         };
         let target = match &spec.kind {
@@ -939,7 +1006,11 @@ impl Engine {
     }
 
     fn watch(&mut self, handle: SubjectHandle) {
-        let Some(Some(subject)) = self.subjects.get(handle.index()).map(|s| s.subject.as_ref()) else {
+        let Some(Some(subject)) = self
+            .subjects
+            .get(handle.index())
+            .map(|s| s.subject.as_ref())
+        else {
             return;
         };
         for rule in &subject.rules {
@@ -955,7 +1026,11 @@ impl Engine {
 
     /// Drops the subject's proximity registrations (before its rules change).
     fn unwatch(&mut self, handle: SubjectHandle) {
-        let Some(Some(subject)) = self.subjects.get(handle.index()).map(|s| s.subject.as_ref()) else {
+        let Some(Some(subject)) = self
+            .subjects
+            .get(handle.index())
+            .map(|s| s.subject.as_ref())
+        else {
             return;
         };
         for rule in &subject.rules {
@@ -1062,8 +1137,14 @@ impl Engine {
     /// Ends the subject's current late run: historical episodes still open close
     /// with [`EndCause::EvidenceEnded`] at the run's last fix. Ingest calls this once
     /// a device's backlog has been drained (see the crate docs).
-    pub fn close_late_run(&mut self, handle: SubjectHandle, out: &mut Vec<Transition>) -> Result<(), EngineError> {
-        let subject = self.subject_mut(handle).ok_or(EngineError::UnknownSubject)?;
+    pub fn close_late_run(
+        &mut self,
+        handle: SubjectHandle,
+        out: &mut Vec<Transition>,
+    ) -> Result<(), EngineError> {
+        let subject = self
+            .subject_mut(handle)
+            .ok_or(EngineError::UnknownSubject)?;
         if subject.late_head.is_some() {
             close_runs(subject, out);
         }

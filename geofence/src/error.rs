@@ -23,13 +23,22 @@ impl fmt::Display for CoordError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CoordError::NotFinite { lon, lat } => {
-                write!(f, "coordinate ({lon}, {lat}) is not finite; send WGS84 degrees")
+                write!(
+                    f,
+                    "coordinate ({lon}, {lat}) is not finite; send WGS84 degrees"
+                )
             }
             CoordError::LongitudeOutOfRange(v) => {
-                write!(f, "longitude {v} is outside [-180, 180]; check the lon/lat order")
+                write!(
+                    f,
+                    "longitude {v} is outside [-180, 180]; check the lon/lat order"
+                )
             }
             CoordError::LatitudeOutOfRange(v) => {
-                write!(f, "latitude {v} is outside [-90, 90]; check the lon/lat order")
+                write!(
+                    f,
+                    "latitude {v} is outside [-90, 90]; check the lon/lat order"
+                )
             }
         }
     }
@@ -79,7 +88,10 @@ impl fmt::Display for ZoneError {
                  split it into two polygons of a multipolygon at ±180°"
             ),
             ZoneError::InvalidGeometry(why) => {
-                write!(f, "invalid polygon: {why}; fix the rings (no self-intersections, holes inside)")
+                write!(
+                    f,
+                    "invalid polygon: {why}; fix the rings (no self-intersections, holes inside)"
+                )
             }
             ZoneError::BadBuffer(b) => write!(
                 f,
@@ -131,7 +143,9 @@ impl fmt::Display for ScheduleError {
                 f,
                 "unknown time zone {name:?}; use an IANA name such as \"Asia/Almaty\""
             ),
-            ScheduleError::NoWeekdays => write!(f, "a weekly window must name at least one weekday"),
+            ScheduleError::NoWeekdays => {
+                write!(f, "a weekly window must name at least one weekday")
+            }
             ScheduleError::BadException(why) => write!(f, "bad dated exception: {why}"),
         }
     }
@@ -185,7 +199,10 @@ impl fmt::Display for EngineError {
         match self {
             EngineError::Zone(e) => e.fmt(f),
             EngineError::UnknownSubject => {
-                write!(f, "unknown subject; register it with Engine::upsert_subject first")
+                write!(
+                    f,
+                    "unknown subject; register it with Engine::upsert_subject first"
+                )
             }
             EngineError::RuleZoneUnknown {
                 subject,

@@ -164,8 +164,14 @@ mod tests {
         ix.insert(2, env(10.005, 10.005, 10.006, 10.006)); // one cell
         ix.insert(3, env(9.0, 9.0, 11.0, 11.0)); // spanning
         // A point query, a small box over several cells, and a wide (R-tree) query.
-        assert_eq!(found(&ix, env(10.0055, 10.0055, 10.0055, 10.0055)), vec![1, 2, 3]);
-        assert_eq!(found(&ix, env(10.003, 10.003, 10.007, 10.007)), vec![1, 2, 3]);
+        assert_eq!(
+            found(&ix, env(10.0055, 10.0055, 10.0055, 10.0055)),
+            vec![1, 2, 3]
+        );
+        assert_eq!(
+            found(&ix, env(10.003, 10.003, 10.007, 10.007)),
+            vec![1, 2, 3]
+        );
         assert_eq!(found(&ix, env(9.5, 9.5, 10.5, 10.5)), vec![1, 2, 3]);
         assert_eq!(found(&ix, env(10.02, 10.02, 10.02, 10.02)), vec![3]);
         ix.remove(1, env(10.0, 10.0, 10.01, 10.01));

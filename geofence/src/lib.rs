@@ -104,7 +104,7 @@ pub use engine::{Engine, Fix, MAX_ACCURACY_M, Outcome, Transition, TransitionKin
 pub use error::{CoordError, EngineError, ScheduleError, ZoneError};
 pub use id::{CategoryId, DeviceId, RuleId, SubjectHandle, SubjectId, ZoneId};
 pub use rule::{Hysteresis, RuleKind, RuleSpec};
-pub use schedule::{DatedException, ExceptionKind, Schedule, WeeklyWindow, Weekdays};
+pub use schedule::{DatedException, ExceptionKind, Schedule, Weekdays, WeeklyWindow};
 pub use track::EndCause;
 pub use zone::{MAX_BUFFER_M, MAX_RADIUS_M, Presence, Shape, ZoneKind, ZoneScope, ZoneSpec};
 

@@ -111,9 +111,15 @@ impl SmallPolygon {
         let eps = [size[0] * 1e-6, size[1] * 1e-6];
         for j in 0..RASTER {
             for i in 0..RASTER {
-                let min = [env.min[0] + i as f64 * size[0], env.min[1] + j as f64 * size[1]];
+                let min = [
+                    env.min[0] + i as f64 * size[0],
+                    env.min[1] + j as f64 * size[1],
+                ];
                 let max = [min[0] + size[0], min[1] + size[1]];
-                let (gmin, gmax) = ([min[0] - eps[0], min[1] - eps[1]], [max[0] + eps[0], max[1] + eps[1]]);
+                let (gmin, gmax) = (
+                    [min[0] - eps[0], min[1] - eps[1]],
+                    [max[0] + eps[0], max[1] + eps[1]],
+                );
                 let state = if segments.iter().any(|s| segment_touches_rect(s, gmin, gmax)) {
                     BOUNDARY
                 } else if p.exact(0.5 * (min[0] + max[0]), 0.5 * (min[1] + max[1])) {
@@ -222,7 +228,10 @@ impl GridPolygon {
 
 impl PreparedPolygon {
     /// Prepares rings (exterior first, then holes), each given closed or open.
-    pub(crate) fn new(rings: &[Vec<[f64; 2]>], first_ring_number: usize) -> Result<Self, ZoneError> {
+    pub(crate) fn new(
+        rings: &[Vec<[f64; 2]>],
+        first_ring_number: usize,
+    ) -> Result<Self, ZoneError> {
         let mut segments = Vec::new();
         let mut vertex_count = 0;
         for (k, ring) in rings.iter().enumerate() {
@@ -254,9 +263,17 @@ impl PreparedPolygon {
             return Err(ZoneError::Degenerate);
         }
         if segments.len() <= SMALL_MAX_EDGES {
-            Ok(PreparedPolygon::Small(SmallPolygon::new(&segments, env, vertex_count)))
+            Ok(PreparedPolygon::Small(SmallPolygon::new(
+                &segments,
+                env,
+                vertex_count,
+            )))
         } else {
-            Ok(PreparedPolygon::Grid(Box::new(GridPolygon::new(&segments, env, vertex_count)?)))
+            Ok(PreparedPolygon::Grid(Box::new(GridPolygon::new(
+                &segments,
+                env,
+                vertex_count,
+            )?)))
         }
     }
 
@@ -298,7 +315,12 @@ impl PreparedPolygon {
 impl GridPolygon {
     /// Builds the grid; `None` when a reference point falls on an edge (then the
     /// caller retries with a shifted grid).
-    fn build(segments: &[Segment], env: Envelope, attempt: u32, vertex_count: usize) -> Option<Self> {
+    fn build(
+        segments: &[Segment],
+        env: Envelope,
+        attempt: u32,
+        vertex_count: usize,
+    ) -> Option<Self> {
         let width = env.max[0] - env.min[0];
         let height = env.max[1] - env.min[1];
         // Shift and grow the grid a little on each retry; an irrational step keeps
@@ -317,8 +339,8 @@ impl GridPolygon {
         let ny = target.div_ceil(nx).clamp(1, MAX_SIDE);
         let cell_size = [extent[0] / nx as f64, extent[1] / ny as f64];
         let inv_cell = [1.0 / cell_size[0], 1.0 / cell_size[1]];
-        let min_cell_m = (cell_size[0] * M_PER_DEG * abs_lat.to_radians().cos())
-            .min(cell_size[1] * M_PER_DEG);
+        let min_cell_m =
+            (cell_size[0] * M_PER_DEG * abs_lat.to_radians().cos()).min(cell_size[1] * M_PER_DEG);
 
         let mut grid = GridPolygon {
             env,
@@ -422,7 +444,9 @@ impl GridPolygon {
                 continue;
             }
             let (ylo, yhi) = (a[1].min(b[1]), a[1].max(b[1]));
-            let j0 = (((ylo - self.origin[1]) * self.inv_cell[1] - 0.5).floor().max(0.0)) as usize;
+            let j0 = (((ylo - self.origin[1]) * self.inv_cell[1] - 0.5)
+                .floor()
+                .max(0.0)) as usize;
             let j1 = ((((yhi - self.origin[1]) * self.inv_cell[1] - 0.5).ceil()).max(0.0) as usize)
                 .min(ny - 1);
             for j in j0..=j1 {
@@ -457,7 +481,10 @@ impl GridPolygon {
     fn cell_xy(&self, x: f64, y: f64) -> (usize, usize) {
         let fx = ((x - self.origin[0]) * self.inv_cell[0]).max(0.0);
         let fy = ((y - self.origin[1]) * self.inv_cell[1]).max(0.0);
-        ((fx as usize).min(self.nx - 1), (fy as usize).min(self.ny - 1))
+        (
+            (fx as usize).min(self.nx - 1),
+            (fy as usize).min(self.ny - 1),
+        )
     }
 
     fn cell_rect(&self, i: usize, j: usize) -> ([f64; 2], [f64; 2]) {
@@ -465,7 +492,10 @@ impl GridPolygon {
             self.origin[0] + i as f64 * self.cell_size[0],
             self.origin[1] + j as f64 * self.cell_size[1],
         ];
-        (min, [min[0] + self.cell_size[0], min[1] + self.cell_size[1]])
+        (
+            min,
+            [min[0] + self.cell_size[0], min[1] + self.cell_size[1]],
+        )
     }
 
     fn cell_centre(&self, c: usize) -> [f64; 2] {
@@ -659,18 +689,25 @@ mod tests {
         // From the centre the nearest edge is 0.5° of latitude or
         // 0.5° · cos(0.5°) of longitude away.
         let expect = 0.5 * M_PER_DEG * 0.5f64.to_radians().cos();
-        let d = sq.boundary_within(0.5, 0.5, 100_000.0).expect("within 100 km");
+        let d = sq
+            .boundary_within(0.5, 0.5, 100_000.0)
+            .expect("within 100 km");
         assert!((d - expect).abs() < 1.0, "{d} vs {expect}");
         assert_eq!(sq.boundary_within(0.5, 0.5, 50_000.0), None);
         // Outside, 0.001° east of the east edge on the equator-ish row.
-        let d = sq.boundary_within(1.001, 0.5, 1_000.0).expect("within 1 km");
+        let d = sq
+            .boundary_within(1.001, 0.5, 1_000.0)
+            .expect("within 1 km");
         assert!((d - 0.001 * M_PER_DEG * 0.5f64.to_radians().cos()).abs() < 0.5);
     }
 
     #[test]
     fn rejects_degenerate_and_antimeridian_rings() {
         let line = vec![[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]];
-        assert_eq!(PreparedPolygon::new(&[line], 0).err(), Some(ZoneError::Degenerate));
+        assert_eq!(
+            PreparedPolygon::new(&[line], 0).err(),
+            Some(ZoneError::Degenerate)
+        );
         let two = vec![[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]];
         assert_eq!(
             PreparedPolygon::new(&[two], 0).err(),

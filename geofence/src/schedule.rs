@@ -314,11 +314,7 @@ impl WindowSchedule {
             }
         }
         for e in &self.exceptions {
-            intervals.push((
-                e.from_ms,
-                e.until_ms,
-                e.kind == ExceptionKind::Suspended,
-            ));
+            intervals.push((e.from_ms, e.until_ms, e.kind == ExceptionKind::Suspended));
         }
         let active = |x: i64| {
             intervals.iter().any(|&(s, e, sus)| !sus && s <= x && x < e)

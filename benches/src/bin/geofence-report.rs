@@ -28,7 +28,10 @@ fn main() -> ExitCode {
         "global_zones_10k: engine={e_rate:.2} Mpts/s baseline={b_rate:.2} Mpts/s ratio={:.2}x hits={engine_hits}",
         e_rate / b_rate
     );
-    println!("# global_zones_10k setup (generate + prepare + bulk load) {:.2} s", setup.as_secs_f64());
+    println!(
+        "# global_zones_10k setup (generate + prepare + bulk load) {:.2} s",
+        setup.as_secs_f64()
+    );
     if engine_hits != baseline_hits {
         eprintln!("global_zones_10k: engine hits {engine_hits} != baseline hits {baseline_hits}");
         ok = false;
@@ -62,7 +65,10 @@ fn main() -> ExitCode {
     let t = Instant::now();
     let (inside, _) = big.count_engine(0.0);
     let secs = t.elapsed().as_secs_f64();
-    println!("big_polygon: {:.0} ns/pt", secs * 1e9 / big.points.len() as f64);
+    println!(
+        "big_polygon: {:.0} ns/pt",
+        secs * 1e9 / big.points.len() as f64
+    );
     let t = Instant::now();
     let (inside_acc, uncertain_acc) = big.count_engine(15.0);
     let secs_acc = t.elapsed().as_secs_f64();
@@ -79,5 +85,9 @@ fn main() -> ExitCode {
         eprintln!("big_polygon: engine inside {inside} != geo::Contains {geo_inside}");
         ok = false;
     }
-    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
