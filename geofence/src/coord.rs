@@ -100,6 +100,16 @@ impl Envelope {
         Some(env)
     }
 
+    /// The box that covers every point within `metres` of `(lon, lat)`.
+    pub(crate) fn around(lon: f64, lat: f64, metres: f64) -> Self {
+        let dlon = lon_degrees_covering(metres, lat.abs());
+        let dlat = lat_degrees_covering(metres);
+        Envelope {
+            min: [lon - dlon, lat - dlat],
+            max: [lon + dlon, lat + dlat],
+        }
+    }
+
     /// Grows the box by `metres` on every side.
     pub(crate) fn buffered(self, metres: f64) -> Self {
         let abs_lat = self.min[1].abs().max(self.max[1].abs());
@@ -131,15 +141,10 @@ pub(crate) struct Probe {
 
 impl Probe {
     pub(crate) fn new(pos: Position, accuracy_m: f64) -> Self {
-        let dlon = lon_degrees_covering(accuracy_m, pos.lat.abs());
-        let dlat = lat_degrees_covering(accuracy_m);
         Probe {
             pos,
             accuracy_m,
-            env: Envelope {
-                min: [pos.lon - dlon, pos.lat - dlat],
-                max: [pos.lon + dlon, pos.lat + dlat],
-            },
+            env: Envelope::around(pos.lon, pos.lat, accuracy_m),
         }
     }
 }

@@ -22,7 +22,7 @@
 //! counts as lying on its negative side), the segment analogue of the classic
 //! `(a.y > y) != (b.y > y)` crossing test, so a ray through a vertex is counted once.
 
-use crate::coord::{Envelope, M_PER_DEG, lat_degrees_covering, lon_degrees_covering};
+use crate::coord::{Envelope, M_PER_DEG};
 use crate::error::ZoneError;
 
 /// Target number of grid cells per edge. Two keeps most boundary cells at one or
@@ -171,12 +171,7 @@ impl SmallPolygon {
     }
 
     fn boundary_within(&self, x: f64, y: f64, r_m: f64) -> Option<f64> {
-        let dlat = lat_degrees_covering(r_m);
-        let dlon = lon_degrees_covering(r_m, y.abs());
-        let query = Envelope {
-            min: [x - dlon, y - dlat],
-            max: [x + dlon, y + dlat],
-        };
+        let query = Envelope::around(x, y, r_m);
         if !query.intersects(&self.env) {
             return None;
         }
@@ -540,12 +535,7 @@ impl GridPolygon {
     }
 
     fn boundary_within(&self, x: f64, y: f64, r_m: f64) -> Option<f64> {
-        let dlat = lat_degrees_covering(r_m);
-        let dlon = lon_degrees_covering(r_m, y.abs());
-        let query = Envelope {
-            min: [x - dlon, y - dlat],
-            max: [x + dlon, y + dlat],
-        };
+        let query = Envelope::around(x, y, r_m);
         if !query.intersects(&self.env) {
             return None;
         }

@@ -27,7 +27,8 @@ fn star(cx: f64, cy: f64, radii: &[f64], hole: bool) -> Polygon<f64> {
     Polygon::new(ring(1.0), interiors)
 }
 
-fn check(polygon: Polygon<f64>, points: &[(f64, f64)]) -> Result<(), TestCaseError> {
+/// An engine holding `polygon` as zone 1.
+fn engine_with(polygon: &Polygon<f64>) -> Result<Engine, TestCaseError> {
     let mut e = Engine::new();
     e.upsert_zone(ZoneSpec {
         id: ZoneId(1),
@@ -39,6 +40,11 @@ fn check(polygon: Polygon<f64>, points: &[(f64, f64)]) -> Result<(), TestCaseErr
         schedule: Schedule::Always,
     })
     .map_err(|err| TestCaseError::fail(err.to_string()))?;
+    Ok(e)
+}
+
+fn check(polygon: Polygon<f64>, points: &[(f64, f64)]) -> Result<(), TestCaseError> {
+    let e = engine_with(&polygon)?;
     for &(x, y) in points {
         let pt = Point::new(x, y);
         let boundary = polygon
@@ -99,16 +105,7 @@ proptest! {
     ) {
         let scaled: Vec<f64> = radii.iter().map(|r| r * 0.05).collect();
         let p = star(10.0, 50.0, &scaled, false);
-        let mut e = Engine::new();
-        e.upsert_zone(ZoneSpec {
-            id: ZoneId(1),
-            name: "p".into(),
-            kind: ZoneKind::Exclusion,
-            scope: ZoneScope::Assigned,
-            shape: Shape::Polygon(p.clone()),
-            buffer_m: 0.0,
-            schedule: Schedule::Always,
-        }).map_err(|err| TestCaseError::fail(err.to_string()))?;
+        let e = engine_with(&p)?;
         for c in p.exterior().coords() {
             let got = e.zone_presence(ZoneId(1), Position::new(c.x, c.y).expect("in range"), 0.0).expect("valid");
             prop_assert_eq!(got, Presence::Inside);
