@@ -264,11 +264,14 @@ impl PreparedPolygon {
                 vertex_count,
             )))
         } else {
-            Ok(PreparedPolygon::Grid(Box::new(GridPolygon::new(
-                &segments,
-                env,
-                vertex_count,
-            )?)))
+            let grid = GridPolygon::new(&segments, env, vertex_count)?;
+            if let Some(at) = grid.find_crossing() {
+                return Err(ZoneError::InvalidGeometry(format!(
+                    "edges cross or overlap near ({:.7}, {:.7})",
+                    at[0], at[1]
+                )));
+            }
+            Ok(PreparedPolygon::Grid(Box::new(grid)))
         }
     }
 
@@ -505,6 +508,25 @@ impl GridPolygon {
         &self.edges[self.cells[c].start as usize..self.cells[c + 1].start as usize]
     }
 
+    /// A point where two edges cross, or where an edge's end lies inside another
+    /// edge (touching or collinear overlap), if any. Two edges can only meet in a
+    /// cell they share, so this is linear in the number of edges for any
+    /// reasonably spread polygon. geo's validity check is quadratic: 3–4 s for a
+    /// 20,000-vertex boundary on the dev machine.
+    fn find_crossing(&self) -> Option<[f64; 2]> {
+        for c in 0..self.nx * self.ny {
+            let edges = self.cell_edges(c);
+            for (k, s) in edges.iter().enumerate() {
+                for t in &edges[k + 1..] {
+                    if let Some(at) = conflict(s, t) {
+                        return Some(at);
+                    }
+                }
+            }
+        }
+        None
+    }
+
     #[inline]
     fn contains(&self, x: f64, y: f64) -> bool {
         let env = &self.env;
@@ -587,6 +609,23 @@ fn within_box(s: &Segment, p: [f64; 2]) -> bool {
         && p[0] <= s.a[0].max(s.b[0])
         && p[1] >= s.a[1].min(s.b[1])
         && p[1] <= s.a[1].max(s.b[1])
+}
+
+/// Where two edges of a valid polygon must not meet: a proper crossing, or an
+/// endpoint of one lying on the other anywhere but at a shared endpoint.
+fn conflict(s: &Segment, t: &Segment) -> Option<[f64; 2]> {
+    let (o1, o2) = (orient(s.a, s.b, t.a), orient(s.a, s.b, t.b));
+    let (o3, o4) = (orient(t.a, t.b, s.a), orient(t.a, t.b, s.b));
+    if o1 * o2 < 0.0 && o3 * o4 < 0.0 {
+        return Some(t.a);
+    }
+    let on = |seg: &Segment, o: f64, p: [f64; 2]| {
+        o == 0.0 && within_box(seg, p) && p != seg.a && p != seg.b
+    };
+    [(s, o1, t.a), (s, o2, t.b), (t, o3, s.a), (t, o4, s.b)]
+        .into_iter()
+        .find(|&(seg, o, p)| on(seg, o, p))
+        .map(|(_, _, p)| p)
 }
 
 /// Whether the segment touches the closed rectangle (separating-axis test; the

@@ -293,7 +293,12 @@ fn prepare_polygon(p: &geo::Polygon<f64>, first_ring: usize) -> Result<PreparedP
         rings.push(pts);
     }
     let prepared = PreparedPolygon::new(&rings, first_ring)?;
-    if let Some(why) = p.validation_errors().first() {
+    // Small polygons get geo's full OGC validity check (cheap at this size).
+    // Grid polygons were checked for crossing edges in linear time while
+    // being prepared; geo's check is quadratic.
+    if matches!(prepared, PreparedPolygon::Small(_))
+        && let Some(why) = p.validation_errors().first()
+    {
         return Err(ZoneError::InvalidGeometry(why.to_string()));
     }
     Ok(prepared)

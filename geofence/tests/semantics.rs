@@ -305,6 +305,25 @@ fn bad_geometry_is_refused_with_a_typed_error() {
         e.upsert_zone(zone(3, ZoneKind::Exclusion, bowtie, 0.0)),
         Err(EngineError::Zone(ZoneError::InvalidGeometry(_)))
     ));
+    // A large (grid) polygon with two vertices swapped: its edges cross.
+    let mut ring: Vec<(f64, f64)> = (0..200)
+        .map(|k| {
+            let a = std::f64::consts::TAU * f64::from(k) / 200.0;
+            (77.0 + 0.1 * a.cos(), 43.0 + 0.1 * a.sin())
+        })
+        .collect();
+    ring.swap(10, 60);
+    let crossed = Shape::Polygon(Polygon::new(LineString::from(ring.clone()), vec![]));
+    assert!(matches!(
+        e.upsert_zone(zone(6, ZoneKind::Exclusion, crossed, 0.0)),
+        Err(EngineError::Zone(ZoneError::InvalidGeometry(_)))
+    ));
+    ring.swap(10, 60);
+    let fine = Shape::Polygon(Polygon::new(LineString::from(ring), vec![]));
+    assert_eq!(
+        e.upsert_zone(zone(6, ZoneKind::Exclusion, fine, 0.0)),
+        Ok(())
+    );
     assert_eq!(
         e.upsert_zone(zone(
             4,
