@@ -107,26 +107,31 @@ pub(crate) enum Geometry {
 }
 
 /// A zone prepared for the hot path.
+///
+/// `repr(C)` fixes the field order: what a zone test reads (envelope, buffer,
+/// kind, scope, then the geometry) comes first, on adjacent cache lines; the
+/// schedule, its cursor and the definition follow. Measured on `global_zones_10k`.
 #[derive(Clone, Debug)]
+#[repr(C)]
 pub(crate) struct Zone {
-    pub(crate) id: ZoneId,
+    /// Bounding box of the buffered zone.
+    pub(crate) envelope: Envelope,
+    buffer_m: f64,
     pub(crate) kind: ZoneKind,
     pub(crate) scope: ZoneScope,
+    geometry: Geometry,
+    pub(crate) id: ZoneId,
     pub(crate) schedule: Schedule,
     /// Shared by every subject's fixes: fixes arrive roughly in time order, so one
     /// cached schedule segment serves nearly all of them.
     pub(crate) cursor: ScheduleCursor,
-    buffer_m: f64,
-    geometry: Geometry,
-    /// Bounding box of the buffered zone.
-    pub(crate) envelope: Envelope,
     /// Cold: only read by tools, kept off the hot cache lines.
     spec: Box<ZoneSpec>,
 }
 
 impl Zone {
-    /// Validates and prepares a zone. Cost is linear in the vertex count (plus
-    /// geo's validity check), paid once at load or on change.
+    /// Validates and prepares a zone. Cost is linear in the vertex count (small
+    /// polygons also get geo's validity check), paid once at load or on change.
     pub(crate) fn prepare(spec: ZoneSpec) -> Result<Zone, ZoneError> {
         if !spec.buffer_m.is_finite() || !(0.0..=MAX_BUFFER_M).contains(&spec.buffer_m) {
             return Err(ZoneError::BadBuffer(spec.buffer_m));
