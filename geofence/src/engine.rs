@@ -418,6 +418,11 @@ fn step_rule(
     out: &mut Vec<Transition>,
 ) {
     let t = cx.t;
+    if cx.historical {
+        // Before the schedule lookup, so late fixes use the historical cursor and
+        // leave the live one on the live segment.
+        rule.hist_mut();
+    }
     let sched = rule.schedule_state(t, cx.historical);
     let th = rule.th;
     match &mut rule.target {
