@@ -182,9 +182,7 @@ impl SmallPolygon {
             if a[0].is_nan() || b[0].is_nan() {
                 continue;
             }
-            let a = [(a[0] - x) * kx, (a[1] - y) * M_PER_DEG];
-            let b = [(b[0] - x) * kx, (b[1] - y) * M_PER_DEG];
-            best = best.min(origin_to_segment(a, b));
+            best = best.min(distance_m([x, y], kx, a, b));
         }
         (best <= r_m).then_some(best)
     }
@@ -576,9 +574,7 @@ impl GridPolygon {
         for j in j0..=j1 {
             for i in i0..=i1 {
                 for s in self.cell_edges(j * self.nx + i) {
-                    let a = [(s.a[0] - x) * kx, (s.a[1] - y) * M_PER_DEG];
-                    let b = [(s.b[0] - x) * kx, (s.b[1] - y) * M_PER_DEG];
-                    best = best.min(origin_to_segment(a, b));
+                    best = best.min(distance_m([x, y], kx, s.a, s.b));
                 }
             }
         }
@@ -660,6 +656,16 @@ fn near_segment(s: &Segment, p: [f64; 2], cell: [f64; 2]) -> bool {
     }
     let len = ((s.b[0] - s.a[0]).powi(2) + (s.b[1] - s.a[1]).powi(2)).sqrt();
     orient(s.a, s.b, p).abs() <= tol * len.max(f64::MIN_POSITIVE)
+}
+
+/// Metres from `p` to segment a–b in the tangent plane at `p`; `kx` is metres
+/// per degree of longitude at `p`'s latitude.
+#[inline]
+fn distance_m(p: [f64; 2], kx: f64, a: [f64; 2], b: [f64; 2]) -> f64 {
+    origin_to_segment(
+        [(a[0] - p[0]) * kx, (a[1] - p[1]) * M_PER_DEG],
+        [(b[0] - p[0]) * kx, (b[1] - p[1]) * M_PER_DEG],
+    )
 }
 
 /// Euclidean distance from the origin to segment a–b (local metres).
