@@ -309,7 +309,26 @@ impl SubjectWorld {
         SubjectWorld { engine, fixes }
     }
 
-    /// Runs every fix through `evaluate`; returns the number of transitions.
+    /// Runs every fix through `evaluate_batch`, 256 fixes a batch; returns the
+    /// number of transitions.
+    pub fn run_batched(&mut self) -> usize {
+        let mut out = Vec::with_capacity(256);
+        let mut outcomes = Vec::with_capacity(256);
+        let mut transitions = 0;
+        for batch in self.fixes.chunks(256) {
+            out.clear();
+            outcomes.clear();
+            self.engine.evaluate_batch(batch, &mut out, &mut outcomes);
+            assert!(
+                outcomes.iter().all(Result::is_ok),
+                "generated fixes are valid"
+            );
+            transitions += out.len();
+        }
+        transitions
+    }
+
+    /// Runs every fix through `evaluate`, one by one; returns the number of transitions.
     pub fn run(&mut self) -> usize {
         let mut out = Vec::with_capacity(64);
         let mut transitions = 0;

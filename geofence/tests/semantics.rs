@@ -1157,3 +1157,40 @@ fn zone_and_rule_changes_apply_to_the_next_fix() {
         Err(EngineError::UnknownSubject)
     );
 }
+
+#[test]
+fn evaluate_batch_is_evaluate_in_order() {
+    let rules = || {
+        vec![
+            RuleSpec::new(RuleId(1), RuleKind::Curfew(ZoneId(1))).with_schedule(curfew_schedule()),
+            RuleSpec::new(RuleId(2), RuleKind::Zone(ZoneId(2))),
+        ]
+    };
+    let start = almaty(2, 21, 0);
+    let mut all = fixes(start, 2, 150, |i| {
+        if i % 40 < 12 {
+            victim_home()
+        } else {
+            night_path(mins(start, 2 * i as i64))
+        }
+    });
+    // Some late fixes and an invalid one in the middle.
+    all.insert(100, all[20]);
+    all.insert(60, fix(mins(start, 1), home(), f64::INFINITY));
+    let (mut one, h) = setup(rules());
+    let mut expect = Vec::new();
+    let expect_outcomes: Vec<_> = all
+        .iter()
+        .map(|f| one.evaluate(h, f, &mut expect))
+        .collect();
+    let (mut batch, h) = setup(rules());
+    let (mut got, mut got_outcomes) = (Vec::new(), Vec::new());
+    let pairs: Vec<(SubjectHandle, Fix)> = all.iter().map(|f| (h, *f)).collect();
+    batch.evaluate_batch(&pairs, &mut got, &mut got_outcomes);
+    assert_eq!(got_outcomes, expect_outcomes);
+    assert_eq!(got, expect);
+    assert!(
+        expect.len() >= 4,
+        "the sequence must produce transitions: {expect:?}"
+    );
+}

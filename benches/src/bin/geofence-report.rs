@@ -56,6 +56,21 @@ fn main() -> ExitCode {
         eprintln!("subject_rules: no transitions at all; the workload is not exercising the rules");
         ok = false;
     }
+    // The same workload through the batch API, on a fresh world.
+    let mut world = SubjectWorld::generate(100_000, 30);
+    let t = Instant::now();
+    let batched = world.run_batched();
+    let batch_secs = t.elapsed().as_secs_f64();
+    println!(
+        "# subject_rules via evaluate_batch: {:.2} Mfixes/s, {batched} transitions",
+        fixes / batch_secs / 1e6
+    );
+    if batched != transitions {
+        eprintln!(
+            "subject_rules: evaluate_batch gave {batched} transitions, evaluate {transitions}"
+        );
+        ok = false;
+    }
     drop(world);
 
     // 3. big_polygon: 20,000 vertices.
