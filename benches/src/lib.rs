@@ -6,9 +6,9 @@
 //! (`assert_eq!` against a baseline or a known count), so a fast wrong answer fails.
 
 use geo::{Contains, LineString, Point, Polygon};
+use geofence::jiff::Timestamp;
 use geofence::jiff::civil::{Time, date};
 use geofence::jiff::tz::TimeZone;
-use geofence::jiff::{SignedDuration, Timestamp};
 use geofence::{
     CategoryId, Engine, Fix, Position, Presence, RuleId, RuleKind, RuleSpec, Schedule, Shape,
     SubjectHandle, SubjectId, Transition, Weekdays, WeeklyWindow, ZoneId, ZoneKind, ZoneScope,
@@ -448,9 +448,4 @@ impl BigPolygon {
             .filter(|p| self.polygon.contains(&Point::new(p.lon(), p.lat())))
             .count()
     }
-}
-
-/// A duration in milliseconds, for printing.
-pub fn ms(d: SignedDuration) -> f64 {
-    d.as_secs_f64() * 1e3
 }

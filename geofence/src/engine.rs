@@ -492,9 +492,7 @@ fn step_one(
     mut verdict: Verdict,
     zone: Option<ZoneRef>,
 ) {
-    if cx.historical {
-        rule.hist_mut();
-    }
+    // `step_rule` created the historical tracks if this fix is late.
     let hist = rule.hist.as_deref_mut().map(|h| &mut h.tracks);
     let (Tracks::One(live), hist) = (&mut rule.live, hist) else {
         return;
@@ -527,9 +525,7 @@ fn step_category(
     cx: &StepCx<'_>,
     out: &mut Vec<Transition>,
 ) {
-    if cx.historical {
-        rule.hist_mut();
-    }
+    // `step_rule` created the historical tracks if this fix is late.
     let hist = rule.hist.as_deref_mut().map(|h| &mut h.tracks);
     let (Tracks::PerZone(live), hist) = (&mut rule.live, hist) else {
         return;

@@ -16,6 +16,13 @@ fn main() -> ExitCode {
     let engine = data.engine();
     let tree = data.baseline();
     let setup = t.elapsed();
+    // The workload is the issue's, never a lighter one.
+    assert_eq!(
+        engine.zone_counts(),
+        (10_000, 10_000),
+        "global_zones_10k: 10,000 global zones"
+    );
+    assert_eq!(data.points.len(), 2_000_000);
     let n = data.points.len() as f64;
     let t = Instant::now();
     let engine_hits = benches::count_engine(&engine, &data.points);
@@ -42,6 +49,16 @@ fn main() -> ExitCode {
     let t = Instant::now();
     let mut world = SubjectWorld::generate(100_000, 30);
     let setup = t.elapsed();
+    assert_eq!(
+        world.engine.subject_count(),
+        100_000,
+        "subject_rules: 100,000 subjects"
+    );
+    assert_eq!(
+        world.engine.zone_counts().1,
+        10_000,
+        "subject_rules: 10,000 global zones"
+    );
     let fixes = world.fixes.len() as f64;
     let t = Instant::now();
     let transitions = world.run();
@@ -77,6 +94,11 @@ fn main() -> ExitCode {
     let t = Instant::now();
     let big = BigPolygon::generate(20_000, 150_000);
     let setup = t.elapsed();
+    assert_eq!(
+        big.engine.zone_vertex_count(benches::CITY),
+        Some(20_000),
+        "big_polygon: 20,000 vertices"
+    );
     // Ten passes over the points, so the timed run is long enough to be stable.
     const PASSES: usize = 10;
     let queries = (PASSES * big.points.len()) as f64;
