@@ -1,0 +1,519 @@
+//! `device-sim`: command-line front end. Parses flags, then calls the library.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use device_sim::plan::Rates;
+use device_sim::publish::{Pace, PublishConfig, Sink, publish};
+use device_sim::stream::{Scenario, ScenarioConfig};
+use device_sim::truth::write_jsonl;
+use device_sim::world::{World, WorldConfig};
+use jiff::Timestamp;
+use rumqttc::QoS;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Simulated ankle bracelets with ground truth, and emtrack's load generator.
+///
+/// The same --seed (and flags) always gives byte-identical world files,
+/// messages and ground truth.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Export the world: zones.geojson (RFC 7946; circles are Points with a
+    /// radius_m property) and world.json (officers, subjects with rules,
+    /// devices, assignments, victims).
+    World {
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        world: WorldArgs,
+    },
+    /// Generate the scenario without a broker: world files, messages.jsonl
+    /// (send time, topic, payload in hex) and truth.jsonl.
+    Gen {
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Skip messages.jsonl (it is large: ~200 bytes a message).
+        #[arg(long)]
+        no_messages: bool,
+        #[command(flatten)]
+        world: WorldArgs,
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+    },
+    /// Publish the scenario to an MQTT broker and write the ground truth of
+    /// everything sent. Prints a progress line every few seconds and the
+    /// achieved rates and ack counts at the end.
+    Run {
+        #[command(flatten)]
+        world: WorldArgs,
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+        #[command(flatten)]
+        mqtt: MqttArgs,
+        /// Where to write the ground truth (JSON lines).
+        #[arg(long, default_value = "truth.jsonl")]
+        truth: PathBuf,
+    },
+    /// A null subscriber: subscribe to every device topic and count messages
+    /// until --expect arrived or nothing came for --idle-secs.
+    Sink {
+        /// Broker host.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Broker port.
+        #[arg(long, default_value_t = 1883)]
+        port: u16,
+        /// Subscription QoS.
+        #[arg(long, value_enum, default_value_t = QosArg::One)]
+        qos: QosArg,
+        /// Stop once this many messages arrived.
+        #[arg(long)]
+        expect: Option<u64>,
+        /// Stop after this long without a message (after the first).
+        #[arg(long, default_value_t = 5.0)]
+        idle_secs: f64,
+        /// Give up after this long in all.
+        #[arg(long, default_value_t = 600.0)]
+        max_secs: f64,
+        /// MQTT client id.
+        #[arg(long, default_value = "device-sim-sink")]
+        client_id: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct WorldArgs {
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of subjects (one bracelet each).
+    #[arg(long, default_value_t = 1_000)]
+    subjects: usize,
+    /// Share of subjects with a protected victim (an exclusion zone around the
+    /// victim's home, and a proximity rule around the victim's OwnTracks phone).
+    #[arg(long, default_value_t = 0.15)]
+    victim_share: f64,
+    /// Share of subjects barred from schools (a fifth of them also from playgrounds).
+    #[arg(long, default_value_t = 0.2)]
+    category_share: f64,
+    /// Share of subjects with an extra personal exclusion zone.
+    #[arg(long, default_value_t = 0.3)]
+    extra_zone_share: f64,
+    /// Share of bracelets sending emtrack JSON instead of binary frames.
+    #[arg(long, default_value_t = 0.1)]
+    json_share: f64,
+    /// Share of bracelets whose clock is 5–120 s off.
+    #[arg(long, default_value_t = 0.05)]
+    skew_share: f64,
+}
+
+impl WorldArgs {
+    fn build(&self) -> Result<World, String> {
+        for (name, v) in [
+            ("--victim-share", self.victim_share),
+            ("--category-share", self.category_share),
+            ("--extra-zone-share", self.extra_zone_share),
+            ("--json-share", self.json_share),
+            ("--skew-share", self.skew_share),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("{name} must lie in [0, 1], not {v}"));
+            }
+        }
+        Ok(World::generate(WorldConfig {
+            seed: self.seed,
+            subjects: self.subjects,
+            victim_share: self.victim_share,
+            category_share: self.category_share,
+            extra_zone_share: self.extra_zone_share,
+            json_share: self.json_share,
+            skew_share: self.skew_share,
+        }))
+    }
+}
+
+#[derive(Args, Debug)]
+struct ScenarioArgs {
+    /// Simulated start: an RFC 3339 instant, or `now`. The default is fixed so
+    /// that runs are reproducible; use `now` (or a recent time) when a backend
+    /// rejects fixes far from its clock.
+    #[arg(long, default_value = "2026-11-23T00:00:00+05:00")]
+    start: String,
+    /// Simulated hours.
+    #[arg(long, default_value_t = 24.0)]
+    hours: f64,
+    /// Fixes per message for live uploads (1–1024); store-and-forward backlogs
+    /// are always batched.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Per subject-day: leave home during curfew for 20–60 minutes.
+    #[arg(long, default_value_t = Rates::default().curfew_break)]
+    curfew_break_rate: f64,
+    /// Per subject-day: step outside home for under a minute during curfew (must not count).
+    #[arg(long, default_value_t = Rates::default().short_step)]
+    short_step_rate: f64,
+    /// Per subject-day: enter a personal exclusion zone or a barred school/playground.
+    #[arg(long, default_value_t = Rates::default().exclusion)]
+    exclusion_rate: f64,
+    /// Per subject-day: drive out of the city for 30–60 minutes.
+    #[arg(long, default_value_t = Rates::default().leave_city)]
+    leave_city_rate: f64,
+    /// Per subject-day, subjects with a victim: approach the victim's phone.
+    #[arg(long, default_value_t = Rates::default().proximity)]
+    proximity_rate: f64,
+    /// Per subject-day: strap or case tamper.
+    #[arg(long, default_value_t = Rates::default().tamper)]
+    tamper_rate: f64,
+    /// Per subject-day: skip charging (battery low, critical, dead, recharged at dawn).
+    #[arg(long, default_value_t = Rates::default().battery_drain)]
+    battery_drain_rate: f64,
+    /// Per subject-day: power off for 40–120 minutes.
+    #[arg(long, default_value_t = Rates::default().silence)]
+    silence_rate: f64,
+    /// Per subject-day: indoor GPS loss for 20–40 minutes while moving.
+    #[arg(long, default_value_t = Rates::default().gps_loss)]
+    gps_loss_rate: f64,
+    /// Per subject-day: coverage gap, then one late store-and-forward upload.
+    #[arg(long, default_value_t = Rates::default().store_forward)]
+    store_forward_rate: f64,
+    /// Per subject-day: send 1–3 malformed or hostile messages (bad CRC, wrong
+    /// device, NaN, out-of-range latitude, truncated, unknown version, huge
+    /// batch, teleport jump).
+    #[arg(long, default_value_t = Rates::default().malformed)]
+    malformed_rate: f64,
+}
+
+impl ScenarioArgs {
+    fn build(&self) -> Result<ScenarioConfig, String> {
+        let start = if self.start == "now" {
+            let now = Timestamp::now().as_millisecond();
+            Timestamp::from_millisecond(now - now.rem_euclid(1000)).map_err(|e| e.to_string())?
+        } else {
+            self.start.parse::<Timestamp>().map_err(|e| {
+                format!(
+                    "--start {:?} is not an RFC 3339 instant or `now`: {e}",
+                    self.start
+                )
+            })?
+        };
+        if !(self.hours > 0.0 && self.hours <= 24.0 * 366.0) {
+            return Err(format!("--hours must lie in (0, 8784], not {}", self.hours));
+        }
+        if !(1..=protocol::MAX_BATCH).contains(&self.batch) {
+            return Err(format!(
+                "--batch must lie in 1..={}, not {}",
+                protocol::MAX_BATCH,
+                self.batch
+            ));
+        }
+        let rates = Rates {
+            curfew_break: self.curfew_break_rate,
+            short_step: self.short_step_rate,
+            exclusion: self.exclusion_rate,
+            leave_city: self.leave_city_rate,
+            proximity: self.proximity_rate,
+            tamper: self.tamper_rate,
+            battery_drain: self.battery_drain_rate,
+            silence: self.silence_rate,
+            gps_loss: self.gps_loss_rate,
+            store_forward: self.store_forward_rate,
+            malformed: self.malformed_rate,
+        };
+        let movement = rates.curfew_break
+            + rates.short_step
+            + rates.exclusion
+            + rates.leave_city
+            + rates.proximity;
+        if movement > 1.0 {
+            return Err(format!(
+                "movement behaviour rates add up to {movement}; at most one a day, so they must add up to 1 or less"
+            ));
+        }
+        for v in [
+            rates.tamper,
+            rates.battery_drain,
+            rates.silence,
+            rates.gps_loss,
+            rates.store_forward,
+            rates.malformed,
+            movement,
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("rates are probabilities in [0, 1]; got {v}"));
+            }
+        }
+        Ok(ScenarioConfig {
+            start,
+            span_ms: (self.hours * 3_600_000.0) as i64,
+            rates,
+            batch: self.batch,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum QosArg {
+    /// At most once.
+    #[value(name = "0")]
+    Zero,
+    /// At least once.
+    #[value(name = "1")]
+    One,
+}
+
+impl From<QosArg> for QoS {
+    fn from(q: QosArg) -> QoS {
+        match q {
+            QosArg::Zero => QoS::AtMostOnce,
+            QosArg::One => QoS::AtLeastOnce,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct MqttArgs {
+    /// Broker host.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Broker port.
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    /// Publish QoS.
+    #[arg(long, value_enum, default_value_t = QosArg::One)]
+    qos: QosArg,
+    /// MQTT connections shared by all devices (device i uses connection i mod N).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// One MQTT connection per device (realism at small N).
+    #[arg(long)]
+    conn_per_device: bool,
+    /// Client ids are `{prefix}-{n}`.
+    #[arg(long, default_value = "device-sim")]
+    client_id_prefix: String,
+    /// Unacknowledged QoS 1 publishes per connection.
+    #[arg(long, default_value_t = 100)]
+    inflight: u16,
+    /// Pace: this many fixes per second overall.
+    #[arg(long, group = "pace")]
+    rate: Option<f64>,
+    /// Pace: simulated time runs this many times faster than wall time
+    /// (1 = real time; 1440 = a day in a minute). The default pace is 60.
+    #[arg(long, group = "pace")]
+    speedup: Option<f64>,
+    /// Pace: as fast as the broker accepts.
+    #[arg(long, group = "pace")]
+    max: bool,
+    /// Stop after this many wall-clock seconds.
+    #[arg(long, default_value_t = 600.0)]
+    duration: f64,
+    /// Stop after this many valid fixes.
+    #[arg(long)]
+    fixes: Option<u64>,
+    /// Seconds between progress lines.
+    #[arg(long, default_value_t = 5.0)]
+    progress_secs: f64,
+}
+
+fn write_truth(path: &std::path::Path, scenario: Scenario) -> std::io::Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    write_jsonl(scenario.finish(), &mut f)?;
+    f.flush()
+}
+
+fn run() -> Result<(), String> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::World { out, world } => {
+            let w = world.build()?;
+            w.write_dir(&out)
+                .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+            println!(
+                "wrote {} zones, {} subjects, {} victims, {} officers to {}",
+                w.zones().count(),
+                w.subjects.len(),
+                w.victims.len(),
+                w.officers.len(),
+                out.display()
+            );
+        }
+        Command::Gen {
+            out,
+            no_messages,
+            world,
+            scenario,
+        } => {
+            let w = Arc::new(world.build()?);
+            let cfg = scenario.build()?;
+            let io = |e: std::io::Error| format!("cannot write to {}: {e}", out.display());
+            w.write_dir(&out).map_err(io)?;
+            let mut sc = Scenario::new(w, cfg);
+            let mut msgs = (!no_messages)
+                .then(|| {
+                    std::fs::File::create(out.join("messages.jsonl")).map(std::io::BufWriter::new)
+                })
+                .transpose()
+                .map_err(io)?;
+            let mut n = 0u64;
+            for m in sc.by_ref() {
+                n += 1;
+                if let Some(f) = &mut msgs {
+                    let hex: String = m.payload.iter().map(|b| format!("{b:02x}")).collect();
+                    let at = Timestamp::from_millisecond(m.at).unwrap_or(Timestamp::UNIX_EPOCH);
+                    writeln!(
+                        f,
+                        r#"{{"at":"{at:.3}","topic":"{}","payload_hex":"{hex}"}}"#,
+                        m.topic
+                    )
+                    .map_err(io)?;
+                }
+            }
+            if let Some(mut f) = msgs {
+                f.flush().map_err(io)?;
+            }
+            write_truth(&out.join("truth.jsonl"), sc).map_err(io)?;
+            println!(
+                "wrote {n} messages and the ground truth to {}",
+                out.display()
+            );
+        }
+        Command::Run {
+            world,
+            scenario,
+            mqtt,
+            truth,
+        } => {
+            let w = Arc::new(world.build()?);
+            let cfg = scenario.build()?;
+            let pace = match (mqtt.rate, mqtt.speedup, mqtt.max) {
+                (Some(r), _, _) if r > 0.0 => Pace::Rate(r),
+                (_, Some(x), _) if x > 0.0 => Pace::Speedup(x),
+                (None, None, true) => Pace::Max,
+                (None, None, false) => Pace::Speedup(60.0),
+                _ => return Err("--rate and --speedup must be positive".into()),
+            };
+            if mqtt.duration.is_nan() || mqtt.duration <= 0.0 {
+                return Err("--duration must be positive".into());
+            }
+            let pcfg = PublishConfig {
+                host: mqtt.host,
+                port: mqtt.port,
+                qos: mqtt.qos.into(),
+                connections: mqtt.connections,
+                conn_per_device: mqtt.conn_per_device,
+                client_id_prefix: mqtt.client_id_prefix,
+                pace,
+                duration: Duration::from_secs_f64(mqtt.duration),
+                max_fixes: mqtt.fixes,
+                progress_every: Duration::from_secs_f64(mqtt.progress_secs.max(0.1)),
+                inflight: mqtt.inflight,
+            };
+            let start_ms = cfg.start.as_millisecond();
+            let mut sc = Scenario::new(w, cfg);
+            let devices = sc.device_count();
+            println!(
+                "device-sim: {devices} devices, pace {pace:?}, QoS {:?}, {} connection(s)",
+                pcfg.qos,
+                if pcfg.conn_per_device {
+                    devices
+                } else {
+                    pcfg.connections
+                }
+            );
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+            let report = rt
+                .block_on(publish(&mut sc, devices, &pcfg, start_ms))
+                .map_err(|e| e.to_string())?;
+            println!("{report}");
+            write_truth(&truth, sc)
+                .map_err(|e| format!("cannot write {}: {e}", truth.display()))?;
+            println!("ground truth: {}", truth.display());
+            if pcfg.qos == QoS::AtLeastOnce && report.acked < report.messages {
+                return Err(format!(
+                    "{} of {} QoS 1 publishes were never acknowledged",
+                    report.messages - report.acked,
+                    report.messages
+                ));
+            }
+        }
+        Command::Sink {
+            host,
+            port,
+            qos,
+            expect,
+            idle_secs,
+            max_secs,
+            client_id,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+            rt.block_on(async {
+                let sink = Sink::start(&host, port, qos.into(), &client_id, false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!(
+                    "sink: subscribed to {:?} at {host}:{port}",
+                    protocol::SUBSCRIPTIONS
+                );
+                let start = std::time::Instant::now();
+                // Wait for the first message, then until idle or expected.
+                let first = tokio::time::timeout(Duration::from_secs_f64(max_secs), async {
+                    while sink.received() == 0 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+                .await;
+                let t0 = std::time::Instant::now();
+                let n = if first.is_ok() {
+                    tokio::time::timeout(
+                        Duration::from_secs_f64(max_secs).saturating_sub(start.elapsed()),
+                        sink.wait_for(expect, Duration::from_secs_f64(idle_secs)),
+                    )
+                    .await
+                    .unwrap_or_else(|_| sink.received())
+                } else {
+                    0
+                };
+                let active = t0.elapsed().as_secs_f64()
+                    - if expect.is_some_and(|e| n >= e) {
+                        0.0
+                    } else {
+                        idle_secs
+                    };
+                println!(
+                    "sink: received {n} messages, {} payload bytes, {:.0} msg/s while active",
+                    sink.bytes(),
+                    n as f64 / active.max(1e-3)
+                );
+                sink.stop().await;
+                Ok::<(), String>(())
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("device-sim: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

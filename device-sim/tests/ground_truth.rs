@@ -1,0 +1,309 @@
+//! The ground truth matches the trajectory, as the geofence engine judges it.
+//!
+//! The test plays the message stream the way ingest will: decode each payload
+//! with `protocol`, refuse what the ground truth says is malformed, flag
+//! implausible jumps as suspect, drop duplicate (device, fix time) pairs, feed
+//! fixes to the engine in arrival order (victims' phones through
+//! `observe_device`), and close a late run after each backlog message. Then:
+//! - every listed episode appears, within its window, with its `historical` flag;
+//! - no episode appears that is not listed;
+//! - every malformed message is refused with the listed reason;
+//! - valid fix counts per device are exact.
+
+use device_sim::plan::Rates;
+use device_sim::stream::{Scenario, ScenarioConfig};
+use device_sim::truth::{EpisodeKind, Record};
+use device_sim::world::{World, WorldConfig};
+use geofence::{Engine, Outcome, Position, SubjectId, Transition};
+use jiff::Timestamp;
+use protocol::Body;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+/// Rates high enough that a small world shows every behaviour in two days.
+fn busy_rates() -> Rates {
+    Rates {
+        curfew_break: 0.15,
+        short_step: 0.1,
+        exclusion: 0.15,
+        leave_city: 0.1,
+        proximity: 0.35,
+        tamper: 0.1,
+        battery_drain: 0.05,
+        silence: 0.08,
+        gps_loss: 0.1,
+        store_forward: 0.2,
+        malformed: 0.15,
+    }
+}
+
+fn scenario(seed: u64, subjects: usize, hours: i64) -> (Arc<World>, Scenario) {
+    let world = Arc::new(World::generate(WorldConfig {
+        seed,
+        subjects,
+        victim_share: 0.4,
+        ..WorldConfig::default()
+    }));
+    let cfg = ScenarioConfig {
+        start: "2026-11-23T00:00:00+05:00[Asia/Almaty]"
+            .parse::<jiff::Zoned>()
+            .expect("start")
+            .timestamp(),
+        span_ms: hours * 3_600_000,
+        rates: busy_rates(),
+        batch: 1,
+    };
+    (world.clone(), Scenario::new(world, cfg))
+}
+
+#[derive(Debug, Clone)]
+struct Seen {
+    start: Timestamp,
+    end: Option<Timestamp>,
+    historical: bool,
+}
+
+/// Above this speed between two fixes, a fix is suspect (as ingest flags it).
+const MAX_SPEED_M_S: f64 = 300.0 / 3.6;
+
+#[test]
+fn ground_truth_matches_the_engine() {
+    let (world, mut stream) = scenario(7, 250, 48);
+    let mut engine: Engine = world.engine().expect("world loads into the engine");
+    let mut out: Vec<Transition> = Vec::new();
+    let mut refused: Vec<(String, String)> = Vec::new();
+    let mut valid: HashMap<String, u64> = HashMap::new();
+    let mut seen_times: HashSet<(String, i64)> = HashSet::new();
+    let mut last_good: HashMap<String, (Position, Timestamp)> = HashMap::new();
+    let mut suspects = 0u64;
+    let mut late_batches = 0u64;
+    let ids: Vec<String> = (0..stream.device_count() as u32)
+        .map(|i| stream.device_id(i).as_str().to_owned())
+        .collect();
+    for msg in stream.by_ref() {
+        let decoded = match protocol::decode(&msg.topic, &msg.payload) {
+            Ok(m) => m,
+            Err(e) => {
+                refused.push((ids[msg.device as usize].clone(), e.reason().to_owned()));
+                continue;
+            }
+        };
+        let Body::Fixes(fixes) = decoded.uplink.body else {
+            continue;
+        };
+        let dev = decoded.uplink.device.as_str().to_owned();
+        let engine_dev = world.engine_device(&dev).expect("known device");
+        let handle = engine.subject_handle(SubjectId(engine_dev.0));
+        let mut any_late = false;
+        for f in fixes {
+            if !seen_times.insert((dev.clone(), f.time.as_millisecond())) {
+                continue;
+            }
+            *valid.entry(dev.clone()).or_default() += 1;
+            let pos = Position::new(f.lon(), f.lat()).expect("valid coordinates");
+            let suspect = last_good.get(&dev).is_some_and(|(p, t)| {
+                let dt =
+                    (f.time.as_millisecond() - t.as_millisecond()).abs().max(1) as f64 / 1000.0;
+                p.distance_m(pos) / dt > MAX_SPEED_M_S
+            });
+            if suspect {
+                suspects += 1;
+            } else {
+                last_good.insert(dev.clone(), (pos, f.time));
+            }
+            let fix = geofence::Fix {
+                time: f.time,
+                position: pos,
+                accuracy_m: f64::from(f.accuracy_m),
+                suspect,
+            };
+            match handle {
+                Some(h) => {
+                    if engine.evaluate(h, &fix, &mut out).expect("evaluates") == Outcome::Late {
+                        any_late = true;
+                    }
+                }
+                None => {
+                    engine
+                        .observe_device(engine_dev, &fix, &mut out)
+                        .expect("observes");
+                }
+            }
+        }
+        if any_late && let Some(h) = handle {
+            late_batches += 1;
+            engine.close_late_run(h, &mut out).expect("closes the run");
+        }
+    }
+    let truth = stream.finish();
+
+    // Episodes seen by the engine, keyed like the ground truth.
+    let mut engine_eps: BTreeMap<(u64, u64, Option<u64>), Vec<Seen>> = BTreeMap::new();
+    for t in &out {
+        let key = (t.subject.0, t.rule.0, t.zone.map(|z| z.0));
+        let list = engine_eps.entry(key).or_default();
+        if t.kind.is_start() {
+            list.push(Seen {
+                start: t.at,
+                end: None,
+                historical: t.historical,
+            });
+        } else {
+            let open = list
+                .iter_mut()
+                .rev()
+                .find(|s| s.end.is_none() && s.historical == t.historical)
+                .expect("an end follows a start");
+            open.end = Some(t.at);
+        }
+    }
+
+    let mut kinds_seen = HashSet::new();
+    let mut matched = 0;
+    let mut malformed_expected: Vec<(String, String)> = Vec::new();
+    let mut suspects_expected = 0;
+    for r in &truth {
+        match r {
+            Record::Episode {
+                subject,
+                rule,
+                zone,
+                kind,
+                start,
+                end,
+                window_s,
+                historical,
+                behaviour,
+                ..
+            } => {
+                kinds_seen.insert(*kind);
+                let key = (*subject, *rule, *zone);
+                let within = |gt: Timestamp, at: Timestamp| {
+                    let d = (at.as_millisecond() - gt.as_millisecond()) / 1000;
+                    window_s[0] <= d && d <= window_s[1]
+                };
+                let list = engine_eps.get_mut(&key).unwrap_or_else(|| {
+                    panic!("{behaviour} episode {key:?} at {start} not seen by the engine")
+                });
+                let i = list
+                    .iter()
+                    .position(|s| within(*start, s.start))
+                    .unwrap_or_else(|| panic!("{behaviour} episode {key:?} starting {start} (historical: {historical}): engine saw {list:?}"));
+                let seen = list.remove(i);
+                assert_eq!(
+                    seen.historical, *historical,
+                    "{behaviour} {key:?} at {start}"
+                );
+                match (end, seen.end) {
+                    (Some(gt), Some(at)) => assert!(
+                        within(*gt, at),
+                        "{behaviour} {key:?}: end {gt} vs engine {at}"
+                    ),
+                    (None, _) => {}
+                    (Some(gt), None) => {
+                        panic!("{behaviour} {key:?}: engine never saw the end at {gt}")
+                    }
+                }
+                matched += 1;
+            }
+            Record::Malformed { device, reason, .. } => {
+                if *reason == "suspect_jump" {
+                    suspects_expected += 1;
+                } else {
+                    malformed_expected.push((device.clone(), (*reason).to_owned()));
+                }
+            }
+            Record::Device {
+                device,
+                valid_fixes,
+                ..
+            } => {
+                assert_eq!(
+                    valid.get(device).copied().unwrap_or(0),
+                    *valid_fixes,
+                    "valid fixes of {device}"
+                );
+            }
+            _ => {}
+        }
+    }
+    let unlisted: Vec<_> = engine_eps.iter().filter(|(_, v)| !v.is_empty()).collect();
+    assert!(
+        unlisted.is_empty(),
+        "episodes not in the ground truth: {unlisted:?}"
+    );
+    refused.sort();
+    malformed_expected.sort();
+    assert_eq!(refused, malformed_expected);
+    assert_eq!(
+        suspects, suspects_expected,
+        "every teleport, and only they, is suspect"
+    );
+
+    eprintln!(
+        "matched {matched} episodes ({historical} historical), {} refused, {suspects} suspect, {late_batches} late batches",
+        refused.len(),
+        historical = truth
+            .iter()
+            .filter(|r| matches!(
+                r,
+                Record::Episode {
+                    historical: true,
+                    ..
+                }
+            ))
+            .count(),
+    );
+    // The scenario must actually exercise what it claims to.
+    for k in [
+        EpisodeKind::Inclusion,
+        EpisodeKind::Exclusion,
+        EpisodeKind::Curfew,
+        EpisodeKind::Category,
+        EpisodeKind::Proximity,
+    ] {
+        assert!(kinds_seen.contains(&k), "no {k:?} episode in the scenario");
+    }
+    let historical = truth
+        .iter()
+        .filter(|r| {
+            matches!(
+                r,
+                Record::Episode {
+                    historical: true,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert!(historical > 0, "no historical episode");
+    assert!(late_batches > 0);
+    assert!(matched >= 20, "only {matched} episodes");
+    assert!(
+        refused.len() >= 5,
+        "only {} malformed messages",
+        refused.len()
+    );
+    for cause in ["powered_off", "battery_dead", "coverage_gap"] {
+        assert!(
+            truth
+                .iter()
+                .any(|r| matches!(r, Record::Silence { cause: c, .. } if *c == cause)),
+            "no {cause} silence"
+        );
+    }
+    for event in [
+        "strap_opened",
+        "battery_low",
+        "battery_critical",
+        "charger_connected",
+        "gps_lost",
+    ] {
+        assert!(
+            truth
+                .iter()
+                .any(|r| matches!(r, Record::Event { event: e, .. } if *e == event)),
+            "no {event} event"
+        );
+    }
+}
