@@ -68,15 +68,8 @@ enum Command {
     /// A null subscriber: subscribe to every device topic and count messages
     /// until --expect arrived or nothing came for --idle-secs.
     Sink {
-        /// Broker host.
-        #[arg(long, default_value = "127.0.0.1")]
-        host: String,
-        /// Broker port.
-        #[arg(long, default_value_t = 1883)]
-        port: u16,
-        /// Subscription QoS.
-        #[arg(long, value_enum, default_value_t = QosArg::One)]
-        qos: QosArg,
+        #[command(flatten)]
+        broker: BrokerArgs,
         /// Stop once this many messages arrived.
         #[arg(long)]
         expect: Option<u64>,
@@ -282,16 +275,22 @@ impl From<QosArg> for QoS {
 }
 
 #[derive(Args, Debug)]
-struct MqttArgs {
+struct BrokerArgs {
     /// Broker host.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     /// Broker port.
     #[arg(long, default_value_t = 1883)]
     port: u16,
-    /// Publish QoS.
+    /// QoS of publishes (run) or of the subscription (sink).
     #[arg(long, value_enum, default_value_t = QosArg::One)]
     qos: QosArg,
+}
+
+#[derive(Args, Debug)]
+struct MqttArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
     /// MQTT connections shared by all devices (device i uses connection i mod N).
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -323,6 +322,13 @@ struct MqttArgs {
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 5.0)]
     progress_secs: f64,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
 fn write_truth(path: &std::path::Path, scenario: Scenario) -> std::io::Result<()> {
@@ -406,9 +412,9 @@ fn run() -> Result<(), String> {
                 return Err("--duration must be positive".into());
             }
             let pcfg = PublishConfig {
-                host: mqtt.host,
-                port: mqtt.port,
-                qos: mqtt.qos.into(),
+                host: mqtt.broker.host,
+                port: mqtt.broker.port,
+                qos: mqtt.broker.qos.into(),
                 connections: mqtt.connections,
                 conn_per_device: mqtt.conn_per_device,
                 client_id_prefix: mqtt.client_id_prefix,
@@ -430,10 +436,7 @@ fn run() -> Result<(), String> {
                     pcfg.connections
                 }
             );
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+            let rt = runtime()?;
             let report = rt
                 .block_on(publish(&mut sc, devices, &pcfg, start_ms))
                 .map_err(|e| e.to_string())?;
@@ -450,18 +453,13 @@ fn run() -> Result<(), String> {
             }
         }
         Command::Sink {
-            host,
-            port,
-            qos,
+            broker: BrokerArgs { host, port, qos },
             expect,
             idle_secs,
             max_secs,
             client_id,
         } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+            let rt = runtime()?;
             rt.block_on(async {
                 let sink = Sink::start(&host, port, qos.into(), &client_id, false)
                     .await

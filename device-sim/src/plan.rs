@@ -459,6 +459,11 @@ pub fn subject_day(
         ..DayPlan::default()
     };
 
+    let commute_speed = if s.home.dist(s.work) < 1_500.0 {
+        WALK_M_S
+    } else {
+        DRIVE_M_S
+    };
     let build = |trip: Option<&(Move, Trip)>| -> (Path, Option<Window>) {
         let mut path = Path::start(from, s.work, true);
         let mut window = None;
@@ -481,30 +486,14 @@ pub fn subject_day(
             excursion(&mut path, s.work, true, t);
         }
         path.stay_until(leave_work);
-        path.go(
-            s.home,
-            if s.home.dist(s.work) < 1_500.0 {
-                WALK_M_S
-            } else {
-                DRIVE_M_S
-            },
-            true,
-        );
+        path.go(s.home, commute_speed, true);
         if let Some((m, t)) = trip
             && matches!(m, Move::CurfewBreak | Move::ShortStep)
         {
             excursion(&mut path, s.home, true, t);
         }
         path.stay_until(leave_home);
-        path.go(
-            s.work,
-            if s.home.dist(s.work) < 1_500.0 {
-                WALK_M_S
-            } else {
-                DRIVE_M_S
-            },
-            true,
-        );
+        path.go(s.work, commute_speed, true);
         if let Some((m, t)) = trip
             && afternoon(*m)
             && t.depart > leave_home

@@ -539,7 +539,6 @@ impl Bracelet {
         let mut events = Vec::new();
         self.battery_to(t, &mut events);
         let skew = self.skew(world);
-        let format = self.format(world);
         let device = self.device.as_str().to_owned();
 
         // Silence bookkeeping: open when the device goes quiet, close on the
@@ -617,23 +616,7 @@ impl Bracelet {
                     flags: self.flags(gps_lost, false),
                     pending: 0,
                 };
-                let msg = Uplink {
-                    device: self.device.clone(),
-                    body: Body::Heartbeats(vec![hb]),
-                };
-                self.push(
-                    out,
-                    Outgoing {
-                        at: t,
-                        device: idx,
-                        topic: Topic::for_device(&self.device, RecordKind::Heartbeat),
-                        payload: encode(format, &msg),
-                        valid_fixes: 0,
-                        events: 0,
-                        heartbeats: 1,
-                        truth: Vec::new(),
-                    },
-                );
+                self.send(world, idx, t, Body::Heartbeats(vec![hb]), Vec::new(), out);
             }
         }
 
@@ -674,23 +657,7 @@ impl Bracelet {
                     self.flush_batch(world, idx, t, out);
                     let backlog = std::mem::take(&mut self.backlog);
                     for chunk in backlog.chunks(protocol::MAX_BATCH) {
-                        let msg = Uplink {
-                            device: self.device.clone(),
-                            body: Body::Fixes(chunk.to_vec()),
-                        };
-                        self.push(
-                            out,
-                            Outgoing {
-                                at: t,
-                                device: idx,
-                                topic: Topic::for_device(&self.device, RecordKind::Fix),
-                                payload: encode(format, &msg),
-                                valid_fixes: chunk.len() as u32,
-                                events: 0,
-                                heartbeats: 0,
-                                truth: Vec::new(),
-                            },
-                        );
+                        self.send(world, idx, t, Body::Fixes(chunk.to_vec()), Vec::new(), out);
                     }
                     let late_events = std::mem::take(&mut self.backlog_events);
                     if !late_events.is_empty() {
@@ -705,6 +672,37 @@ impl Bracelet {
             }
         }
         true
+    }
+
+    /// Encodes `body` in the device's format and queues it on its topic.
+    fn send(
+        &mut self,
+        world: &World,
+        idx: u32,
+        t: i64,
+        body: Body,
+        truth: Vec<Record>,
+        out: &mut VecDeque<Outgoing>,
+    ) {
+        let (kind, n) = (body.kind(), body.len() as u32);
+        let msg = Uplink {
+            device: self.device.clone(),
+            body,
+        };
+        let count = |k: RecordKind| if k == kind { n } else { 0 };
+        self.push(
+            out,
+            Outgoing {
+                at: t,
+                device: idx,
+                topic: Topic::for_device(&self.device, kind),
+                payload: encode(self.format(world), &msg),
+                valid_fixes: count(RecordKind::Fix),
+                events: count(RecordKind::Event),
+                heartbeats: count(RecordKind::Heartbeat),
+                truth,
+            },
+        );
     }
 
     /// Queues a message, closing an open silence and attaching pending truth.
@@ -726,25 +724,7 @@ impl Bracelet {
             return;
         }
         let fixes = std::mem::take(&mut self.batch);
-        let n = fixes.len() as u32;
-        let msg = Uplink {
-            device: self.device.clone(),
-            body: Body::Fixes(fixes),
-        };
-        let payload = encode(self.format(world), &msg);
-        self.push(
-            out,
-            Outgoing {
-                at: t,
-                device: idx,
-                topic: Topic::for_device(&self.device, RecordKind::Fix),
-                payload,
-                valid_fixes: n,
-                events: 0,
-                heartbeats: 0,
-                truth: Vec::new(),
-            },
-        );
+        self.send(world, idx, t, Body::Fixes(fixes), Vec::new(), out);
     }
 
     fn emit_events(
@@ -765,24 +745,7 @@ impl Bracelet {
                 late,
             })
             .collect();
-        let n = recs.len() as u32;
-        let msg = Uplink {
-            device: self.device.clone(),
-            body: Body::Events(recs),
-        };
-        self.push(
-            out,
-            Outgoing {
-                at: t,
-                device: idx,
-                topic: Topic::for_device(&self.device, RecordKind::Event),
-                payload: encode(self.format(world), &msg),
-                valid_fixes: 0,
-                events: n,
-                heartbeats: 0,
-                truth,
-            },
-        );
+        self.send(world, idx, t, Body::Events(recs), truth, out);
     }
 
     fn emit_hostile(

@@ -15,7 +15,9 @@
 //!   `battery_dead`) or only later (`coverage_gap`, store-and-forward).
 //! - `gps_loss`: no fixes while heartbeats report motion.
 //! - `malformed`: a hostile or broken message and the rejection reason a
-//!   backend must give (`suspect_jump` fixes are valid but must be flagged).
+//!   backend must give. A `suspect_jump` fix is valid and counted, but lies about
+//!   2,200 km from the device's true track: a backend must store it flagged as
+//!   suspect and judge the fixes after it against the last *unflagged* fix.
 //! - `device`: per device, the exact number of valid fixes sent.
 //! - `summary`: totals.
 //!

@@ -77,6 +77,8 @@ fn ground_truth_matches_the_engine() {
     let mut last_good: HashMap<String, (Position, Timestamp)> = HashMap::new();
     let mut suspects = 0u64;
     let mut late_batches = 0u64;
+    let mut sent_events: Vec<(String, &'static str, Timestamp)> = Vec::new();
+    let mut heartbeats: HashMap<String, u64> = HashMap::new();
     let ids: Vec<String> = (0..stream.device_count() as u32)
         .map(|i| stream.device_id(i).as_str().to_owned())
         .collect();
@@ -88,10 +90,22 @@ fn ground_truth_matches_the_engine() {
                 continue;
             }
         };
-        let Body::Fixes(fixes) = decoded.uplink.body else {
-            continue;
-        };
         let dev = decoded.uplink.device.as_str().to_owned();
+        let fixes = match decoded.uplink.body {
+            Body::Fixes(fixes) => fixes,
+            Body::Events(events) => {
+                sent_events.extend(
+                    events
+                        .iter()
+                        .map(|e| (dev.clone(), e.kind.as_str(), e.time)),
+                );
+                continue;
+            }
+            Body::Heartbeats(hbs) => {
+                *heartbeats.entry(dev.clone()).or_default() += hbs.len() as u64;
+                continue;
+            }
+        };
         let engine_dev = world.engine_device(&dev).expect("known device");
         let handle = engine.subject_handle(SubjectId(engine_dev.0));
         let mut any_late = false;
@@ -162,6 +176,7 @@ fn ground_truth_matches_the_engine() {
     let mut matched = 0;
     let mut malformed_expected: Vec<(String, String)> = Vec::new();
     let mut suspects_expected = 0;
+    let mut listed_events: Vec<(String, &'static str, Timestamp)> = Vec::new();
     for r in &truth {
         match r {
             Record::Episode {
@@ -216,14 +231,25 @@ fn ground_truth_matches_the_engine() {
             Record::Device {
                 device,
                 valid_fixes,
-                ..
+                events,
+                heartbeats: hb,
             } => {
                 assert_eq!(
                     valid.get(device).copied().unwrap_or(0),
                     *valid_fixes,
                     "valid fixes of {device}"
                 );
+                assert_eq!(
+                    heartbeats.get(device).copied().unwrap_or(0),
+                    *hb,
+                    "heartbeats of {device}"
+                );
+                let sent = sent_events.iter().filter(|e| e.0 == *device).count() as u64;
+                assert_eq!(sent, *events, "events of {device}");
             }
+            Record::Event {
+                device, event, t, ..
+            } => listed_events.push((device.clone(), *event, *t)),
             _ => {}
         }
     }
@@ -238,6 +264,12 @@ fn ground_truth_matches_the_engine() {
     assert_eq!(
         suspects, suspects_expected,
         "every teleport, and only they, is suspect"
+    );
+    sent_events.sort();
+    listed_events.sort();
+    assert!(
+        sent_events == listed_events,
+        "listed events differ from those sent"
     );
 
     eprintln!(

@@ -41,12 +41,8 @@ struct WireFix {
     heading: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     batt: Option<u8>,
-    #[serde(default, skip_serializing_if = "is_false")]
-    motion: bool,
-    #[serde(default, skip_serializing_if = "is_false")]
-    charging: bool,
-    #[serde(default, skip_serializing_if = "is_false")]
-    network: bool,
+    #[serde(flatten)]
+    flags: WireFlags,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -55,12 +51,8 @@ struct WireEvent {
     event: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     batt: Option<u8>,
-    #[serde(default, skip_serializing_if = "is_false")]
-    motion: bool,
-    #[serde(default, skip_serializing_if = "is_false")]
-    charging: bool,
-    #[serde(default, skip_serializing_if = "is_false")]
-    network: bool,
+    #[serde(flatten)]
+    flags: WireFlags,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -70,12 +62,39 @@ struct WireHeartbeat {
     batt: Option<u8>,
     #[serde(default)]
     pending: u16,
+    #[serde(flatten)]
+    flags: WireFlags,
+}
+
+/// Device state bits; absent means false.
+#[derive(Serialize, Deserialize)]
+struct WireFlags {
     #[serde(default, skip_serializing_if = "is_false")]
     motion: bool,
     #[serde(default, skip_serializing_if = "is_false")]
     charging: bool,
     #[serde(default, skip_serializing_if = "is_false")]
     network: bool,
+}
+
+impl From<Flags> for WireFlags {
+    fn from(f: Flags) -> Self {
+        WireFlags {
+            motion: f.motion,
+            charging: f.charging,
+            network: f.network_location,
+        }
+    }
+}
+
+impl From<WireFlags> for Flags {
+    fn from(f: WireFlags) -> Self {
+        Flags {
+            motion: f.motion,
+            charging: f.charging,
+            network_location: f.network,
+        }
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -147,7 +166,6 @@ pub(crate) fn heading_cdeg(deg: f64, record: usize) -> Result<u16, DecodeError> 
 
 /// Serialises `msg` as emtrack JSON.
 pub fn encode(msg: &Uplink) -> Vec<u8> {
-    let flags = |f: Flags| (f.motion, f.charging, f.network_location);
     let mut wire = WireUplink {
         v: JSON_VERSION,
         device: msg.device.as_str().to_owned(),
@@ -159,20 +177,15 @@ pub fn encode(msg: &Uplink) -> Vec<u8> {
         Body::Fixes(v) => {
             wire.fixes = Some(
                 v.iter()
-                    .map(|f| {
-                        let (motion, charging, network) = flags(f.flags);
-                        WireFix {
-                            t: format_time(f.time),
-                            lat: f.lat(),
-                            lon: f.lon(),
-                            acc: f64::from(f.accuracy_m),
-                            speed: f.speed_m_s(),
-                            heading: f.heading_deg(),
-                            batt: f.battery_pct,
-                            motion,
-                            charging,
-                            network,
-                        }
+                    .map(|f| WireFix {
+                        t: format_time(f.time),
+                        lat: f.lat(),
+                        lon: f.lon(),
+                        acc: f64::from(f.accuracy_m),
+                        speed: f.speed_m_s(),
+                        heading: f.heading_deg(),
+                        batt: f.battery_pct,
+                        flags: f.flags.into(),
                     })
                     .collect(),
             )
@@ -180,16 +193,11 @@ pub fn encode(msg: &Uplink) -> Vec<u8> {
         Body::Events(v) => {
             wire.events = Some(
                 v.iter()
-                    .map(|e| {
-                        let (motion, charging, network) = flags(e.flags);
-                        WireEvent {
-                            t: format_time(e.time),
-                            event: e.kind.as_str().to_owned(),
-                            batt: e.battery_pct,
-                            motion,
-                            charging,
-                            network,
-                        }
+                    .map(|e| WireEvent {
+                        t: format_time(e.time),
+                        event: e.kind.as_str().to_owned(),
+                        batt: e.battery_pct,
+                        flags: e.flags.into(),
                     })
                     .collect(),
             )
@@ -197,16 +205,11 @@ pub fn encode(msg: &Uplink) -> Vec<u8> {
         Body::Heartbeats(v) => {
             wire.heartbeats = Some(
                 v.iter()
-                    .map(|h| {
-                        let (motion, charging, network) = flags(h.flags);
-                        WireHeartbeat {
-                            t: format_time(h.time),
-                            batt: h.battery_pct,
-                            pending: h.pending,
-                            motion,
-                            charging,
-                            network,
-                        }
+                    .map(|h| WireHeartbeat {
+                        t: format_time(h.time),
+                        batt: h.battery_pct,
+                        pending: h.pending,
+                        flags: h.flags.into(),
                     })
                     .collect(),
             )
@@ -235,11 +238,6 @@ pub fn decode(payload: &[u8]) -> Result<Uplink, DecodeError> {
         return Err(DecodeError::UnknownVersion(wire.v));
     }
     let device = DeviceId::parse(&wire.device).map_err(DecodeError::DeviceId)?;
-    let flags = |motion, charging, network_location| Flags {
-        motion,
-        charging,
-        network_location,
-    };
     let body = match (wire.fixes, wire.events, wire.heartbeats) {
         (Some(fixes), None, None) => {
             check_count(fixes.len())?;
@@ -257,7 +255,7 @@ pub fn decode(payload: &[u8]) -> Result<Uplink, DecodeError> {
                         .transpose()?,
                     heading_cdeg: f.heading.map(|h| heading_cdeg(h, i)).transpose()?,
                     battery_pct: battery(f.batt, i)?,
-                    flags: flags(f.motion, f.charging, f.network),
+                    flags: f.flags.into(),
                 });
             }
             Body::Fixes(out)
@@ -271,7 +269,7 @@ pub fn decode(payload: &[u8]) -> Result<Uplink, DecodeError> {
                     kind: EventKind::from_name(&e.event)
                         .ok_or(DecodeError::UnknownEvent { record: i })?,
                     battery_pct: battery(e.batt, i)?,
-                    flags: flags(e.motion, e.charging, e.network),
+                    flags: e.flags.into(),
                 });
             }
             Body::Events(out)
@@ -283,7 +281,7 @@ pub fn decode(payload: &[u8]) -> Result<Uplink, DecodeError> {
                 out.push(Heartbeat {
                     time: parse_time(&h.t, i)?,
                     battery_pct: battery(h.batt, i)?,
-                    flags: flags(h.motion, h.charging, h.network),
+                    flags: h.flags.into(),
                     pending: h.pending,
                 });
             }
