@@ -250,7 +250,9 @@ pub async fn publish(
     };
     let mut next_progress = start + cfg.progress_every;
     let mut last_progress = (start, 0u64);
-    for msg in &mut *stream {
+    // Bounds are checked before a message is taken, so that every message taken
+    // from the stream (and so counted in its ground truth) is published.
+    loop {
         let now = Instant::now();
         if now - start >= cfg.duration {
             report.stopped_by = "duration";
@@ -260,6 +262,7 @@ pub async fn publish(
             report.stopped_by = "fixes";
             break;
         }
+        let Some(msg) = stream.next() else { break };
         let due = match cfg.pace {
             Pace::Max => None,
             Pace::Rate(r) => {

@@ -10,8 +10,8 @@
 
 use crate::plan::{
     BATTERY_CRITICAL, BATTERY_LOW, Clock, DayPlan, Episode, FAST_FIX_INTERVAL_S, FIX_INTERVAL_S,
-    GPS_LOSS_HEARTBEAT_S, HEARTBEAT_INTERVAL_S, Hostile, Path, Rates, next_day, subject_day,
-    victim_day,
+    GPS_LOSS_HEARTBEAT_S, HEARTBEAT_INTERVAL_S, Hostile, MIN_EPISODE_S, Path, Rates, next_day,
+    subject_day, victim_day,
 };
 use crate::space::{Stream, Xy, rng};
 use crate::truth::Record;
@@ -258,13 +258,15 @@ impl Scenario {
                         other_device: e.other.clone(),
                         kind: e.kind,
                         start: ts(e.start + s.skew_ms),
-                        end: (end_seen <= last).then(|| ts(e.end + s.skew_ms)),
+                        // An end counts once a backend had time to confirm it.
+                        end: (end_seen + 180_000 <= last).then(|| ts(e.end + s.skew_ms)),
                         window_s: if e.other.is_some() {
                             [-120, 180]
                         } else {
                             [0, 180]
                         },
                         historical: e.historical,
+                        cut_short: !e.historical && e.start + MIN_EPISODE_S * 1000 > last,
                         behaviour: e.behaviour,
                     });
                 }

@@ -9,7 +9,10 @@
 //!   start + window_s[1]]` (likewise for `end`), because fixes are discrete and
 //!   a fix counts only when its whole accuracy disc is past the boundary.
 //!   `historical` is true when the episode happened inside a store-and-forward
-//!   gap and so reaches the backend only in a late batch.
+//!   gap and so reaches the backend only in a late batch. `end` is null when the
+//!   run stopped before a backend could confirm the end; `cut_short` marks an
+//!   episode the run stopped in the middle of, which a backend may or may not
+//!   report.
 //! - `event`: every device event sent (tamper, battery, charger, GPS).
 //! - `silence`: a time the device sent nothing at all (`powered_off`,
 //!   `battery_dead`) or only later (`coverage_gap`, store-and-forward).
@@ -72,6 +75,10 @@ pub enum Record {
         window_s: [i64; 2],
         /// Reached the backend only in a late store-and-forward batch.
         historical: bool,
+        /// The run stopped less than `plan::MIN_EPISODE_S` after the start:
+        /// whether a backend reports this episode depends on how much of it
+        /// arrived, so a backend may or may not list it.
+        cut_short: bool,
         /// The behaviour that caused it.
         behaviour: &'static str,
     },
