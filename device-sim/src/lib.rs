@@ -16,7 +16,8 @@
 //! # Determinism
 //! Every random choice comes from a stream seeded by `(seed, kind, id, day)`,
 //! and every output is written in a fixed order, so one `--seed` gives
-//! byte-identical world files, messages and ground truth.
+//! byte-identical world files, messages and ground truth, for a given
+//! `Cargo.lock` (rand's `StdRng` may change between rand versions).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

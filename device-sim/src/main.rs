@@ -234,13 +234,17 @@ impl ScenarioArgs {
             ));
         }
         for v in [
+            rates.curfew_break,
+            rates.short_step,
+            rates.exclusion,
+            rates.leave_city,
+            rates.proximity,
             rates.tamper,
             rates.battery_drain,
             rates.silence,
             rates.gps_loss,
             rates.store_forward,
             rates.malformed,
-            movement,
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("rates are probabilities in [0, 1]; got {v}"));
@@ -408,8 +412,15 @@ fn run() -> Result<(), String> {
                 (None, None, false) => Pace::Speedup(60.0),
                 _ => return Err("--rate and --speedup must be positive".into()),
             };
-            if mqtt.duration.is_nan() || mqtt.duration <= 0.0 {
-                return Err("--duration must be positive".into());
+            for (name, v) in [
+                ("--duration", mqtt.duration),
+                ("--progress-secs", mqtt.progress_secs),
+            ] {
+                if !(v.is_finite() && v > 0.0 && v <= 1e9) {
+                    return Err(format!(
+                        "{name} must be a positive number of seconds, not {v}"
+                    ));
+                }
             }
             let pcfg = PublishConfig {
                 host: mqtt.broker.host,
@@ -427,14 +438,14 @@ fn run() -> Result<(), String> {
             let start_ms = cfg.start.as_millisecond();
             let mut sc = Scenario::new(w, cfg);
             let devices = sc.device_count();
+            let connections = if pcfg.conn_per_device {
+                devices
+            } else {
+                pcfg.connections.clamp(1, devices.max(1))
+            };
             println!(
-                "device-sim: {devices} devices, pace {pace:?}, QoS {:?}, {} connection(s)",
-                pcfg.qos,
-                if pcfg.conn_per_device {
-                    devices
-                } else {
-                    pcfg.connections
-                }
+                "device-sim: {devices} devices, pace {pace:?}, QoS {:?}, {connections} connection(s)",
+                pcfg.qos
             );
             let rt = runtime()?;
             let report = rt

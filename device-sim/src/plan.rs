@@ -48,7 +48,8 @@ pub const MIN_EPISODE_S: i64 = 300;
 pub const MAX_BLIP_S: i64 = 58;
 /// Battery low threshold, percent.
 pub const BATTERY_LOW: f64 = 20.0;
-/// Battery critical threshold, percent (about 30 minutes left on a drain day).
+/// Battery critical threshold, percent (100 minutes before the battery is flat
+/// at a drain day's 6 %/h).
 pub const BATTERY_CRITICAL: f64 = 10.0;
 
 const WALK_M_S: f64 = 1.4;
@@ -506,7 +507,10 @@ pub fn subject_day(
 
     let (mut path, mut window) = build(trip.as_ref());
     if let (Some((m, _)), Some(w)) = (&trip, window) {
-        match truth_of(world, clock, s, victim, day, &path, w, *m) {
+        // The trip, with the store-and-forward gap that may wrap it, must end
+        // within this plan day: the next day's plan starts from work.
+        let fits = w.to + 30 * MIN_MS <= to;
+        match truth_of(world, clock, s, victim, day, &path, w, *m).filter(|_| fits) {
             Some(episodes) => plan.episodes = episodes,
             None => {
                 plan.dropped += 1;
@@ -618,7 +622,7 @@ pub fn subject_day(
         for _ in 0..r.random_range(1..=3) {
             let kind = Hostile::ALL[r.random_range(0..Hostile::ALL.len())];
             if let Some(w) = slot(&mut r, &mut busy, 2 * MIN_MS) {
-                // Mid-minute and off the millisecond grid of regular fixes.
+                // Mid-minute; `stream` keeps a teleport off the regular fix times.
                 plan.hostile.push((w.from + 30_000 + 7, kind));
             }
         }

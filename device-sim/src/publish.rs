@@ -66,7 +66,9 @@ pub struct PublishReport {
     pub fixes: u64,
     /// Payload bytes.
     pub bytes: u64,
-    /// PUBACKs received (QoS 1) or publishes written (QoS 0).
+    /// PUBACKs received (QoS 1) or publishes written (QoS 0). After a
+    /// reconnect, a resent QoS 1 publish may be acked twice, so this can exceed
+    /// `messages`; `connection_errors` then is non-zero.
     pub acked: u64,
     /// Wall time from the first publish to the last ack.
     pub elapsed: Duration,

@@ -88,7 +88,10 @@ struct Bracelet {
     backlog: Vec<Fix>,
     backlog_events: Vec<Event>,
     pending_truth: Vec<Record>,
-    episodes: Vec<(Episode, i64)>,
+    /// Live episodes, judged against the fixes taken when the run finishes.
+    episodes: Vec<Episode>,
+    /// Episodes inside a store-and-forward gap, not yet uploaded.
+    historical: Vec<Episode>,
 }
 
 struct Phone {
@@ -109,7 +112,8 @@ struct Slot {
     machine: Machine,
     out: VecDeque<Outgoing>,
     done: bool,
-    last_taken: i64,
+    /// Send time of the newest message with fixes taken from this device.
+    last_fix: i64,
     valid_fixes: u64,
     events: u64,
     heartbeats: u64,
@@ -163,6 +167,7 @@ impl Scenario {
                 backlog_events: Vec::new(),
                 pending_truth: Vec::new(),
                 episodes: Vec::new(),
+                historical: Vec::new(),
             };
             b.battery = b.noise.random_range(60.0..95.0);
             b.adopt(plan, start);
@@ -241,34 +246,21 @@ impl Scenario {
     pub fn finish(mut self) -> Vec<Record> {
         let reached = self.reached;
         for slot in &mut self.slots {
-            let last = slot.last_taken;
             if let Machine::Bracelet(b) = &mut slot.machine {
                 let dev = b.device.as_str();
-                for (e, visible) in &b.episodes {
-                    if *visible > last {
+                // Judged against the newest fix taken: a heartbeat or event
+                // says nothing about where the subject was.
+                let last = slot.last_fix;
+                for e in &b.episodes {
+                    if e.start > last {
                         continue;
                     }
-                    let end_seen = if e.historical { *visible } else { e.end };
                     let s = &self.world.subjects[b.subject];
-                    self.truth.push(Record::Episode {
-                        subject: s.id,
-                        device: dev.to_owned(),
-                        rule: e.rule,
-                        zone: e.zone,
-                        other_device: e.other.clone(),
-                        kind: e.kind,
-                        start: ts(e.start + s.skew_ms),
-                        // An end counts once a backend had time to confirm it.
-                        end: (end_seen + 180_000 <= last).then(|| ts(e.end + s.skew_ms)),
-                        window_s: if e.other.is_some() {
-                            [-120, 180]
-                        } else {
-                            [0, 180]
-                        },
-                        historical: e.historical,
-                        cut_short: !e.historical && e.start + MIN_EPISODE_S * 1000 > last,
-                        behaviour: e.behaviour,
-                    });
+                    // An end counts once a backend had time to confirm it.
+                    let end = (e.end + 180_000 <= last).then_some(e.end);
+                    let cut_short = e.start + MIN_EPISODE_S * 1000 > last;
+                    self.truth
+                        .push(episode_record(s, &b.device, e, end, cut_short));
                 }
                 if let Some((from, cause)) = b.silence
                     && from <= reached
@@ -325,7 +317,9 @@ impl Iterator for Scenario {
         let Reverse((_, i)) = self.heap.pop()?;
         let slot = &mut self.slots[i as usize];
         let mut msg = slot.out.pop_front()?;
-        slot.last_taken = msg.at;
+        if msg.valid_fixes > 0 {
+            slot.last_fix = slot.last_fix.max(msg.at);
+        }
         slot.valid_fixes += u64::from(msg.valid_fixes);
         slot.events += u64::from(msg.events);
         slot.heartbeats += u64::from(msg.heartbeats);
@@ -349,11 +343,39 @@ impl Slot {
             machine,
             out: VecDeque::new(),
             done: false,
-            last_taken: i64::MIN,
+            last_fix: i64::MIN,
             valid_fixes: 0,
             events: 0,
             heartbeats: 0,
         }
+    }
+}
+
+/// The ground-truth line of an episode, in the device's clock.
+fn episode_record(
+    s: &crate::world::Subject,
+    device: &DeviceId,
+    e: &Episode,
+    end: Option<i64>,
+    cut_short: bool,
+) -> Record {
+    Record::Episode {
+        subject: s.id,
+        device: device.as_str().to_owned(),
+        rule: e.rule,
+        zone: e.zone,
+        other_device: e.other.clone(),
+        kind: e.kind,
+        start: ts(e.start + s.skew_ms),
+        end: end.map(|t| ts(t + s.skew_ms)),
+        window_s: if e.other.is_some() {
+            [-120, 180]
+        } else {
+            [0, 180]
+        },
+        historical: e.historical,
+        cut_short,
+        behaviour: e.behaviour,
     }
 }
 
@@ -406,13 +428,11 @@ fn encode(format: DeviceFormat, msg: &Uplink) -> Bytes {
 impl Bracelet {
     fn adopt(&mut self, plan: DayPlan, now: i64) {
         for e in &plan.episodes {
-            let visible = if e.historical {
-                plan.sf_gap.map_or(e.end, |g| g.to)
-            } else {
-                e.start
-            };
-            if visible >= now {
-                self.episodes.push((e.clone(), visible));
+            if e.historical {
+                // Recorded with the backlog message that carries it.
+                self.historical.push(e.clone());
+            } else if e.start >= now {
+                self.episodes.push(e.clone());
             }
         }
         self.plan = plan;
@@ -567,6 +587,24 @@ impl Bracelet {
             events.push(self.plan.events[self.ev_i]);
             self.ev_i += 1;
         }
+        for &(et, kind) in &events {
+            match kind {
+                EventKind::GpsLost => {
+                    // Heartbeats every 5 minutes from now: motion without fixes.
+                    self.next_hb = self.next_hb.min(et + GPS_LOSS_HEARTBEAT_S * 1000);
+                }
+                EventKind::GpsAcquired => {
+                    if let Some(w) = self.plan.gps_loss {
+                        self.pending_truth.push(Record::GpsLoss {
+                            device: device.clone(),
+                            from: ts(w.from + skew),
+                            to: ts(et + skew),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
         if !events.is_empty() && !off {
             let recs: Vec<Event> = events
                 .iter()
@@ -581,17 +619,6 @@ impl Bracelet {
                 self.backlog_events.extend(recs);
             } else {
                 self.emit_events(world, idx, t, recs, false, out);
-            }
-            for &(et, kind) in &events {
-                if kind == EventKind::GpsAcquired
-                    && let Some(w) = self.plan.gps_loss
-                {
-                    self.pending_truth.push(Record::GpsLoss {
-                        device: device.clone(),
-                        from: ts(w.from + skew),
-                        to: ts(et + skew),
-                    });
-                }
             }
         }
 
@@ -650,7 +677,8 @@ impl Bracelet {
                     flags: self.flags(s.speed > 0.3, network),
                 };
                 if self.in_gap(t) {
-                    self.flush_batch(world, idx, t, out);
+                    // Out of coverage: a partial batch waits with the backlog.
+                    self.backlog.append(&mut self.batch);
                     self.backlog.push(fix);
                 } else if !self.backlog.is_empty() {
                     // Back in coverage: the current fix first, then the backlog.
@@ -658,8 +686,24 @@ impl Bracelet {
                     self.batch.push(fix);
                     self.flush_batch(world, idx, t, out);
                     let backlog = std::mem::take(&mut self.backlog);
-                    for chunk in backlog.chunks(protocol::MAX_BATCH) {
-                        self.send(world, idx, t, Body::Fixes(chunk.to_vec()), Vec::new(), out);
+                    let chunks = backlog.chunks(protocol::MAX_BATCH).count();
+                    for (i, chunk) in backlog.chunks(protocol::MAX_BATCH).enumerate() {
+                        // The last chunk completes the backlog: the episodes
+                        // inside the gap become visible with it.
+                        let truth = if i + 1 == chunks {
+                            let s = &world.subjects[self.subject];
+                            let (done, rest): (Vec<_>, Vec<_>) =
+                                std::mem::take(&mut self.historical)
+                                    .into_iter()
+                                    .partition(|e| e.end < t);
+                            self.historical = rest;
+                            done.iter()
+                                .map(|e| episode_record(s, &self.device, e, Some(e.end), false))
+                                .collect()
+                        } else {
+                            Vec::new()
+                        };
+                        self.send(world, idx, t, Body::Fixes(chunk.to_vec()), truth, out);
                     }
                     let late_events = std::mem::take(&mut self.backlog_events);
                     if !late_events.is_empty() {
@@ -795,7 +839,8 @@ impl Bracelet {
                 b
             }
             Hostile::DeviceMismatch => {
-                let other = DeviceId::parse("EM-999999").expect("valid id");
+                // Ids start at 1, so EM-000000 is never a real bracelet.
+                let other = DeviceId::parse("EM-000000").expect("valid id");
                 frame(&other, vec![fix])
             }
             Hostile::NanJson => format!(
@@ -822,7 +867,14 @@ impl Bracelet {
             }
             Hostile::Teleport => {
                 // 20° north: about 2,200 km away, then back a minute later.
-                let far = Fix { lat_e7: lat_e7 + 200_000_000, ..fix };
+                // Regular fixes fall on whole seconds after the device's phase;
+                // keep the teleport off that grid so it never shares a fix time.
+                let nudge = i64::from((t - self.next_fix).rem_euclid(1000) == 0);
+                let far = Fix {
+                    time: ts(t + skew + nudge),
+                    lat_e7: lat_e7 + 200_000_000,
+                    ..fix
+                };
                 valid = 1;
                 fix_time = Some(far.time);
                 position = Some([f64::from(far.lon_e7) / 1e7, f64::from(far.lat_e7) / 1e7]);

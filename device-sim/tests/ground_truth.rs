@@ -37,7 +37,7 @@ fn busy_rates() -> Rates {
     }
 }
 
-fn scenario(seed: u64, subjects: usize, hours: i64) -> (Arc<World>, Scenario) {
+fn scenario(seed: u64, subjects: usize, hours: i64, batch: usize) -> (Arc<World>, Scenario) {
     let world = Arc::new(World::generate(WorldConfig {
         seed,
         subjects,
@@ -51,7 +51,7 @@ fn scenario(seed: u64, subjects: usize, hours: i64) -> (Arc<World>, Scenario) {
             .timestamp(),
         span_ms: hours * 3_600_000,
         rates: busy_rates(),
-        batch: 1,
+        batch,
     };
     (world.clone(), Scenario::new(world, cfg))
 }
@@ -75,8 +75,14 @@ struct Stats {
 
 /// Plays the first `limit` messages (all by default) and checks them against
 /// the ground truth; returns the truth for further checks.
-fn verify(seed: u64, subjects: usize, hours: i64, limit: usize) -> (Vec<Record>, Stats) {
-    let (world, mut stream) = scenario(seed, subjects, hours);
+fn verify(
+    seed: u64,
+    subjects: usize,
+    hours: i64,
+    batch: usize,
+    limit: usize,
+) -> (Vec<Record>, Stats) {
+    let (world, mut stream) = scenario(seed, subjects, hours, batch);
     let mut engine: Engine = world.engine().expect("world loads into the engine");
     let mut out: Vec<Transition> = Vec::new();
     let mut refused: Vec<(String, String)> = Vec::new();
@@ -307,7 +313,7 @@ fn verify(seed: u64, subjects: usize, hours: i64, limit: usize) -> (Vec<Record>,
 
 #[test]
 fn ground_truth_matches_the_engine() {
-    let (truth, stats) = verify(7, 250, 48, usize::MAX);
+    let (truth, stats) = verify(7, 250, 48, 1, usize::MAX);
     let kinds_seen: HashSet<EpisodeKind> = truth
         .iter()
         .filter_map(|r| match r {
@@ -370,40 +376,56 @@ fn ground_truth_matches_the_engine() {
 }
 
 /// A run cut short (as by `--fixes` or `--duration`) still writes a truthful
-/// file: an episode the cut interrupts is marked `cut_short`, and an end the
-/// backend could not yet confirm is left out.
+/// file, also when fixes travel in batches: an episode the cut interrupts is
+/// marked `cut_short` and has no end, and everything listed was sent.
 #[test]
 fn ground_truth_of_a_cut_run() {
-    // Find a message one minute into the first live episode, and cut there.
-    let (_, stream) = scenario(8, 120, 30);
+    const BATCH: usize = 3;
+    let (world, stream) = scenario(8, 120, 30, BATCH);
     let times: Vec<i64> = stream.map(|m| m.at).collect();
-    let (full, _) = verify(8, 120, 30, usize::MAX);
-    let start = full
+    let (full, _) = verify(8, 120, 30, BATCH, usize::MAX);
+    // A live episode of a device with an exact clock (device time = true
+    // time), in the middle of the run; cut one minute after it starts.
+    let exact = |subject: u64| world.subjects[subject as usize - 1].skew_ms == 0;
+    let mut live: Vec<(i64, u64, u64, Option<u64>)> = full
         .iter()
-        .find_map(|r| match r {
+        .filter_map(|r| match r {
             Record::Episode {
+                subject,
+                rule,
+                zone,
                 start,
                 historical: false,
+                end: Some(_),
                 ..
-            } => Some(start.as_millisecond()),
+            } if exact(*subject) => Some((start.as_millisecond(), *subject, *rule, *zone)),
             _ => None,
         })
-        .expect("a live episode");
-    let limit = times.partition_point(|&t| t < start + 60_000);
-    let (truth, stats) = verify(8, 120, 30, limit);
-    let cut = truth
-        .iter()
-        .filter(|r| {
-            matches!(
-                r,
-                Record::Episode {
-                    cut_short: true,
-                    end: None,
-                    ..
-                }
-            )
-        })
-        .count();
-    assert!(cut >= 1, "the cut interrupted no episode");
-    assert!(stats.matched >= cut);
+        .collect();
+    live.sort();
+    let target = live[live.len() / 2];
+    let limit = times.partition_point(|&t| t < target.0 + 60_000);
+    let (truth, stats) = verify(8, 120, 30, BATCH, limit);
+    let found = truth.iter().find_map(|r| match r {
+        Record::Episode {
+            subject,
+            rule,
+            zone,
+            start,
+            cut_short,
+            end,
+            ..
+        } if (start.as_millisecond(), *subject, *rule, *zone) == target => Some((*cut_short, *end)),
+        _ => None,
+    });
+    assert_eq!(
+        found,
+        Some((true, None)),
+        "the interrupted episode {target:?}"
+    );
+    assert!(
+        stats.matched > 5,
+        "only {} episodes before the cut",
+        stats.matched
+    );
 }

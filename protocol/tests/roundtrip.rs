@@ -182,6 +182,35 @@ proptest! {
         }
     }
 
+    /// Frames with arbitrary records and a correct CRC reach every field check
+    /// (coordinates, heading, battery, event codes, times): never a panic, and
+    /// whatever is accepted re-encodes to the same bytes.
+    #[test]
+    fn crc_valid_frames_never_panic(
+        kind in 1u8..=3,
+        id in "[A-Za-z0-9._+#/-]{0,66}",
+        base in prop_oneof![Just(i64::MAX - 1000), Just(i64::MIN), 0i64..4_102_444_800_000],
+        n in 1usize..40,
+        records in proptest::collection::vec(any::<u8>(), 800),
+    ) {
+        let rec = if kind == 1 { 20 } else { 8 };
+        let mut frame = vec![1, kind, id.len() as u8];
+        frame.extend_from_slice(id.as_bytes());
+        frame.extend_from_slice(&base.to_be_bytes());
+        frame.extend_from_slice(&(n as u16).to_be_bytes());
+        frame.extend_from_slice(&records[..n * rec]);
+        let crc = crc32fast::hash(&frame);
+        frame.extend_from_slice(&crc.to_be_bytes());
+        match binary::decode(&frame) {
+            Ok(msg) => {
+                let mut again = BytesMut::new();
+                binary::encode(&msg, &mut again).expect("a decoded frame re-encodes");
+                prop_assert_eq!(binary::decode(&again), Ok(msg));
+            }
+            Err(e) => prop_assert!(DecodeError::REASONS.contains(&e.reason()), "{}", e),
+        }
+    }
+
     /// Changing any one byte of a valid frame is always detected: CRC-32 catches
     /// every burst of up to 32 bits, and header bytes fail their own checks.
     #[test]
