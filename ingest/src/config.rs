@@ -1,0 +1,197 @@
+//! Configuration: defaults that work with the local services, overridden by a
+//! TOML file, then by `EMTRACK_*` environment variables, then by flags.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::Path;
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// PostgreSQL connection URL. The database is created if it is missing.
+    pub database_url: String,
+    /// MQTT broker host.
+    pub mqtt_host: String,
+    /// MQTT broker port.
+    pub mqtt_port: u16,
+    /// Stable MQTT client id (the broker keeps its session across restarts).
+    pub mqtt_client_id: String,
+    /// HTTP listen address for `/metrics`, `/healthz`, `/readyz`.
+    pub http_listen: String,
+    /// How long evidence (fixes, device events) is kept, in days. The default
+    /// follows UK practice: 6 years.
+    pub retention_days: u32,
+    /// Daily partitions created ahead of today.
+    pub partitions_ahead_days: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: "postgres://postgres@127.0.0.1/emtrack".into(),
+            mqtt_host: "127.0.0.1".into(),
+            mqtt_port: 1883,
+            mqtt_client_id: "emtrack-ingest".into(),
+            http_listen: "127.0.0.1:9480".into(),
+            retention_days: 6 * 365 + 2,
+            partitions_ahead_days: 7,
+        }
+    }
+}
+
+/// Why the configuration is unusable.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message (it names the line and the key).
+        error: String,
+    },
+    /// An `EMTRACK_*` variable has a value of the wrong type.
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// A value is out of range.
+    Invalid(String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, error } => {
+                write!(f, "cannot read config file {path}: {error}")
+            }
+            ConfigError::Parse { path, error } => {
+                write!(f, "config file {path} is invalid: {error}")
+            }
+            ConfigError::Env { var, value } => {
+                write!(
+                    f,
+                    "environment variable {var}={value:?} does not have the right type"
+                )
+            }
+            ConfigError::Invalid(msg) => write!(f, "invalid configuration: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Values given on the command line; `None` leaves the lower layers' value.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--database-url`.
+    pub database_url: Option<String>,
+    /// `--mqtt-host`.
+    pub mqtt_host: Option<String>,
+    /// `--mqtt-port`.
+    pub mqtt_port: Option<u16>,
+    /// `--retention-days`.
+    pub retention_days: Option<u32>,
+}
+
+impl Config {
+    /// Builds the configuration: defaults, then `file` (if given), then the
+    /// environment (through `env`, so tests need not touch the process's), then
+    /// `flags`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        flags: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut c = match file {
+            Some(path) => {
+                let p = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+                    path: p.clone(),
+                    error,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: p,
+                    error: e.to_string(),
+                })?
+            }
+            None => Config::default(),
+        };
+        fn parsed<T: std::str::FromStr>(var: &'static str, v: String) -> Result<T, ConfigError> {
+            v.parse().map_err(|_| ConfigError::Env { var, value: v })
+        }
+        if let Some(v) = env("EMTRACK_DATABASE_URL") {
+            c.database_url = v;
+        }
+        if let Some(v) = env("EMTRACK_MQTT_HOST") {
+            c.mqtt_host = v;
+        }
+        if let Some(v) = env("EMTRACK_MQTT_PORT") {
+            c.mqtt_port = parsed("EMTRACK_MQTT_PORT", v)?;
+        }
+        if let Some(v) = env("EMTRACK_MQTT_CLIENT_ID") {
+            c.mqtt_client_id = v;
+        }
+        if let Some(v) = env("EMTRACK_HTTP_LISTEN") {
+            c.http_listen = v;
+        }
+        if let Some(v) = env("EMTRACK_RETENTION_DAYS") {
+            c.retention_days = parsed("EMTRACK_RETENTION_DAYS", v)?;
+        }
+        if let Some(v) = &flags.database_url {
+            c.database_url = v.clone();
+        }
+        if let Some(v) = &flags.mqtt_host {
+            c.mqtt_host = v.clone();
+        }
+        if let Some(v) = flags.mqtt_port {
+            c.mqtt_port = v;
+        }
+        if let Some(v) = flags.retention_days {
+            c.retention_days = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.database_url.starts_with("postgres://")
+            && !self.database_url.starts_with("postgresql://")
+        {
+            return Err(ConfigError::Invalid(format!(
+                "database_url must be a postgres:// URL, not {:?}",
+                self.database_url
+            )));
+        }
+        if self.retention_days < 1 {
+            return Err(ConfigError::Invalid(
+                "retention_days must be at least 1".into(),
+            ));
+        }
+        if self.partitions_ahead_days < 1 {
+            return Err(ConfigError::Invalid(
+                "partitions_ahead_days must be at least 1 (tomorrow's partition must exist before midnight)".into(),
+            ));
+        }
+        if self.mqtt_client_id.is_empty() || self.mqtt_client_id.len() > 64 {
+            return Err(ConfigError::Invalid(
+                "mqtt_client_id must be 1..=64 bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML (for `emtrack check-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+}
