@@ -55,6 +55,17 @@ enum Command {
     CheckConfig,
 }
 
+/// Connects (creating the database if missing) and applies pending migrations.
+async fn open(config: &Config) -> Result<sqlx::PgPool, String> {
+    let pool = ingest::db::connect(&config.database_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    ingest::db::migrate(&pool)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(pool)
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
     let flags = Overrides {
         database_url: cli.global.database_url,
@@ -71,12 +82,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::CheckConfig => print!("{}", config.to_toml()),
         Command::Migrate => {
-            let pool = ingest::db::connect(&config.database_url)
-                .await
-                .map_err(|e| e.to_string())?;
-            ingest::db::migrate(&pool)
-                .await
-                .map_err(|e| e.to_string())?;
+            let pool = open(&config).await?;
             let today = jiff::Timestamp::now()
                 .to_zoned(jiff::tz::TimeZone::UTC)
                 .date();
@@ -94,12 +100,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             );
         }
         Command::ImportWorld { dir } => {
-            let pool = ingest::db::connect(&config.database_url)
-                .await
-                .map_err(|e| e.to_string())?;
-            ingest::db::migrate(&pool)
-                .await
-                .map_err(|e| e.to_string())?;
+            let pool = open(&config).await?;
             let n = ingest::world::import(&pool, &dir)
                 .await
                 .map_err(|e| e.to_string())?;
