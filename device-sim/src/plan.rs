@@ -338,7 +338,7 @@ impl Clock {
         date.at(h, m, 0, 0)
             .to_zoned(self.tz.clone())
             .map(|z| z.timestamp().as_millisecond())
-            .unwrap_or(0)
+            .expect("simulated dates lie well within the range jiff supports")
     }
 
     /// Local hour of `t`.

@@ -807,7 +807,9 @@ impl World {
                 } => RuleSpec::new(
                     RuleId(*id),
                     RuleKind::Proximity {
-                        device: self.engine_device(device).unwrap_or(EngineDeviceId(0)),
+                        device: self
+                            .engine_device(device)
+                            .expect("a proximity rule names a victim phone of this world"),
                         min_distance_m: *min_distance_m,
                         max_age: geofence::jiff::SignedDuration::from_secs(*max_age_s),
                     },
