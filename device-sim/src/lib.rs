@@ -12,6 +12,8 @@
 //!   stream, with the ground truth of every message taken.
 //! - `truth`: the ground-truth JSON-lines format.
 //! - `publish`: the MQTT publisher (rumqttc), its pacing modes and counters.
+//! - `testbed`: fixtures for tests and benchmarks: a private tuned Mosquitto,
+//!   and the check of reported transitions against the ground truth.
 //!
 //! # Determinism
 //! Every random choice comes from a stream seeded by `(seed, kind, id, day)`,
@@ -26,5 +28,6 @@ pub mod plan;
 pub mod publish;
 pub mod space;
 pub mod stream;
+pub mod testbed;
 pub mod truth;
 pub mod world;

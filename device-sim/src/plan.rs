@@ -101,6 +101,26 @@ impl Default for Rates {
     }
 }
 
+impl Rates {
+    /// Rates high enough that a small world shows every behaviour within two
+    /// simulated days (tests).
+    pub fn busy() -> Rates {
+        Rates {
+            curfew_break: 0.15,
+            short_step: 0.1,
+            exclusion: 0.15,
+            leave_city: 0.1,
+            proximity: 0.35,
+            tamper: 0.1,
+            battery_drain: 0.05,
+            silence: 0.08,
+            gps_loss: 0.1,
+            store_forward: 0.2,
+            malformed: 0.15,
+        }
+    }
+}
+
 /// A half-open interval of true time, ms since the epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {

@@ -8,71 +8,11 @@
 use device_sim::plan::Rates;
 use device_sim::publish::{Pace, PublishConfig, Sink, publish};
 use device_sim::stream::{Scenario, ScenarioConfig};
+use device_sim::testbed::Broker;
 use device_sim::world::{World, WorldConfig};
 use rumqttc::QoS;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-struct Broker {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Starts mosquitto with the deployed config on a free loopback port.
-fn broker() -> Broker {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let dir = std::env::temp_dir().join(format!("emtrack-broker-{port}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let conf = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/mosquitto/emtrack.conf"
-    ))
-    .expect("deploy/mosquitto/emtrack.conf")
-    .replace(
-        "listener 1883 127.0.0.1",
-        &format!("listener {port} 127.0.0.1"),
-    )
-    .replace(
-        "persistence_location /var/lib/mosquitto/",
-        &format!("persistence_location {}/", dir.display()),
-    );
-    assert!(
-        conf.contains(&format!("listener {port} ")),
-        "config has the listener line"
-    );
-    let path = dir.join("mosquitto.conf");
-    std::fs::write(&path, conf).expect("config");
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto is installed (apt install mosquitto)");
-    // Readiness, not a fixed sleep: poll the port for at most 10 s.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "mosquitto did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Broker { child, port, dir }
-}
+use std::time::Duration;
 
 fn scenario() -> Scenario {
     let world = Arc::new(World::generate(WorldConfig {
@@ -99,7 +39,7 @@ fn scenario() -> Scenario {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_arrives_through_mosquitto() {
-    let broker = broker();
+    let broker = Broker::start().expect("mosquitto starts");
     let mut expected: Vec<(String, Vec<u8>)> =
         scenario().map(|m| (m.topic, m.payload.to_vec())).collect();
     assert!(

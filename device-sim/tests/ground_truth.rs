@@ -12,30 +12,14 @@
 
 use device_sim::plan::Rates;
 use device_sim::stream::{Scenario, ScenarioConfig};
+use device_sim::testbed::{SeenTransition, check_episodes};
 use device_sim::truth::{EpisodeKind, Record};
 use device_sim::world::{World, WorldConfig};
 use geofence::{Engine, Outcome, Position, SubjectId, Transition};
 use jiff::Timestamp;
 use protocol::Body;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-
-/// Rates high enough that a small world shows every behaviour in two days.
-fn busy_rates() -> Rates {
-    Rates {
-        curfew_break: 0.15,
-        short_step: 0.1,
-        exclusion: 0.15,
-        leave_city: 0.1,
-        proximity: 0.35,
-        tamper: 0.1,
-        battery_drain: 0.05,
-        silence: 0.08,
-        gps_loss: 0.1,
-        store_forward: 0.2,
-        malformed: 0.15,
-    }
-}
 
 fn scenario(seed: u64, subjects: usize, hours: i64, batch: usize) -> (Arc<World>, Scenario) {
     let world = Arc::new(World::generate(WorldConfig {
@@ -50,17 +34,10 @@ fn scenario(seed: u64, subjects: usize, hours: i64, batch: usize) -> (Arc<World>
             .expect("start")
             .timestamp(),
         span_ms: hours * 3_600_000,
-        rates: busy_rates(),
+        rates: Rates::busy(),
         batch,
     };
     (world.clone(), Scenario::new(world, cfg))
-}
-
-#[derive(Debug, Clone)]
-struct Seen {
-    start: Timestamp,
-    end: Option<Timestamp>,
-    historical: bool,
 }
 
 /// Above this speed between two fixes, a fix is suspect (as ingest flags it).
@@ -168,76 +145,27 @@ fn verify(
     }
     let truth = stream.finish();
 
-    // Episodes seen by the engine, keyed like the ground truth.
-    let mut engine_eps: BTreeMap<(u64, u64, Option<u64>), Vec<Seen>> = BTreeMap::new();
-    for t in &out {
-        let key = (t.subject.0, t.rule.0, t.zone.map(|z| z.0));
-        let list = engine_eps.entry(key).or_default();
-        if t.kind.is_start() {
-            list.push(Seen {
-                start: t.at,
-                end: None,
-                historical: t.historical,
-            });
-        } else {
-            let open = list
-                .iter_mut()
-                .rev()
-                .find(|s| s.end.is_none() && s.historical == t.historical)
-                .expect("an end follows a start");
-            open.end = Some(t.at);
-        }
-    }
+    let seen: Vec<SeenTransition> = out
+        .iter()
+        .map(|t| SeenTransition {
+            subject: t.subject.0,
+            rule: t.rule.0,
+            zone: t.zone.map(|z| z.0),
+            start: t.kind.is_start(),
+            at: t.at,
+            historical: t.historical,
+        })
+        .collect();
+    let matched = match check_episodes(&truth, &seen) {
+        Ok(n) => n,
+        Err(e) => panic!("{e}"),
+    };
 
-    let mut matched = 0;
     let mut malformed_expected: Vec<(String, String)> = Vec::new();
     let mut suspects_expected = 0;
     let mut listed_events: Vec<(String, &'static str, Timestamp)> = Vec::new();
     for r in &truth {
         match r {
-            Record::Episode {
-                subject,
-                rule,
-                zone,
-                start,
-                end,
-                window_s,
-                historical,
-                cut_short,
-                behaviour,
-                ..
-            } => {
-                let key = (*subject, *rule, *zone);
-                let within = |gt: Timestamp, at: Timestamp| {
-                    let d = (at.as_millisecond() - gt.as_millisecond()) / 1000;
-                    window_s[0] <= d && d <= window_s[1]
-                };
-                let list = engine_eps.entry(key).or_default();
-                let Some(i) = list.iter().position(|s| within(*start, s.start)) else {
-                    // The run stopped mid-episode: reporting it is optional.
-                    assert!(
-                        *cut_short,
-                        "{behaviour} episode {key:?} starting {start} (historical: {historical}): engine saw {list:?}"
-                    );
-                    continue;
-                };
-                let seen = list.remove(i);
-                assert_eq!(
-                    seen.historical, *historical,
-                    "{behaviour} {key:?} at {start}"
-                );
-                match (end, seen.end) {
-                    (Some(gt), Some(at)) => assert!(
-                        within(*gt, at),
-                        "{behaviour} {key:?}: end {gt} vs engine {at}"
-                    ),
-                    (None, _) => {}
-                    (Some(gt), None) => {
-                        panic!("{behaviour} {key:?}: engine never saw the end at {gt}")
-                    }
-                }
-                matched += 1;
-            }
             Record::Malformed { device, reason, .. } => {
                 if *reason == "suspect_jump" {
                     suspects_expected += 1;
@@ -270,11 +198,6 @@ fn verify(
             _ => {}
         }
     }
-    let unlisted: Vec<_> = engine_eps.iter().filter(|(_, v)| !v.is_empty()).collect();
-    assert!(
-        unlisted.is_empty(),
-        "episodes not in the ground truth: {unlisted:?}"
-    );
     refused.sort();
     malformed_expected.sort();
     assert_eq!(refused, malformed_expected);

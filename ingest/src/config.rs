@@ -24,6 +24,28 @@ pub struct Config {
     pub retention_days: u32,
     /// Daily partitions created ahead of today.
     pub partitions_ahead_days: u32,
+    /// How often partition maintenance runs, in seconds.
+    pub maintenance_interval_s: u64,
+    /// Worker tasks; devices are sharded across them.
+    pub workers: usize,
+    /// Messages received and not yet acked, at most. Keep the broker's
+    /// `max_inflight_messages` at or below this.
+    pub max_in_flight: usize,
+    /// Messages per database transaction, at most (at most `max_in_flight`).
+    pub max_batch: usize,
+    /// How long a batch waits for more messages after its first, in ms.
+    pub linger_ms: u64,
+    /// Records dated more than this far ahead of the server clock are refused
+    /// (`future_timestamp`), in seconds.
+    pub future_skew_s: u64,
+    /// A fix implying a faster move from the last good fix is stored as
+    /// `suspect` and not judged, in km/h.
+    pub max_speed_kmh: f64,
+    /// On restart, fixes this far before each device's newest are replayed
+    /// into the engine (plus all fixes of open episodes), in seconds.
+    pub rebuild_lookback_s: u64,
+    /// `text` or `json` log lines.
+    pub log_format: String,
 }
 
 impl Default for Config {
@@ -36,6 +58,15 @@ impl Default for Config {
             http_listen: "127.0.0.1:9480".into(),
             retention_days: 6 * 365 + 2,
             partitions_ahead_days: 7,
+            maintenance_interval_s: 3600,
+            workers: 2,
+            max_in_flight: 1000,
+            max_batch: 250,
+            linger_ms: 5,
+            future_skew_s: 300,
+            max_speed_kmh: 300.0,
+            rebuild_lookback_s: 3600,
+            log_format: "text".into(),
         }
     }
 }
@@ -101,6 +132,10 @@ pub struct Overrides {
     pub mqtt_port: Option<u16>,
     /// `--retention-days`.
     pub retention_days: Option<u32>,
+    /// `--http-listen`.
+    pub http_listen: Option<String>,
+    /// `--mqtt-client-id`.
+    pub mqtt_client_id: Option<String>,
 }
 
 impl Config {
@@ -147,6 +182,12 @@ impl Config {
         if let Some(v) = env("EMTRACK_RETENTION_DAYS") {
             c.retention_days = parsed("EMTRACK_RETENTION_DAYS", v)?;
         }
+        if let Some(v) = env("EMTRACK_LOG_FORMAT") {
+            c.log_format = v;
+        }
+        if let Some(v) = env("EMTRACK_WORKERS") {
+            c.workers = parsed("EMTRACK_WORKERS", v)?;
+        }
         if let Some(v) = &flags.database_url {
             c.database_url = v.clone();
         }
@@ -158,6 +199,12 @@ impl Config {
         }
         if let Some(v) = flags.retention_days {
             c.retention_days = v;
+        }
+        if let Some(v) = &flags.http_listen {
+            c.http_listen = v.clone();
+        }
+        if let Some(v) = &flags.mqtt_client_id {
+            c.mqtt_client_id = v.clone();
         }
         c.validate()?;
         Ok(c)
@@ -186,6 +233,31 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "mqtt_client_id must be 1..=64 bytes".into(),
             ));
+        }
+        if !(1..=256).contains(&self.workers) {
+            return Err(ConfigError::Invalid("workers must be 1..=256".into()));
+        }
+        if self.max_in_flight < 1 || self.max_in_flight > 65_535 {
+            return Err(ConfigError::Invalid(
+                "max_in_flight must be 1..=65535".into(),
+            ));
+        }
+        if self.max_batch < 1 || self.max_batch > self.max_in_flight {
+            return Err(ConfigError::Invalid(format!(
+                "max_batch must be 1..=max_in_flight ({}): a batch is acked only once committed",
+                self.max_in_flight
+            )));
+        }
+        if self.max_speed_kmh.is_nan() || self.max_speed_kmh <= 0.0 {
+            return Err(ConfigError::Invalid(
+                "max_speed_kmh must be positive".into(),
+            ));
+        }
+        if self.log_format != "text" && self.log_format != "json" {
+            return Err(ConfigError::Invalid(format!(
+                "log_format must be \"text\" or \"json\", not {:?}",
+                self.log_format
+            )));
         }
         Ok(())
     }

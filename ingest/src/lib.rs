@@ -1,9 +1,8 @@
 //! `emtrack`, the ingest service: MQTT → validate → evaluate → durable store →
 //! ack.
 //!
-//! Built so far (issue 4 is in progress): configuration, the database schema and
-//! its migrations, partition maintenance, and importing a `device-sim` world.
-//! The MQTT consumer, the store path and the HTTP endpoints follow.
+//! See `ARCHITECTURE.md` for the invariants (ack after commit, idempotent
+//! storage, one device's messages in order).
 //!
 //! # Layout
 //! - `config`: defaults ← TOML file ← `EMTRACK_*` environment ← flags.
@@ -11,12 +10,24 @@
 //!   daily partitions of `fixes` and `device_events` (or the TimescaleDB
 //!   retention policy).
 //! - `world`: `import-world`, upserting a `device-sim world` export.
+//! - `reference`: zones, subjects, rules and devices into the engine, at
+//!   startup and on `NOTIFY`.
+//! - `rebuild`: per-device engine state after a restart, replayed from fixes.
+//! - `pipeline`: the MQTT consumer, workers, batching, storage and acks.
+//! - `metrics`, `http`: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
+//! - `service`: `emtrack run`, wiring and graceful shutdown.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod db;
+pub mod http;
+pub mod metrics;
+pub mod pipeline;
+pub mod rebuild;
+pub mod reference;
+pub mod service;
 pub mod world;
 
 pub use db::MIGRATOR;

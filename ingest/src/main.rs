@@ -12,7 +12,8 @@ use std::process::ExitCode;
 /// Configuration comes from defaults (the local services), then --config FILE
 /// (TOML), then EMTRACK_* environment variables (EMTRACK_DATABASE_URL,
 /// EMTRACK_MQTT_HOST, EMTRACK_MQTT_PORT, EMTRACK_MQTT_CLIENT_ID,
-/// EMTRACK_HTTP_LISTEN, EMTRACK_RETENTION_DAYS), then flags.
+/// EMTRACK_HTTP_LISTEN, EMTRACK_RETENTION_DAYS, EMTRACK_WORKERS,
+/// EMTRACK_LOG_FORMAT), then flags. Log level: EMTRACK_LOG.
 #[derive(Parser, Debug)]
 #[command(name = "emtrack", version, about, long_about)]
 struct Cli {
@@ -39,10 +40,19 @@ struct Global {
     /// Days of evidence to keep (default 2192, about 6 years).
     #[arg(long, global = true)]
     retention_days: Option<u32>,
+    /// HTTP listen address for /metrics, /healthz, /readyz.
+    #[arg(long, global = true)]
+    http_listen: Option<String>,
+    /// Stable MQTT client id (the broker keeps the session under it).
+    #[arg(long, global = true)]
+    mqtt_client_id: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the service: consume MQTT, judge, store, ack; serve /metrics.
+    /// Stops on SIGTERM or Ctrl-C, committing and acking what it holds.
+    Run,
     /// Create the database if it is missing, apply migrations, and create the
     /// evidence partitions ahead of today.
     Migrate,
@@ -72,6 +82,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         mqtt_host: cli.global.mqtt_host,
         mqtt_port: cli.global.mqtt_port,
         retention_days: cli.global.retention_days,
+        http_listen: cli.global.http_listen,
+        mqtt_client_id: cli.global.mqtt_client_id,
     };
     let config = Config::load(
         cli.global.config.as_deref(),
@@ -79,7 +91,14 @@ async fn run(cli: Cli) -> Result<(), String> {
         &flags,
     )
     .map_err(|e| e.to_string())?;
+    init_logs(&config.log_format);
     match cli.command {
+        Command::Run => {
+            let pool = open(&config).await?;
+            ingest::service::run(&config, pool)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         Command::CheckConfig => print!("{}", config.to_toml()),
         Command::Migrate => {
             let pool = open(&config).await?;
@@ -111,6 +130,23 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Log lines on stderr, as text or JSON; the level comes from `EMTRACK_LOG`
+/// (`error`, `warn`, `info` (default), `debug`, `trace`).
+fn init_logs(format: &str) {
+    let level = std::env::var("EMTRACK_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }
 
 fn main() -> ExitCode {

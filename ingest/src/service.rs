@@ -1,0 +1,347 @@
+//! `emtrack run`: wires the pieces together and runs until SIGTERM or Ctrl-C.
+//!
+//! Startup order: connect and migrate; create the partitions ahead; load the
+//! reference data into the engine; rebuild per-device state from stored
+//! fixes; then serve HTTP, listen for reference changes, keep partitions, and
+//! consume MQTT. Shutdown: stop consuming, let the workers commit and ack
+//! what they hold, disconnect; bounded by 10 s.
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pipeline::{self, PipelineConfig, Shared};
+use crate::reference::{self, Core, Scope};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The running service's handles (tests use them).
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// Pipeline state: metrics, engine, transitions channel.
+    pub shared: Arc<Shared>,
+    /// The HTTP address actually bound.
+    pub http: std::net::SocketAddr,
+}
+
+/// Why the service could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The database step named failed.
+    Db(&'static str, sqlx::Error),
+    /// The HTTP listener could not bind.
+    Http(String, std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Db(what, e) => write!(f, "cannot {what}: {e}"),
+            StartError::Http(addr, e) => write!(
+                f,
+                "cannot listen on {addr} for HTTP: {e} (set http_listen / EMTRACK_HTTP_LISTEN)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<&Config> for PipelineConfig {
+    fn from(c: &Config) -> Self {
+        PipelineConfig {
+            mqtt_host: c.mqtt_host.clone(),
+            mqtt_port: c.mqtt_port,
+            client_id: c.mqtt_client_id.clone(),
+            workers: c.workers,
+            max_in_flight: c.max_in_flight,
+            max_batch: c.max_batch,
+            linger: Duration::from_millis(c.linger_ms),
+            future_skew: Duration::from_secs(c.future_skew_s),
+            max_speed_kmh: c.max_speed_kmh,
+        }
+    }
+}
+
+/// Starts everything on an already migrated pool; returns once consuming has
+/// begun. The tasks stop when `stop` fires; `done` is cancelled when the
+/// pipeline has drained.
+pub async fn start(
+    config: &Config,
+    pool: PgPool,
+    stop: CancellationToken,
+    done: CancellationToken,
+) -> Result<Service, StartError> {
+    let metrics = Metrics::new();
+    let core = Arc::new(Mutex::new(Core::default()));
+    let loaded = reference::sync(&pool, &core, &Scope::all())
+        .await
+        .map_err(|e| StartError::Db("load zones, subjects and devices", e))?;
+    for e in &loaded.errors {
+        tracing::error!(%e, "reference row skipped");
+    }
+    metrics.reference_errors.inc_by(loaded.errors.len() as u64);
+    let rebuilt =
+        crate::rebuild::rebuild(&pool, &core, Duration::from_secs(config.rebuild_lookback_s))
+            .await
+            .map_err(|e| StartError::Db("rebuild device state", e))?;
+    metrics.rebuild_fixes.inc_by(rebuilt.fixes);
+    {
+        let c = core.lock().unwrap_or_else(|e| e.into_inner());
+        let (zones, subjects) = c.counts();
+        tracing::info!(
+            zones,
+            subjects,
+            devices = c.registry.len(),
+            replayed_fixes = rebuilt.fixes,
+            open_subjects = rebuilt.open_subjects,
+            "engine loaded"
+        );
+    }
+    let shared = Arc::new(Shared::new(pool.clone(), core, metrics, config.into()));
+    let engine_loaded = Arc::new(AtomicBool::new(true));
+
+    let listener = tokio::net::TcpListener::bind(&config.http_listen)
+        .await
+        .map_err(|e| StartError::Http(config.http_listen.clone(), e))?;
+    let http = listener
+        .local_addr()
+        .map_err(|e| StartError::Http(config.http_listen.clone(), e))?;
+    let app = crate::http::router(crate::http::HttpState {
+        shared: shared.clone(),
+        engine_loaded,
+    });
+    let http_stop = done.clone();
+    tokio::spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    tokio::spawn(listen_reference(shared.clone(), stop.clone()));
+    tokio::spawn(maintain(
+        pool,
+        config.partitions_ahead_days,
+        config.retention_days,
+        Duration::from_secs(config.maintenance_interval_s),
+        stop.clone(),
+    ));
+    let s = shared.clone();
+    tokio::spawn(async move {
+        pipeline::run(s, stop).await;
+        done.cancel();
+    });
+    Ok(Service { shared, http })
+}
+
+/// Applies `NOTIFY emtrack_reference` changes. Notifications arriving within
+/// 50 ms are applied together; if the listener's connection was lost
+/// (notifications may be missing), everything is re-read.
+async fn listen_reference(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut listener = loop {
+        match PgListener::connect_with(&shared.pool).await {
+            Ok(mut l) => match l.listen("emtrack_reference").await {
+                Ok(()) => break l,
+                Err(e) => tracing::warn!(error = %e, "cannot LISTEN emtrack_reference; retrying"),
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot LISTEN emtrack_reference; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => return,
+        }
+    };
+    // Changes made between the initial load and LISTEN would be missed.
+    let mut scope = Scope::all();
+    loop {
+        if !scope.is_empty() {
+            apply(&shared, &scope).await;
+            scope = Scope::default();
+        }
+        let first = tokio::select! {
+            n = listener.try_recv() => n,
+            _ = stop.cancelled() => return,
+        };
+        match first {
+            Ok(Some(n)) => {
+                scope.add(n.payload());
+            }
+            Ok(None) => {
+                tracing::warn!("reference listener reconnected; re-reading all reference data");
+                scope = Scope::all();
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reference listener failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                scope = Scope::all();
+                continue;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+        while let Ok(r) = tokio::time::timeout_at(deadline, listener.try_recv()).await {
+            match r {
+                Ok(Some(n)) => {
+                    if scope.zones.len() + scope.subjects.len() + scope.devices.len() > 10_000 {
+                        scope = Scope::all();
+                    } else if !scope.all {
+                        scope.add(n.payload());
+                    }
+                }
+                _ => {
+                    scope = Scope::all();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn apply(shared: &Shared, scope: &Scope) {
+    loop {
+        match reference::sync(&shared.pool, &shared.core, scope).await {
+            Ok(done) => {
+                for e in &done.errors {
+                    tracing::error!(%e, "reference row skipped");
+                }
+                shared
+                    .metrics
+                    .reference_errors
+                    .inc_by(done.errors.len() as u64);
+                shared.metrics.reference_reloads.inc();
+                if !done.transitions.is_empty() {
+                    store_closures(shared, done.transitions).await;
+                }
+                tracing::info!(
+                    zones = done.zones,
+                    subjects = done.subjects,
+                    devices = done.devices,
+                    "reference change applied"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read reference data; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Episodes closed because a rule or subject went away.
+async fn store_closures(shared: &Shared, ts: Vec<geofence::Transition>) {
+    let stored: Vec<pipeline::StoredTransition> = {
+        let core = shared.core.lock().unwrap_or_else(|e| e.into_inner());
+        ts.into_iter()
+            .map(|t| pipeline::StoredTransition {
+                transition: t,
+                device: None,
+                other_device: t
+                    .device
+                    .and_then(|d| core.registry.name_of(d))
+                    .map(str::to_owned),
+            })
+            .collect()
+    };
+    loop {
+        let r = async {
+            let mut conn = shared.pool.acquire().await?;
+            pipeline::insert_transitions(&mut conn, &stored).await
+        }
+        .await;
+        match r {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot store closed episodes; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    for t in stored {
+        shared
+            .metrics
+            .transitions
+            .with_label_values(&[t.transition.kind.as_str()])
+            .inc();
+        let _ = shared.transitions.send(t);
+    }
+}
+
+/// Creates partitions ahead and drops those past retention, periodically.
+async fn maintain(
+    pool: PgPool,
+    ahead: u32,
+    retention: u32,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        let today = jiff::Timestamp::now()
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .date();
+        match crate::db::maintain_partitions(&pool, today, ahead, retention).await {
+            Ok(m) if m.created + m.dropped > 0 => {
+                tracing::info!(
+                    created = m.created,
+                    dropped = m.dropped,
+                    "partition maintenance"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "partition maintenance failed; will retry"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Runs until SIGTERM or Ctrl-C, then shuts down within 10 s.
+pub async fn run(config: &Config, pool: PgPool) -> Result<(), StartError> {
+    let stop = CancellationToken::new();
+    let done = CancellationToken::new();
+    let svc = start(config, pool, stop.clone(), done.clone()).await?;
+    tracing::info!(http = %svc.http, broker = %format!("{}:{}", config.mqtt_host, config.mqtt_port), "emtrack running");
+    shutdown_signal().await;
+    tracing::info!("signal received; stopping");
+    stop.cancel();
+    if tokio::time::timeout(Duration::from_secs(10), done.cancelled())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            "shutdown took longer than 10 s; exiting with messages unacked (the broker redelivers them)"
+        );
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGTERM; Ctrl-C only");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
