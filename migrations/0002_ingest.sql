@@ -13,6 +13,10 @@
 
 ALTER TABLE fixes ADD COLUMN seq integer NOT NULL DEFAULT 0;
 
+-- A refused message the broker redelivers (DUP set: it may have been handed
+-- over before a crash) is not stored twice; this finds the earlier copy.
+CREATE INDEX rejected_messages_copy ON rejected_messages (topic, md5(payload));
+
 CREATE TABLE device_state (
     device_id      text        PRIMARY KEY,
     -- Newest fix time stored (any fix, suspect or not).

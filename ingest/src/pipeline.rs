@@ -152,16 +152,20 @@ fn shard_of(topic: &str, workers: usize) -> usize {
     (h % workers.max(1) as u64) as usize
 }
 
+/// Largest MQTT packet taken from the broker (4 MiB).
+pub const MAX_PACKET_BYTES: usize = 4 << 20;
+
 /// The MQTT options the service uses.
 pub fn mqtt_options(cfg: &PipelineConfig) -> MqttOptions {
     let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.mqtt_host.clone(), cfg.mqtt_port);
     o.set_keep_alive(Duration::from_secs(15));
     o.set_clean_session(false);
     o.set_manual_acks(true);
-    o.set_max_packet_size(
-        protocol::MAX_PAYLOAD_BYTES + 1024,
-        protocol::MAX_PAYLOAD_BYTES + 1024,
-    );
+    // Far above what the protocol accepts: an oversized payload must reach the
+    // decoder and be refused (`payload_too_large`). A packet over rumqttc's
+    // limit would drop the connection, and the broker would redeliver it
+    // forever. Keep the broker's `max_packet_size` below this.
+    o.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
     o.set_request_channel_capacity(cfg.max_in_flight * 2 + 64);
     o
 }
@@ -403,7 +407,9 @@ struct FixRow {
 struct Rows {
     fixes: Vec<FixRow>,
     events: Vec<(String, protocol::Event, bool)>,
-    rejected: Vec<(String, &'static str, String, Vec<u8>)>,
+    /// Topic, reason, detail, payload, and whether the broker marked it a
+    /// redelivery (DUP).
+    rejected: Vec<(String, &'static str, String, Vec<u8>, bool)>,
     transitions: Vec<StoredTransition>,
     states: Vec<(String, DevState)>,
     live_fix_ms: Vec<i64>,
@@ -483,6 +489,7 @@ async fn process(shared: &Shared, states: &mut FxHashMap<String, DevState>, batc
                     e.reason(),
                     e.to_string(),
                     p.payload.to_vec(),
+                    p.dup,
                 ));
                 decoded.push(None);
             }
@@ -499,7 +506,7 @@ async fn process(shared: &Shared, states: &mut FxHashMap<String, DevState>, batc
             let Some(msg) = msg else { continue };
             let device = msg.uplink.device.as_str();
             let reject = |reason: &'static str, detail: String| {
-                (p.topic.clone(), reason, detail, p.payload.to_vec())
+                (p.topic.clone(), reason, detail, p.payload.to_vec(), p.dup)
             };
             let Some(dev) = core.registry.get(device) else {
                 rows.rejected.push(reject(
@@ -1041,14 +1048,20 @@ async fn write(shared: &Shared, rows: &Rows) -> Result<Written, sqlx::Error> {
         let reason: Vec<&str> = rows.rejected.iter().map(|r| r.1).collect();
         let detail: Vec<&str> = rows.rejected.iter().map(|r| r.2.as_str()).collect();
         let payload: Vec<&[u8]> = rows.rejected.iter().map(|r| r.3.as_slice()).collect();
+        let dup: Vec<bool> = rows.rejected.iter().map(|r| r.4).collect();
+        // A redelivered message (DUP) whose copy is already stored was stored
+        // before a crash that came between commit and ack.
         sqlx::query(
             "INSERT INTO rejected_messages (topic, reason, detail, payload) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[])",
+             SELECT t, r, d, p FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bool[]) AS u(t, r, d, p, dup) \
+             WHERE NOT (dup AND EXISTS (SELECT 1 FROM rejected_messages x \
+                                        WHERE x.topic = u.t AND md5(x.payload) = md5(u.p) AND x.payload = u.p))",
         )
         .bind(&topic)
         .bind(&reason)
         .bind(&detail)
         .bind(&payload)
+        .bind(&dup)
         .execute(&mut *tx)
         .await?;
     }

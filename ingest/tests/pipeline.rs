@@ -19,7 +19,7 @@ async fn whole_path_matches_the_ground_truth_and_redelivery_adds_nothing(pool: P
         .with_test_writer()
         .try_init();
     let broker = Broker::start().expect("mosquitto starts");
-    let world = world(&pool, 11, 40).await;
+    let world = world(&pool, 11, 60).await;
     let stop = CancellationToken::new();
     let done = CancellationToken::new();
     let svc = service::start(
@@ -73,4 +73,195 @@ async fn whole_path_matches_the_ground_truth_and_redelivery_adds_nothing(pool: P
         .await
         .expect("drains within 10 s");
     assert_eq!(m.queue_depth.get(), 0);
+}
+
+/// A JSON fix message of `device` at `t` (ms) and `lat`.
+fn json_fix(device: &str, t: i64, lat: f64) -> Vec<u8> {
+    let t = jiff::Timestamp::from_millisecond(t).expect("time");
+    format!(
+        r#"{{"v": 1, "device": "{device}", "fixes": [{{"t": "{t}", "lat": {lat}, "lon": 76.945, "acc": 8}}]}}"#
+    )
+    .into_bytes()
+}
+
+/// Every refusal the service itself makes, and decoder refusals of each
+/// family, is stored with its raw bytes and counted by reason. (Every
+/// decoder reason, payload by payload, is in `protocol/tests/golden.rs`.)
+/// Duplicates are dropped and counted; an implausible jump is stored,
+/// flagged suspect, and counted.
+#[sqlx::test(migrator = "ingest::MIGRATOR")]
+async fn every_rejection_reason_is_stored_and_counted(pool: PgPool) {
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    let broker = Broker::start().expect("mosquitto starts");
+    world(&pool, 12, 5).await;
+    sqlx::query("UPDATE devices SET retired_at = now() - interval '1 day' WHERE id = 'EM-000002'")
+        .execute(&pool)
+        .await
+        .expect("retire");
+    sqlx::query("INSERT INTO devices (id, kind, format, report_interval_s) VALUES ('EM-777777', 'bracelet', 'json', 60)")
+        .execute(&pool)
+        .await
+        .expect("unassigned device");
+    let stop = CancellationToken::new();
+    let done = CancellationToken::new();
+    let svc = service::start(
+        &config(broker.port, "emtrack-test-reasons"),
+        pool.clone(),
+        stop.clone(),
+        done.clone(),
+    )
+    .await
+    .expect("service starts");
+    let m = svc.shared.metrics.clone();
+    let shared = svc.shared.clone();
+    wait_until(Duration::from_secs(10), "subscribed", || {
+        let s = shared.clone();
+        async move { s.mqtt_ready.load(std::sync::atomic::Ordering::Relaxed) }
+    })
+    .await;
+
+    let now = jiff::Timestamp::now().as_millisecond();
+    let t0 = now - 600_000;
+    let fix_topic = |d: &str| format!("em/v1/dev/{d}/fix");
+    let good = json_fix("EM-000001", t0, 43.238);
+    let mut frame = bytes::BytesMut::new();
+    protocol::binary::encode(
+        &protocol::Uplink {
+            device: protocol::DeviceId::parse("EM-000001").expect("id"),
+            body: protocol::Body::Heartbeats(vec![protocol::Heartbeat {
+                time: jiff::Timestamp::from_millisecond(t0).expect("t"),
+                battery_pct: Some(50),
+                flags: protocol::Flags::default(),
+                pending: 0,
+            }]),
+        },
+        &mut frame,
+    )
+    .expect("encodes");
+    let mut bad_crc = frame.to_vec();
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 1;
+    let messages: Vec<(String, Vec<u8>, Option<&str>)> = vec![
+        // Stored, then a duplicate, then a jump of ~11 km in a minute (suspect).
+        (fix_topic("EM-000001"), good.clone(), None),
+        (fix_topic("EM-000001"), good, None),
+        (
+            fix_topic("EM-000001"),
+            json_fix("EM-000001", t0 + 60_000, 43.338),
+            None,
+        ),
+        (
+            "em/v1/dev/EM-000001/hb".into(),
+            frame[..frame.len() / 2].to_vec(),
+            Some("truncated"),
+        ),
+        ("em/v1/dev/EM-000001/hb".into(), bad_crc, Some("bad_crc")),
+        (
+            fix_topic("EM-000001"),
+            b"{\"v\": 1, \"device\": ".to_vec(),
+            Some("invalid_json"),
+        ),
+        (
+            fix_topic("EM-000001"),
+            json_fix("EM-000001", t0, 95.0),
+            Some("coordinate_out_of_range"),
+        ),
+        (
+            fix_topic("EM-000001"),
+            vec![b'x'; 260 * 1024],
+            Some("payload_too_large"),
+        ),
+        (
+            "em/v1/dev/bad id/fix".into(),
+            json_fix("EM-000001", t0, 43.2),
+            Some("invalid_device_id"),
+        ),
+        (
+            fix_topic("EM-000001"),
+            json_fix("EM-000003", t0, 43.2),
+            Some("device_mismatch"),
+        ),
+        (
+            "em/v1/dev/EM-000001/event".into(),
+            json_fix("EM-000001", t0, 43.2),
+            Some("topic_kind_mismatch"),
+        ),
+        (
+            fix_topic("EM-999999"),
+            json_fix("EM-999999", t0, 43.2),
+            Some("unknown_device"),
+        ),
+        (
+            fix_topic("EM-000002"),
+            json_fix("EM-000002", t0, 43.2),
+            Some("device_retired"),
+        ),
+        (
+            fix_topic("EM-777777"),
+            json_fix("EM-777777", t0, 43.2),
+            Some("device_unassigned"),
+        ),
+        (
+            fix_topic("EM-000001"),
+            json_fix("EM-000001", now + 3_600_000, 43.2),
+            Some("future_timestamp"),
+        ),
+    ];
+    let mut opts = MqttOptions::new("test-reasons-pub", "127.0.0.1", broker.port);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut el) = AsyncClient::new(opts, 64);
+    for (topic, payload, _) in &messages {
+        client
+            .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .expect("queued");
+    }
+    let mut acked = 0;
+    while acked < messages.len() {
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("publisher failed: {other:?}"),
+        }
+    }
+    wait_acked(&m, messages.len() as u64, Duration::from_secs(20)).await;
+
+    let mut expected: Vec<(String, String, Vec<u8>)> = messages
+        .iter()
+        .filter_map(|(t, p, r)| r.map(|r| (t.clone(), r.to_owned(), p.clone())))
+        .collect();
+    let mut stored: Vec<(String, String, Vec<u8>)> =
+        sqlx::query_as("SELECT topic, reason, payload FROM rejected_messages")
+            .fetch_all(&pool)
+            .await
+            .expect("rejected");
+    expected.sort();
+    stored.sort();
+    assert_eq!(stored.len(), expected.len());
+    assert!(
+        stored == expected,
+        "each refusal stored with its reason and raw bytes"
+    );
+    for (_, reason, _) in &expected {
+        assert_eq!(
+            m.rejected.with_label_values(&[reason.as_str()]).get(),
+            1,
+            "{reason} counted"
+        );
+    }
+    let fixes: Vec<(bool,)> =
+        sqlx::query_as("SELECT suspect FROM fixes WHERE device_id = 'EM-000001' ORDER BY fix_time")
+            .fetch_all(&pool)
+            .await
+            .expect("fixes");
+    assert_eq!(
+        fixes,
+        vec![(false,), (true,)],
+        "one fix, then the jump flagged suspect"
+    );
+    assert_eq!(m.fixes_duplicate.get(), 1);
+    assert_eq!(m.fixes_suspect.get(), 1);
+    assert_eq!(m.fixes_accepted.get(), 2);
+    stop.cancel();
+    done.cancelled().await;
 }

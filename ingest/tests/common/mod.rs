@@ -238,3 +238,165 @@ pub async fn check_against_truth(pool: &PgPool, truth: &[Record]) -> usize {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// `postgres://` URL of the test database behind `pool`, optionally via
+/// another port (a proxy).
+pub fn database_url(pool: &PgPool, port: u16) -> String {
+    let db = pool
+        .connect_options()
+        .get_database()
+        .expect("sqlx::test names its database")
+        .to_owned();
+    format!("postgres://postgres@127.0.0.1:{port}/{db}")
+}
+
+/// `GET path` on a loopback HTTP port: (status, body), or `None` if nothing listens.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// The value of an unlabelled metric in a `/metrics` body.
+pub fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// An `emtrack run` child process, killed on drop.
+pub struct Emtrack {
+    pub child: std::process::Child,
+    pub http: u16,
+}
+
+impl Drop for Emtrack {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Emtrack {
+    /// Starts `emtrack run` (one worker) and waits until `/readyz` says ready.
+    pub async fn start(
+        db_url: &str,
+        broker_port: u16,
+        client_id: &str,
+        log: &std::path::Path,
+    ) -> Emtrack {
+        let http = device_sim::testbed::free_port().expect("free port");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_emtrack"))
+            .args([
+                "run",
+                "--database-url",
+                db_url,
+                "--mqtt-client-id",
+                client_id,
+            ])
+            .args(["--mqtt-port", &broker_port.to_string()])
+            .args(["--http-listen", &format!("127.0.0.1:{http}")])
+            .env("EMTRACK_WORKERS", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("emtrack runs");
+        let e = Emtrack { child, http };
+        wait_until(Duration::from_secs(30), "emtrack is ready", || async move {
+            http_get(http, "/readyz").is_some_and(|(s, _)| s == 200)
+        })
+        .await;
+        e
+    }
+
+    /// A metric's current value.
+    pub fn metric(&self, name: &str) -> f64 {
+        http_get(self.http, "/metrics")
+            .and_then(|(_, b)| metric(&b, name))
+            .unwrap_or(f64::NAN)
+    }
+}
+
+/// Total stored fixes.
+pub async fn fix_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM fixes")
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+/// A TCP proxy on loopback that can cut every connection and refuse new
+/// ones, to make the database unreachable without stopping the shared server.
+pub struct Proxy {
+    pub port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut_all();
+    }
+}
+
+impl Proxy {
+    /// Forwards a free loopback port to `127.0.0.1:target`.
+    pub async fn start(target: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (c, k) = (cut.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection close
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                k.lock().expect("lock").push(task.abort_handle());
+            }
+        });
+        Proxy {
+            port,
+            cut,
+            conns,
+            accept,
+        }
+    }
+
+    fn cut_all(&self) {
+        for c in self.conns.lock().expect("lock").drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Closes every connection and refuses new ones until [`Proxy::restore`].
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut_all();
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
