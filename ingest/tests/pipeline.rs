@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 #[sqlx::test(migrator = "ingest::MIGRATOR")]
 async fn whole_path_matches_the_ground_truth_and_redelivery_adds_nothing(pool: PgPool) {
     let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
+        .with_max_level(tracing::Level::WARN)
         .with_test_writer()
         .try_init();
     let broker = Broker::start().expect("mosquitto starts");
@@ -77,11 +77,38 @@ async fn whole_path_matches_the_ground_truth_and_redelivery_adds_nothing(pool: P
 
 /// A JSON fix message of `device` at `t` (ms) and `lat`.
 fn json_fix(device: &str, t: i64, lat: f64) -> Vec<u8> {
+    json_fix_at(device, t, lat, 76.945)
+}
+
+/// A JSON fix message of `device` at `t` (ms), `lat`, `lon`.
+fn json_fix_at(device: &str, t: i64, lat: f64, lon: f64) -> Vec<u8> {
     let t = jiff::Timestamp::from_millisecond(t).expect("time");
     format!(
-        r#"{{"v": 1, "device": "{device}", "fixes": [{{"t": "{t}", "lat": {lat}, "lon": 76.945, "acc": 8}}]}}"#
+        r#"{{"v": 1, "device": "{device}", "fixes": [{{"t": "{t}", "lat": {lat}, "lon": {lon}, "acc": 8}}]}}"#
     )
     .into_bytes()
+}
+
+/// Publishes `messages` with QoS 1 and waits for the broker's acks.
+async fn publish_raw(port: u16, id: &str, messages: &[(String, Vec<u8>)]) {
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut el) = AsyncClient::new(opts, messages.len() + 8);
+    for (topic, payload) in messages {
+        client
+            .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .expect("queued");
+    }
+    let mut acked = 0;
+    while acked < messages.len() {
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("publisher failed: {other:?}"),
+        }
+    }
 }
 
 /// Every refusal the service itself makes, and decoder refusals of each
@@ -91,7 +118,6 @@ fn json_fix(device: &str, t: i64, lat: f64) -> Vec<u8> {
 /// flagged suspect, and counted.
 #[sqlx::test(migrator = "ingest::MIGRATOR")]
 async fn every_rejection_reason_is_stored_and_counted(pool: PgPool) {
-    use rumqttc::{AsyncClient, MqttOptions, QoS};
     let broker = Broker::start().expect("mosquitto starts");
     world(&pool, 12, 5).await;
     sqlx::query("UPDATE devices SET retired_at = now() - interval '1 day' WHERE id = 'EM-000002'")
@@ -207,23 +233,11 @@ async fn every_rejection_reason_is_stored_and_counted(pool: PgPool) {
             Some("future_timestamp"),
         ),
     ];
-    let mut opts = MqttOptions::new("test-reasons-pub", "127.0.0.1", broker.port);
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut el) = AsyncClient::new(opts, 64);
-    for (topic, payload, _) in &messages {
-        client
-            .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
-            .await
-            .expect("queued");
-    }
-    let mut acked = 0;
-    while acked < messages.len() {
-        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
-            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
-            Ok(Ok(_)) => {}
-            other => panic!("publisher failed: {other:?}"),
-        }
-    }
+    let raw: Vec<(String, Vec<u8>)> = messages
+        .iter()
+        .map(|(t, p, _)| (t.clone(), p.clone()))
+        .collect();
+    publish_raw(broker.port, "test-reasons-pub", &raw).await;
     wait_acked(&m, messages.len() as u64, Duration::from_secs(20)).await;
 
     let mut expected: Vec<(String, String, Vec<u8>)> = messages
@@ -262,6 +276,135 @@ async fn every_rejection_reason_is_stored_and_counted(pool: PgPool) {
     assert_eq!(m.fixes_duplicate.get(), 1);
     assert_eq!(m.fixes_suspect.get(), 1);
     assert_eq!(m.fixes_accepted.get(), 2);
+    stop.cancel();
+    done.cancelled().await;
+}
+
+/// Zone and rule changes made in the database while the service runs take
+/// effect without a restart (NOTIFY → LISTEN → engine).
+#[sqlx::test(migrator = "ingest::MIGRATOR")]
+async fn a_live_zone_change_takes_effect_without_restart(pool: PgPool) {
+    let broker = Broker::start().expect("mosquitto starts");
+    let world = world(&pool, 15, 5).await;
+    let subject = &world.subjects[0];
+    let (lon, lat) = subject.home.lonlat();
+    // A spot about 1 km north of home, inside the city, at noon (no curfew).
+    let (lat, lon) = (lat + 0.009, lon);
+    let stop = CancellationToken::new();
+    let done = CancellationToken::new();
+    let svc = service::start(
+        &config(broker.port, "emtrack-test-live"),
+        pool.clone(),
+        stop.clone(),
+        done.clone(),
+    )
+    .await
+    .expect("service starts");
+    let m = svc.shared.metrics.clone();
+    let shared = svc.shared.clone();
+    wait_until(Duration::from_secs(10), "subscribed", || {
+        let s = shared.clone();
+        async move { s.mqtt_ready.load(std::sync::atomic::Ordering::Relaxed) }
+    })
+    .await;
+    let reloads = |m: &ingest::metrics::Metrics| m.reference_reloads.get();
+    wait_until(Duration::from_secs(10), "the listener is up", || {
+        let m = m.clone();
+        async move { reloads(&m) >= 1 }
+    })
+    .await;
+
+    let noon: i64 = "2026-11-10T12:00:00+05:00[Asia/Almaty]"
+        .parse::<jiff::Zoned>()
+        .expect("noon")
+        .timestamp()
+        .as_millisecond();
+    let topic = format!("em/v1/dev/{}/fix", subject.device);
+    let fixes = |from_min: i64, lat: f64| -> Vec<(String, Vec<u8>)> {
+        (0..6)
+            .map(|k| {
+                let t = noon + (from_min + k) * 60_000;
+                (topic.clone(), json_fix_at(&subject.device, t, lat, lon))
+            })
+            .collect()
+    };
+    let rule_transitions = |pool: PgPool| async move {
+        sqlx::query_as::<_, (String,)>(
+            "SELECT kind FROM rule_transitions WHERE rule_id = 999002 ORDER BY at",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("transitions")
+    };
+    let mut sent = 0u64;
+
+    // Before the zone exists: nothing to break.
+    let batch = fixes(0, lat);
+    publish_raw(broker.port, "test-live-1", &batch).await;
+    sent += batch.len() as u64;
+    wait_acked(&m, sent, Duration::from_secs(20)).await;
+    assert!(rule_transitions(pool.clone()).await.is_empty());
+
+    // A new exclusion zone around the spot, and a rule: applied live.
+    let before = reloads(&m);
+    sqlx::query(
+        "INSERT INTO zones (id, name, kind, geometry, radius_m) VALUES \
+         (999001, 'new victim address', 'exclusion', jsonb_build_object('type', 'Point', 'coordinates', jsonb_build_array($1::float8, $2::float8)), 200)",
+    )
+    .bind(lon)
+    .bind(lat)
+    .execute(&pool)
+    .await
+    .expect("zone");
+    sqlx::query(
+        "INSERT INTO rules (id, subject_id, kind, zone_id) VALUES (999002, $1, 'zone', 999001)",
+    )
+    .bind(subject.id as i64)
+    .execute(&pool)
+    .await
+    .expect("rule");
+    wait_until(Duration::from_secs(10), "the change is applied", || {
+        let m = m.clone();
+        async move { reloads(&m) > before }
+    })
+    .await;
+    let batch = fixes(10, lat);
+    publish_raw(broker.port, "test-live-2", &batch).await;
+    sent += batch.len() as u64;
+    wait_acked(&m, sent, Duration::from_secs(20)).await;
+    assert_eq!(
+        rule_transitions(pool.clone()).await,
+        vec![("exclusion_entered".to_owned(),)],
+        "the new zone is judged"
+    );
+
+    // Move the zone 5 km away: the subject is now outside it.
+    let before = reloads(&m);
+    sqlx::query(
+        "UPDATE zones SET geometry = jsonb_build_object('type', 'Point', 'coordinates', jsonb_build_array($1::float8, $2::float8)) WHERE id = 999001",
+    )
+    .bind(lon)
+    .bind(lat + 0.045)
+    .execute(&pool)
+    .await
+    .expect("move");
+    wait_until(Duration::from_secs(10), "the move is applied", || {
+        let m = m.clone();
+        async move { reloads(&m) > before }
+    })
+    .await;
+    let batch = fixes(20, lat);
+    publish_raw(broker.port, "test-live-3", &batch).await;
+    sent += batch.len() as u64;
+    wait_acked(&m, sent, Duration::from_secs(20)).await;
+    assert_eq!(
+        rule_transitions(pool.clone()).await,
+        vec![
+            ("exclusion_entered".to_owned(),),
+            ("exclusion_left".to_owned(),)
+        ],
+        "the moved zone is judged"
+    );
     stop.cancel();
     done.cancelled().await;
 }
