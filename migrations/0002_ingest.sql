@@ -19,8 +19,8 @@ CREATE INDEX rejected_messages_copy ON rejected_messages (topic, md5(payload));
 
 CREATE TABLE device_state (
     device_id      text        PRIMARY KEY,
-    -- Newest fix time stored (any fix, suspect or not).
-    head_time      timestamptz NOT NULL,
+    -- Newest fix time stored (any fix, suspect or not; NULL before the first).
+    head_time      timestamptz,
     -- Last good fix: the reference for the implausible-jump check.
     good_time      timestamptz,
     good_lat       double precision,

@@ -569,7 +569,11 @@ async fn process(shared: &Shared, states: &mut FxHashMap<String, DevState>, batc
         let loaded = retry(shared, "load device state", || {
             load_states(&shared.pool, &unseen)
         })
-        .await;
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot load device state; starting these devices afresh");
+            FxHashMap::default()
+        });
         for d in unseen {
             let s = loaded.get(&d).copied().unwrap_or(DevState {
                 head: i64::MIN,
@@ -607,6 +611,11 @@ async fn process(shared: &Shared, states: &mut FxHashMap<String, DevState>, batc
             stored_among(&shared.pool, &maybe)
         })
         .await
+        .unwrap_or_else(|e| {
+            // Storage still refuses duplicate rows; only the judging may see them.
+            tracing::error!(error = %e, "cannot look up duplicates");
+            FxHashSet::default()
+        })
     };
 
     // 4. Build rows, flag jumps, judge.
@@ -753,7 +762,13 @@ async fn process(shared: &Shared, states: &mut FxHashMap<String, DevState>, batc
 
     // 5. Store, retrying until it commits.
     let commit_start = Instant::now();
-    let written = retry(shared, "commit a batch", || write(shared, &rows)).await;
+    let written = match retry(shared, "commit a batch", || write(shared, &rows)).await {
+        Ok(w) => w,
+        Err(e) => {
+            quarantine(shared, batch, &e).await;
+            return;
+        }
+    };
     let commit_s = commit_start.elapsed().as_secs_f64();
     m.commit_seconds.observe(commit_s);
     m.batch_size.observe(batch.len() as f64);
@@ -780,9 +795,25 @@ async fn process(shared: &Shared, states: &mut FxHashMap<String, DevState>, batc
     }
 }
 
-/// Retries `f` with capped backoff until it succeeds. The batch's acks are
-/// held meanwhile, so the broker keeps the messages.
-async fn retry<T, F, Fut>(shared: &Shared, what: &str, mut f: F) -> T
+/// Whether a database error may go away by itself (connection lost, server
+/// restarting, lock conflict) rather than be refused again (bad data, a bug).
+pub(crate) fn transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let class = code.as_deref().map_or("", |c| &c[..c.len().min(2)]);
+            // 22 data exception, 23 integrity violation, 42 syntax or access
+            // rule, 44 check option: the same statement fails again.
+            !matches!(class, "22" | "23" | "42" | "44")
+        }
+        _ => true,
+    }
+}
+
+/// Retries `f` with capped backoff while it fails transiently; the batch's
+/// acks are held meanwhile, so the broker keeps the messages. A permanent
+/// error is returned.
+async fn retry<T, F, Fut>(shared: &Shared, what: &str, mut f: F) -> Result<T, sqlx::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
@@ -790,15 +821,52 @@ where
     let mut wait = Duration::from_millis(50);
     loop {
         match f().await {
-            Ok(v) => return v,
-            Err(e) => {
+            Ok(v) => return Ok(v),
+            Err(e) if transient(&e) => {
                 shared.metrics.commit_retries.inc();
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot {what}; acks held, retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
+            Err(e) => return Err(e),
         }
     }
+}
+
+/// The database refuses a batch outright (a bug, or data the schema does not
+/// allow). Its messages are kept, raw, in `rejected_messages` with reason
+/// `storage_failed` and the error, so they can be published again once the
+/// cause is fixed; then they are acked like any refusal.
+async fn quarantine(shared: &Shared, batch: &[Publish], error: &sqlx::Error) {
+    tracing::error!(%error, messages = batch.len(), "the database refused a batch; its messages are kept in rejected_messages (storage_failed)");
+    let rows = Rows {
+        rejected: batch
+            .iter()
+            .map(|p| {
+                (
+                    p.topic.clone(),
+                    "storage_failed",
+                    error.to_string(),
+                    p.payload.to_vec(),
+                    p.dup,
+                )
+            })
+            .collect(),
+        ..Rows::default()
+    };
+    if let Err(e) = retry(shared, "quarantine a refused batch", || {
+        write(shared, &rows)
+    })
+    .await
+    {
+        tracing::error!(error = %e, "cannot even quarantine the batch; it stays unacked");
+        return;
+    }
+    shared
+        .metrics
+        .rejected
+        .with_label_values(&["storage_failed"])
+        .inc_by(batch.len() as u64);
 }
 
 async fn load_states(

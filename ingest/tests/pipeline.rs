@@ -164,6 +164,21 @@ async fn every_rejection_reason_is_stored_and_counted(pool: PgPool) {
         &mut frame,
     )
     .expect("encodes");
+    // A device whose first message is a heartbeat (no fix yet).
+    let mut first_hb = bytes::BytesMut::new();
+    protocol::binary::encode(
+        &protocol::Uplink {
+            device: protocol::DeviceId::parse("EM-000003").expect("id"),
+            body: protocol::Body::Heartbeats(vec![protocol::Heartbeat {
+                time: jiff::Timestamp::from_millisecond(t0).expect("t"),
+                battery_pct: Some(50),
+                flags: protocol::Flags::default(),
+                pending: 7,
+            }]),
+        },
+        &mut first_hb,
+    )
+    .expect("encodes");
     let mut bad_crc = frame.to_vec();
     let last = bad_crc.len() - 1;
     bad_crc[last] ^= 1;
@@ -176,6 +191,7 @@ async fn every_rejection_reason_is_stored_and_counted(pool: PgPool) {
             json_fix("EM-000001", t0 + 60_000, 43.338),
             None,
         ),
+        ("em/v1/dev/EM-000003/hb".into(), first_hb.to_vec(), None),
         (
             "em/v1/dev/EM-000001/hb".into(),
             frame[..frame.len() / 2].to_vec(),
@@ -276,6 +292,51 @@ async fn every_rejection_reason_is_stored_and_counted(pool: PgPool) {
     assert_eq!(m.fixes_duplicate.get(), 1);
     assert_eq!(m.fixes_suspect.get(), 1);
     assert_eq!(m.fixes_accepted.get(), 2);
+    let pending: Option<i32> =
+        sqlx::query_scalar("SELECT pending FROM device_state WHERE device_id = 'EM-000003'")
+            .fetch_one(&pool)
+            .await
+            .expect("state of a heartbeat-only device");
+    assert_eq!(pending, Some(7));
+    assert_eq!(m.heartbeats.get(), 1);
+
+    // A batch the database refuses outright (here: a constraint the test adds)
+    // is not retried forever: its messages are kept raw as storage_failed,
+    // acked, and the messages after it go through.
+    sqlx::query("ALTER TABLE device_events ADD CONSTRAINT test_refuses_straps CHECK (kind <> 'strap_opened')")
+        .execute(&pool)
+        .await
+        .expect("constraint");
+    let event = format!(
+        r#"{{"v": 1, "device": "EM-000001", "events": [{{"t": "{}", "event": "strap_opened"}}]}}"#,
+        jiff::Timestamp::from_millisecond(t0 + 90_000).expect("t")
+    )
+    .into_bytes();
+    publish_raw(
+        broker.port,
+        "test-reasons-pub-2",
+        &[("em/v1/dev/EM-000001/event".into(), event.clone())],
+    )
+    .await;
+    wait_acked(&m, messages.len() as u64 + 1, Duration::from_secs(20)).await;
+    publish_raw(
+        broker.port,
+        "test-reasons-pub-3",
+        &[(
+            fix_topic("EM-000001"),
+            json_fix("EM-000001", t0 + 120_000, 43.338),
+        )],
+    )
+    .await;
+    wait_acked(&m, messages.len() as u64 + 2, Duration::from_secs(20)).await;
+    let kept: Vec<u8> =
+        sqlx::query_scalar("SELECT payload FROM rejected_messages WHERE reason = 'storage_failed'")
+            .fetch_one(&pool)
+            .await
+            .expect("quarantined");
+    assert_eq!(kept, event);
+    assert_eq!(m.rejected.with_label_values(&["storage_failed"]).get(), 1);
+    assert_eq!(m.fixes_accepted.get(), 3, "the pipeline goes on");
     stop.cancel();
     done.cancelled().await;
 }
