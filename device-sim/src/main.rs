@@ -404,6 +404,7 @@ fn run() -> Result<(), String> {
             truth,
         } => {
             let w = Arc::new(world.build()?);
+            let scenario_now = scenario.start == "now";
             let cfg = scenario.build()?;
             let pace = match (mqtt.rate, mqtt.speedup, mqtt.max) {
                 (Some(r), _, _) if r > 0.0 => Pace::Rate(r),
@@ -434,6 +435,7 @@ fn run() -> Result<(), String> {
                 max_fixes: mqtt.fixes,
                 progress_every: Duration::from_secs_f64(mqtt.progress_secs.max(0.1)),
                 inflight: mqtt.inflight,
+                wall_clock: scenario_now,
             };
             let start_ms = cfg.start.as_millisecond();
             let mut sc = Scenario::new(w, cfg);

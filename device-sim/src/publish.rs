@@ -55,6 +55,12 @@ pub struct PublishConfig {
     pub progress_every: Duration,
     /// Unacknowledged QoS 1 publishes per connection.
     pub inflight: u16,
+    /// With [`Pace::Speedup`]: the simulated start is a wall-clock instant
+    /// (`--start now`), and messages follow the wall clock from it. Setting up
+    /// the scenario and connections takes seconds; messages due meanwhile go
+    /// out at once, so fix times match send times instead of trailing them by
+    /// the setup time.
+    pub wall_clock: bool,
 }
 
 /// What a run achieved.
@@ -246,6 +252,15 @@ pub async fn publish(
     }
 
     let start = Instant::now();
+    // The instant simulated time `sim_start_ms` is due.
+    let anchor = if cfg.wall_clock {
+        let behind = (jiff::Timestamp::now().as_millisecond() - sim_start_ms).max(0);
+        start
+            .checked_sub(Duration::from_millis(behind as u64))
+            .unwrap_or(start)
+    } else {
+        start
+    };
     let mut report = PublishReport {
         stopped_by: "stream_end",
         ..PublishReport::default()
@@ -271,7 +286,7 @@ pub async fn publish(
                 Some(start + Duration::from_secs_f64(report.fixes as f64 / r.max(1e-9)))
             }
             Pace::Speedup(x) => Some(
-                start
+                anchor
                     + Duration::from_secs_f64(
                         (msg.at - sim_start_ms).max(0) as f64 / 1000.0 / x.max(1e-9),
                     ),

@@ -75,6 +75,7 @@ async fn every_message_arrives_through_mosquitto() {
         max_fixes: None,
         progress_every: Duration::from_secs(3600),
         inflight: 100,
+        wall_clock: false,
     };
     let report = publish(&mut sc, devices, &cfg, 0).await.expect("publishes");
     assert_eq!(report.stopped_by, "stream_end");

@@ -394,7 +394,8 @@ struct Checked {
 
 /// A fix row to store.
 struct FixRow {
-    device: String,
+    /// Index into `Rows::names`.
+    dev: u32,
     /// Arrival order within the commit: message index * 2048 + fix index.
     seq: i32,
     time_ms: i64,
@@ -406,12 +407,14 @@ struct FixRow {
 #[derive(Default)]
 struct Rows {
     fixes: Vec<FixRow>,
-    events: Vec<(String, protocol::Event, bool)>,
+    /// The batch's distinct devices; rows refer to them by index.
+    names: Vec<String>,
+    events: Vec<(u32, protocol::Event, bool)>,
     /// Topic, reason, detail, payload, and whether the broker marked it a
     /// redelivery (DUP).
     rejected: Vec<(String, &'static str, String, Vec<u8>, bool)>,
     transitions: Vec<StoredTransition>,
-    states: Vec<(String, DevState)>,
+    states: Vec<(u32, DevState)>,
     live_fix_ms: Vec<i64>,
     heartbeats: u64,
 }
@@ -620,21 +623,31 @@ async fn process(shared: &Shared, states: &mut FxHashMap<String, DevState>, batc
 
     // 4. Build rows, flag jumps, judge.
     let max_speed = cfg.max_speed_kmh / 3.6;
-    let mut in_batch: FxHashSet<(String, i64)> = FxHashSet::default();
-    let mut touched: FxHashSet<String> = FxHashSet::default();
+    // Fixes accepted in this batch, by (device index, time).
+    let mut in_batch: FxHashSet<(u32, i64)> = FxHashSet::default();
+    let mut index: FxHashMap<&str, u32> = FxHashMap::default();
     let mut judge: Vec<(usize, SubjectId, bool, usize)> = Vec::new(); // (checked idx, subject, phone, first row)
     let mut duplicates = 0u64;
+    let now_instant = Instant::now();
     for (ci, c) in checked.iter().enumerate() {
-        let st = states.entry(c.device.clone()).or_default();
-        st.seen = Some(Instant::now());
-        touched.insert(c.device.clone());
+        let dev = *index.entry(c.device.as_str()).or_insert_with(|| {
+            rows.names.push(c.device.clone());
+            (rows.names.len() - 1) as u32
+        });
+        if !states.contains_key(&c.device) {
+            states.insert(c.device.clone(), DevState::default());
+        }
+        let Some(st) = states.get_mut(&c.device) else {
+            continue;
+        };
+        st.seen = Some(now_instant);
         match &c.body {
             Body::Fixes(fixes) => {
                 let first_row = rows.fixes.len();
                 for (k, f) in fixes.iter().enumerate() {
                     let t = f.time.as_millisecond();
-                    let key = (c.device.clone(), t);
-                    if stored.contains(&key) || !in_batch.insert(key) {
+                    let already = !stored.is_empty() && stored.contains(&(c.device.clone(), t));
+                    if already || !in_batch.insert((dev, t)) {
                         duplicates += 1;
                         continue;
                     }
@@ -656,7 +669,7 @@ async fn process(shared: &Shared, states: &mut FxHashMap<String, DevState>, batc
                     }
                     st.head = st.head.max(t);
                     rows.fixes.push(FixRow {
-                        device: c.device.clone(),
+                        dev,
                         seq: (ci as i32).saturating_mul(SEQ_PER_MESSAGE) + k as i32,
                         time_ms: t,
                         fix: *f,
@@ -676,7 +689,7 @@ async fn process(shared: &Shared, states: &mut FxHashMap<String, DevState>, batc
                     let t = e.time.as_millisecond();
                     let late = t < st.event_head;
                     st.event_head = st.event_head.max(t);
-                    rows.events.push((c.device.clone(), *e, late));
+                    rows.events.push((dev, *e, late));
                 }
             }
             Body::Heartbeats(hbs) => {
@@ -687,9 +700,9 @@ async fn process(shared: &Shared, states: &mut FxHashMap<String, DevState>, batc
             }
         }
     }
-    for d in &touched {
+    for (i, d) in rows.names.iter().enumerate() {
         if let Some(s) = states.get(d) {
-            rows.states.push((d.clone(), *s));
+            rows.states.push((i as u32, *s));
         }
     }
 
@@ -998,7 +1011,7 @@ async fn write(shared: &Shared, rows: &Rows) -> Result<Written, sqlx::Error> {
             Vec::with_capacity(n),
         );
         for r in &rows.fixes {
-            dev.push(r.device.as_str());
+            dev.push(rows.names[r.dev as usize].as_str());
             t.push(r.time_ms);
             lat.push(r.fix.lat());
             lon.push(r.fix.lon());
@@ -1033,7 +1046,11 @@ async fn write(shared: &Shared, rows: &Rows) -> Result<Written, sqlx::Error> {
         .rows_affected();
     }
     if !rows.events.is_empty() {
-        let dev: Vec<&str> = rows.events.iter().map(|e| e.0.as_str()).collect();
+        let dev: Vec<&str> = rows
+            .events
+            .iter()
+            .map(|e| rows.names[e.0 as usize].as_str())
+            .collect();
         let t: Vec<i64> = rows
             .events
             .iter()
@@ -1068,7 +1085,11 @@ async fn write(shared: &Shared, rows: &Rows) -> Result<Written, sqlx::Error> {
         .rows_affected();
     }
     if !rows.states.is_empty() {
-        let dev: Vec<&str> = rows.states.iter().map(|s| s.0.as_str()).collect();
+        let dev: Vec<&str> = rows
+            .states
+            .iter()
+            .map(|s| rows.names[s.0 as usize].as_str())
+            .collect();
         let head: Vec<Option<i64>> = rows
             .states
             .iter()

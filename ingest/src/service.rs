@@ -76,6 +76,14 @@ pub async fn start(
 ) -> Result<Service, StartError> {
     let metrics = Metrics::new();
     let core = Arc::new(Mutex::new(Core::default()));
+    // LISTEN before the initial load, so that no change made in between is missed.
+    let mut changes = PgListener::connect_with(&pool)
+        .await
+        .map_err(|e| StartError::Db("LISTEN for reference changes", e))?;
+    changes
+        .listen("emtrack_reference")
+        .await
+        .map_err(|e| StartError::Db("LISTEN for reference changes", e))?;
     let loaded = reference::sync(&pool, &core, &Scope::all())
         .await
         .map_err(|e| StartError::Db("load zones, subjects and devices", e))?;
@@ -123,7 +131,7 @@ pub async fn start(
         }
     });
 
-    tokio::spawn(listen_reference(shared.clone(), stop.clone()));
+    tokio::spawn(listen_reference(shared.clone(), changes, stop.clone()));
     tokio::spawn(maintain(
         pool,
         config.partitions_ahead_days,
@@ -141,23 +149,10 @@ pub async fn start(
 
 /// Applies `NOTIFY emtrack_reference` changes. Notifications arriving within
 /// 50 ms are applied together; if the listener's connection was lost
-/// (notifications may be missing), everything is re-read.
-async fn listen_reference(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut listener = loop {
-        match PgListener::connect_with(&shared.pool).await {
-            Ok(mut l) => match l.listen("emtrack_reference").await {
-                Ok(()) => break l,
-                Err(e) => tracing::warn!(error = %e, "cannot LISTEN emtrack_reference; retrying"),
-            },
-            Err(e) => tracing::warn!(error = %e, "cannot LISTEN emtrack_reference; retrying"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.cancelled() => return,
-        }
-    };
-    // Changes made between the initial load and LISTEN would be missed.
-    let mut scope = Scope::all();
+/// (notifications may be missing), everything is re-read. `listener` was
+/// listening before the initial load.
+async fn listen_reference(shared: Arc<Shared>, mut listener: PgListener, stop: CancellationToken) {
+    let mut scope = Scope::default();
     loop {
         if !scope.is_empty() {
             apply(&shared, &scope).await;

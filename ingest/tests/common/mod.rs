@@ -131,6 +131,7 @@ pub async fn publish_all(
         max_fixes: None,
         progress_every: Duration::from_secs(3600),
         inflight: 100,
+        wall_clock: false,
     };
     publish(stream, devices, &cfg, 0).await.expect("publishes")
 }
