@@ -185,7 +185,7 @@ def q(p):
 print(f"real-time lag, steady state ({int(total):,} live fixes from 15 s after the first message; {int(sys.argv[3]):,} fixes in 60 s): "
       f"p50 {q(0.5) * 1000:.0f} ms, p99 {q(0.99) * 1000:.0f} ms (emtrack_ingest_lag_seconds: commit time - fix time)")
 PY
-for WHO in "all devices|true" "bracelets only (phones' OwnTracks fixes carry whole seconds, so up to 1 s shows as lag)|device_id LIKE 'EM-%'"; do
+for WHO in "all devices|true" "bracelets only (phone fixes, OwnTracks, carry whole seconds, so up to 1 s shows as lag)|device_id LIKE 'EM-%'"; do
   $PG -d $DB -c "SELECT 'same window from the table, ${WHO%%|*}: received_at (transaction start) - fix_time p50 ' || round((percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM received_at - fix_time)) * 1000)::numeric, 1) || ' ms, p99 ' || round((percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM received_at - fix_time)) * 1000)::numeric, 1) || ' ms, max ' || round((max(extract(epoch FROM received_at - fix_time)) * 1000)::numeric, 1) || ' ms over ' || count(*) || ' fixes' FROM fixes WHERE received_at >= '$STEADY' AND ${WHO#*|}"
 done
 $PG -d postgres -c "DROP DATABASE $DB"

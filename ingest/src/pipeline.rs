@@ -1,11 +1,12 @@
 //! The hot path: MQTT consume → validate → evaluate → durable store → ack.
 //!
 //! # Flow
-//! - The **poll task** owns the rumqttc event loop. It only moves each
-//!   publish into the bounded queue of the worker that owns its device (FNV
-//!   hash of the device id), after taking one permit of a semaphore of
-//!   `max_in_flight`. When every permit is out it stops polling, so TCP reads
-//!   stop and the broker queues: backpressure reaches the broker.
+//! - The **poll task** (`Consumer`) owns the rumqttc event loop. It puts each
+//!   publish on the bounded queue of the worker that owns its device (FNV hash
+//!   of the device id), at most `max_in_flight` messages across the workers.
+//!   Beyond that it keeps a backlog, and stops reading the socket once the
+//!   backlog is full too (unless acks wait to be written): TCP backpressure
+//!   then reaches the broker, whose in-flight window stops it.
 //! - Each **worker** owns a shard of devices, so one device's messages are
 //!   handled in arrival order. It closes a batch on `max_batch` messages or a
 //!   `linger` that starts at the batch's first message, then:
@@ -16,21 +17,24 @@
 //!      up in one query;
 //!   3. flags implausible jumps (speed over `max_speed_kmh` from the last
 //!      good fix) as `suspect`: stored, never judged;
-//!   4. judges the fixes with the engine (one lock per batch);
-//!   5. writes fixes, events, device state, rule transitions and rejected
+//!   4. judges the fixes with the engine (one lock per batch), calling
+//!      `close_late_run` after each message that carried late fixes;
+//!   5. writes fixes, events, device state, rule transitions and refused
 //!      messages in **one transaction** (`UNNEST … ON CONFLICT DO NOTHING`),
-//!      retrying it until it commits;
-//!   6. only then acks every message of the batch, and publishes the
-//!      transitions on the in-process channel.
+//!      retrying while the error is transient (connection lost, server
+//!      restarting); a batch the database refuses outright is kept raw in
+//!      `rejected_messages` as `storage_failed`;
+//!   6. only then hands the batch back to the poll task, which acks it, and
+//!      publishes the transitions on the in-process channel.
 //!
-//! A rejected message is stored in `rejected_messages` and acked like any
+//! A refused message is stored in `rejected_messages` and acked like any
 //! other: redelivering it would only loop.
 //!
 //! # Acks
-//! Acks go through rumqttc's request channel, which only the poll task
-//! drains. Its capacity exceeds `max_in_flight`, so a worker's `try_ack`
-//! cannot find it full unless the broker lets more than that many unacked
-//! messages out (keep the broker's `max_inflight_messages` below it).
+//! rumqttc's request channel is drained only while the event loop is polled,
+//! so only the poll task puts acks on it (`try_ack`, keeping the rest for its
+//! next turn). A worker never waits on that channel, and the poll task never
+//! waits on a worker: neither can stall the other.
 
 use crate::metrics::Metrics;
 use crate::reference::{Core, DeviceKind};
