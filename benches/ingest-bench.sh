@@ -20,6 +20,7 @@
 # Every run is bounded (fix count, 300 s per phase).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. deploy/broker.sh
 FIXES=${1:-500000}
 SUBJECTS=20000
 cargo build --release -q -p device-sim -p ingest
@@ -28,23 +29,16 @@ EMT=target/release/emtrack
 PG="psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -qAt"
 DB=emtrack_bench
 URL=postgres://postgres@127.0.0.1:5432/$DB
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PORT=$(free_port)
 HTTP=$(free_port)
 DIR=$(mktemp -d)
-sed -e "s|^listener 1883 127.0.0.1|listener $PORT 127.0.0.1|" \
-    -e "s|^persistence_location .*|persistence_location $DIR/|" \
-    deploy/mosquitto/emtrack.conf > "$DIR/mosquitto.conf"
-mosquitto -c "$DIR/mosquitto.conf" > "$DIR/mosquitto.log" 2>&1 &
-BROKER=$!
 EMTRACK=
 cleanup() {
   [ -n "$EMTRACK" ] && kill "$EMTRACK" 2>/dev/null || true
-  kill $BROKER 2>/dev/null || true
+  kill ${BROKER:-} 2>/dev/null || true
   rm -rf "$DIR"
 }
 trap cleanup EXIT
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
+start_broker "$DIR"
 
 metric() { curl -s "http://127.0.0.1:$HTTP/metrics" | awk -v n="$1" '$1 == n { print $2 }'; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }

@@ -8,18 +8,13 @@
 # Each run is bounded: by the fix count and by 120 s of wall time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. deploy/broker.sh
 FIXES=${1:-1000000}
 cargo build --release -q -p device-sim
 SIM=target/release/device-sim
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 DIR=$(mktemp -d)
-sed -e "s|^listener 1883 127.0.0.1|listener $PORT 127.0.0.1|" \
-    -e "s|^persistence_location .*|persistence_location $DIR/|" \
-    deploy/mosquitto/emtrack.conf > "$DIR/mosquitto.conf"
-mosquitto -c "$DIR/mosquitto.conf" > "$DIR/mosquitto.log" 2>&1 &
-BROKER=$!
-trap 'kill $BROKER 2>/dev/null; rm -rf "$DIR"' EXIT
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
+trap 'kill ${BROKER:-} 2>/dev/null; rm -rf "$DIR"' EXIT
+start_broker "$DIR"
 
 echo "| QoS | fixes/message | messages | fixes | seconds | msg/s | fixes/s | acked | sink received | lost |"
 echo "|---|---|---|---|---|---|---|---|---|---|"

@@ -14,6 +14,7 @@
 # - Prints what emtrack stored and judged, and its metrics; stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. deploy/broker.sh
 SUBJECTS=${1:-2000}
 SECS=${2:-60}
 HOURS=24
@@ -23,23 +24,16 @@ EMT=target/release/emtrack
 DB=emtrack_demo
 URL=postgres://postgres@127.0.0.1:5432/$DB
 PG="psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -q"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PORT=$(free_port)
 HTTP=$(free_port)
 DIR=$(mktemp -d)
-sed -e "s|^listener 1883 127.0.0.1|listener $PORT 127.0.0.1|" \
-    -e "s|^persistence_location .*|persistence_location $DIR/|" \
-    deploy/mosquitto/emtrack.conf > "$DIR/mosquitto.conf"
-mosquitto -c "$DIR/mosquitto.conf" > "$DIR/mosquitto.log" 2>&1 &
-BROKER=$!
 EMTRACK=
 cleanup() {
   [ -n "$EMTRACK" ] && kill "$EMTRACK" 2>/dev/null || true
-  kill $BROKER 2>/dev/null || true
+  kill ${BROKER:-} 2>/dev/null || true
   rm -rf "$DIR"
 }
 trap cleanup EXIT
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
+start_broker "$DIR"
 
 echo "== world: $SUBJECTS bracelets around Almaty, database $DB"
 $PG -d postgres -c "DROP DATABASE IF EXISTS $DB" 2> /dev/null

@@ -92,30 +92,14 @@ async fn kill_9_mid_stream_then_restart_loses_and_duplicates_nothing(pool: PgPoo
 
 #[sqlx::test(migrator = "ingest::MIGRATOR")]
 async fn database_outage_mid_stream_holds_acks_and_loses_nothing(pool: PgPool) {
-    use tokio_util::sync::CancellationToken;
     let broker = Broker::start().expect("mosquitto starts");
     let world = world(&pool, 14, 40).await;
     let proxy = Proxy::start(5432).await;
     let via_proxy = ingest::db::connect(&database_url(&pool, proxy.port))
         .await
         .expect("connects through the proxy");
-    let stop = CancellationToken::new();
-    let done = CancellationToken::new();
-    let svc = ingest::service::start(
-        &config(broker.port, "emtrack-test-outage"),
-        via_proxy,
-        stop.clone(),
-        done.clone(),
-    )
-    .await
-    .expect("service starts");
-    let m = svc.shared.metrics.clone();
-    let shared = svc.shared.clone();
-    wait_until(Duration::from_secs(10), "subscribed", || {
-        let s = shared.clone();
-        async move { s.mqtt_ready.load(std::sync::atomic::Ordering::Relaxed) }
-    })
-    .await;
+    let running = Running::start(via_proxy, broker.port, "emtrack-test-outage").await;
+    let m = running.metrics.clone();
 
     let mut sc = scenario(&world, 30, 1);
     let devices = sc.device_count();
@@ -160,6 +144,5 @@ async fn database_outage_mid_stream_holds_acks_and_loses_nothing(pool: PgPool) {
     );
     let matched = check_against_truth(&pool, &truth).await;
     assert!(matched >= 10, "only {matched} episodes");
-    stop.cancel();
-    done.cancelled().await;
+    running.shut_down().await;
 }

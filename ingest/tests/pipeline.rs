@@ -7,10 +7,8 @@ mod common;
 
 use common::*;
 use device_sim::testbed::Broker;
-use ingest::service;
 use sqlx::PgPool;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 #[sqlx::test(migrator = "ingest::MIGRATOR")]
 async fn whole_path_matches_the_ground_truth_and_redelivery_adds_nothing(pool: PgPool) {
@@ -20,23 +18,8 @@ async fn whole_path_matches_the_ground_truth_and_redelivery_adds_nothing(pool: P
         .try_init();
     let broker = Broker::start().expect("mosquitto starts");
     let world = world(&pool, 11, 60).await;
-    let stop = CancellationToken::new();
-    let done = CancellationToken::new();
-    let svc = service::start(
-        &config(broker.port, "emtrack-test-whole"),
-        pool.clone(),
-        stop.clone(),
-        done.clone(),
-    )
-    .await
-    .expect("service starts");
-    let m = svc.shared.metrics.clone();
-    let shared = svc.shared.clone();
-    wait_until(Duration::from_secs(10), "subscribed", || {
-        let s = shared.clone();
-        async move { s.mqtt_ready.load(std::sync::atomic::Ordering::Relaxed) }
-    })
-    .await;
+    let running = Running::start(pool.clone(), broker.port, "emtrack-test-whole").await;
+    let m = running.metrics.clone();
 
     let mut sc = scenario(&world, 30, 1);
     let devices = sc.device_count();
@@ -68,10 +51,7 @@ async fn whole_path_matches_the_ground_truth_and_redelivery_adds_nothing(pool: P
     assert_eq!(transitions(&pool).await, before, "no transition added");
     assert!(m.fixes_duplicate.get() > 0);
 
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(10), done.cancelled())
-        .await
-        .expect("drains within 10 s");
+    running.shut_down().await;
     assert_eq!(m.queue_depth.get(), 0);
 }
 
@@ -128,23 +108,8 @@ async fn every_rejection_reason_is_stored_and_counted(pool: PgPool) {
         .execute(&pool)
         .await
         .expect("unassigned device");
-    let stop = CancellationToken::new();
-    let done = CancellationToken::new();
-    let svc = service::start(
-        &config(broker.port, "emtrack-test-reasons"),
-        pool.clone(),
-        stop.clone(),
-        done.clone(),
-    )
-    .await
-    .expect("service starts");
-    let m = svc.shared.metrics.clone();
-    let shared = svc.shared.clone();
-    wait_until(Duration::from_secs(10), "subscribed", || {
-        let s = shared.clone();
-        async move { s.mqtt_ready.load(std::sync::atomic::Ordering::Relaxed) }
-    })
-    .await;
+    let running = Running::start(pool.clone(), broker.port, "emtrack-test-reasons").await;
+    let m = running.metrics.clone();
 
     let now = jiff::Timestamp::now().as_millisecond();
     let t0 = now - 600_000;
@@ -337,8 +302,7 @@ async fn every_rejection_reason_is_stored_and_counted(pool: PgPool) {
     assert_eq!(kept, event);
     assert_eq!(m.rejected.with_label_values(&["storage_failed"]).get(), 1);
     assert_eq!(m.fixes_accepted.get(), 3, "the pipeline goes on");
-    stop.cancel();
-    done.cancelled().await;
+    running.shut_down().await;
 }
 
 /// Zone and rule changes made in the database while the service runs take
@@ -351,23 +315,8 @@ async fn a_live_zone_change_takes_effect_without_restart(pool: PgPool) {
     let (lon, lat) = subject.home.lonlat();
     // A spot about 1 km north of home, inside the city, at noon (no curfew).
     let (lat, lon) = (lat + 0.009, lon);
-    let stop = CancellationToken::new();
-    let done = CancellationToken::new();
-    let svc = service::start(
-        &config(broker.port, "emtrack-test-live"),
-        pool.clone(),
-        stop.clone(),
-        done.clone(),
-    )
-    .await
-    .expect("service starts");
-    let m = svc.shared.metrics.clone();
-    let shared = svc.shared.clone();
-    wait_until(Duration::from_secs(10), "subscribed", || {
-        let s = shared.clone();
-        async move { s.mqtt_ready.load(std::sync::atomic::Ordering::Relaxed) }
-    })
-    .await;
+    let running = Running::start(pool.clone(), broker.port, "emtrack-test-live").await;
+    let m = running.metrics.clone();
     let reloads = |m: &ingest::metrics::Metrics| m.reference_reloads.get();
     let noon: i64 = "2026-11-10T12:00:00+05:00[Asia/Almaty]"
         .parse::<jiff::Zoned>()
@@ -460,6 +409,5 @@ async fn a_live_zone_change_takes_effect_without_restart(pool: PgPool) {
         ],
         "the moved zone is judged"
     );
-    stop.cancel();
-    done.cancelled().await;
+    running.shut_down().await;
 }

@@ -401,3 +401,49 @@ impl Proxy {
         self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// `emtrack` running in this process (one worker), subscribed to the broker.
+pub struct Running {
+    pub svc: ingest::service::Service,
+    pub metrics: ingest::metrics::Metrics,
+    stop: tokio_util::sync::CancellationToken,
+    done: tokio_util::sync::CancellationToken,
+}
+
+impl Running {
+    /// Starts the service on `pool` and waits until it is subscribed.
+    pub async fn start(pool: PgPool, broker_port: u16, client_id: &str) -> Running {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let done = tokio_util::sync::CancellationToken::new();
+        let svc = ingest::service::start(
+            &config(broker_port, client_id),
+            pool,
+            stop.clone(),
+            done.clone(),
+        )
+        .await
+        .expect("service starts");
+        let shared = svc.shared.clone();
+        wait_until(Duration::from_secs(10), "subscribed", || {
+            let s = shared.clone();
+            async move { s.mqtt_ready.load(std::sync::atomic::Ordering::Relaxed) }
+        })
+        .await;
+        let metrics = svc.shared.metrics.clone();
+        Running {
+            svc,
+            metrics,
+            stop,
+            done,
+        }
+    }
+
+    /// SIGTERM's path: stop consuming, commit and ack what is held, disconnect;
+    /// panics unless that takes under 10 s.
+    pub async fn shut_down(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.done.cancelled())
+            .await
+            .expect("drains within 10 s");
+    }
+}

@@ -1,0 +1,25 @@
+# Sourced by deploy/demo.sh and the benches/*.sh scripts: a private Mosquitto
+# started from deploy/mosquitto/emtrack.conf on a free loopback port, with its
+# persistence in a given directory. (The packaged defaults drop QoS 1 messages
+# for a slow subscriber.)
+
+# A free loopback TCP port.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# start_broker DIR: starts the broker; sets PORT and BROKER (its pid) and
+# returns once the port accepts connections.
+start_broker() {
+  PORT=$(free_port)
+  sed -e "s|^listener 1883 127.0.0.1|listener $PORT 127.0.0.1|" \
+      -e "s|^persistence_location .*|persistence_location $1/|" \
+      deploy/mosquitto/emtrack.conf > "$1/mosquitto.conf"
+  mosquitto -c "$1/mosquitto.conf" > "$1/mosquitto.log" 2>&1 &
+  BROKER=$!
+  for _ in $(seq 200); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "mosquitto did not start:" >&2; cat "$1/mosquitto.log" >&2; return 1
+}
