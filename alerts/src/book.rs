@@ -1,0 +1,498 @@
+//! The alert lifecycle: raise (with dedup), acknowledge, resolve, escalate,
+//! and the append-only log of every change.
+//!
+//! - One alert per [`AlertKey`]: subject, type, scope (rule, zone or device)
+//!   and episode start. Raising an existing key updates the alert (a count and
+//!   an event) and never creates a second one, even after it was resolved.
+//! - `open` → `acknowledged` (by an officer, optional note) → `resolved`.
+//!   Resolution is automatic when the episode ends ([`AlertBook::end_episode`])
+//!   or manual with a note. Tamper alerts are resolved only manually, with a
+//!   note.
+//! - An alert not acknowledged within its severity's delay escalates: officer
+//!   → supervisor → duty desk. Deadlines are data (`escalate_at_ms`), so a
+//!   store can persist and reload them.
+//! - Every change appends an [`AlertEvent`] (who, when, what, note); the
+//!   caller drains them with [`AlertBook::take_events`] and stores them.
+//!
+//! Times are milliseconds since the epoch, passed in by the caller.
+
+use crate::policy::{AlertType, Policy, Severity};
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+
+/// Stable alert id (also the idempotency key of deliveries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AlertId(pub u64);
+
+/// What makes two raises the same alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AlertKey {
+    /// The subject.
+    pub subject: u64,
+    /// The alert type.
+    pub kind: AlertType,
+    /// Rule or zone id for violations; 0 for device alerts.
+    pub scope: u64,
+    /// Episode start (fix or event time, ms); for device alerts, the time the
+    /// condition began.
+    pub episode_ms: i64,
+}
+
+/// Where an alert is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlertState {
+    /// Raised, nobody has taken it.
+    Open,
+    /// An officer has taken it.
+    Acknowledged,
+    /// Over.
+    Resolved,
+}
+
+/// Who escalation has reached: 0 the officer, 1 the supervisor, 2 the duty desk.
+pub type Level = u8;
+
+/// One alert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alert {
+    /// Its id.
+    pub id: AlertId,
+    /// Its key.
+    pub key: AlertKey,
+    /// Severity under the policy when raised.
+    pub severity: Severity,
+    /// State.
+    pub state: AlertState,
+    /// When it happened (fix or event time).
+    pub event_ms: i64,
+    /// Found in a late store-and-forward upload: a past episode.
+    pub historical: bool,
+    /// When the backend raised it.
+    pub raised_ms: i64,
+    /// Raises of the same key after the first.
+    pub repeats: u32,
+    /// Escalation level reached.
+    pub level: Level,
+    /// When it escalates next, if unacknowledged.
+    pub escalate_at_ms: Option<i64>,
+}
+
+/// Who did something.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Actor {
+    /// emtrack itself.
+    System,
+    /// An officer, by id.
+    Officer(u64),
+}
+
+/// What happened to an alert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Raised.
+    Raised,
+    /// Raised again (same key).
+    Repeated,
+    /// Acknowledged.
+    Acknowledged,
+    /// Escalated to a level.
+    Escalated(Level),
+    /// Resolved; `true` when by the episode ending.
+    Resolved {
+        /// Resolved automatically.
+        automatic: bool,
+    },
+}
+
+/// One line of the alert log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertEvent {
+    /// The alert.
+    pub alert: AlertId,
+    /// When (ms).
+    pub at_ms: i64,
+    /// Who.
+    pub who: Actor,
+    /// What.
+    pub what: Change,
+    /// The officer's note, if any.
+    pub note: Option<String>,
+}
+
+/// What [`AlertBook::raise`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Raised {
+    /// A new alert.
+    New(AlertId),
+    /// The key's alert, still open or acknowledged, was updated.
+    Repeated(AlertId),
+    /// The key's alert is already resolved; nothing changed.
+    AlreadyResolved(AlertId),
+}
+
+/// Why an officer's action was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BookError {
+    /// No such alert.
+    Unknown(AlertId),
+    /// The alert is resolved.
+    Resolved(AlertId),
+    /// Tamper alerts (and manual resolutions in general) need a note.
+    NoteRequired(AlertId),
+}
+
+impl fmt::Display for BookError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BookError::Unknown(id) => write!(f, "no alert {}", id.0),
+            BookError::Resolved(id) => write!(f, "alert {} is already resolved", id.0),
+            BookError::NoteRequired(id) => {
+                write!(f, "alert {} can only be resolved with a note", id.0)
+            }
+        }
+    }
+}
+
+impl std::error::Error for BookError {}
+
+/// Every alert, the open ones by key, and the escalation deadlines.
+#[derive(Debug, Default)]
+pub struct AlertBook {
+    policy: Policy,
+    next: u64,
+    alerts: HashMap<AlertId, Alert>,
+    by_key: HashMap<AlertKey, AlertId>,
+    deadlines: BTreeSet<(i64, AlertId)>,
+    events: Vec<AlertEvent>,
+}
+
+impl AlertBook {
+    /// An empty book under `policy`; ids start after `last_id` (the largest
+    /// stored, after a restart).
+    pub fn new(policy: Policy, last_id: u64) -> AlertBook {
+        AlertBook {
+            policy,
+            next: last_id,
+            ..AlertBook::default()
+        }
+    }
+
+    fn log(&mut self, alert: AlertId, at_ms: i64, who: Actor, what: Change, note: Option<String>) {
+        self.events.push(AlertEvent {
+            alert,
+            at_ms,
+            who,
+            what,
+            note,
+        });
+    }
+
+    /// Raises the alert for `key` (see the module docs for dedup).
+    pub fn raise(&mut self, key: AlertKey, event_ms: i64, historical: bool, now_ms: i64) -> Raised {
+        if let Some(&id) = self.by_key.get(&key) {
+            let Some(a) = self.alerts.get_mut(&id) else {
+                return Raised::AlreadyResolved(id);
+            };
+            if a.state == AlertState::Resolved {
+                return Raised::AlreadyResolved(id);
+            }
+            a.repeats += 1;
+            self.log(id, now_ms, Actor::System, Change::Repeated, None);
+            return Raised::Repeated(id);
+        }
+        self.next += 1;
+        let id = AlertId(self.next);
+        let severity = self.policy.severity(key.kind);
+        let escalate_at_ms = self
+            .policy
+            .escalation_delay(severity)
+            .map(|s| now_ms + i64::from(s) * 1000);
+        if let Some(t) = escalate_at_ms {
+            self.deadlines.insert((t, id));
+        }
+        self.alerts.insert(
+            id,
+            Alert {
+                id,
+                key,
+                severity,
+                state: AlertState::Open,
+                event_ms,
+                historical,
+                raised_ms: now_ms,
+                repeats: 0,
+                level: 0,
+                escalate_at_ms,
+            },
+        );
+        self.by_key.insert(key, id);
+        self.log(id, now_ms, Actor::System, Change::Raised, None);
+        Raised::New(id)
+    }
+
+    /// An officer takes the alert; escalation stops.
+    pub fn acknowledge(
+        &mut self,
+        id: AlertId,
+        officer: u64,
+        note: Option<String>,
+        now_ms: i64,
+    ) -> Result<(), BookError> {
+        let a = self.alerts.get_mut(&id).ok_or(BookError::Unknown(id))?;
+        match a.state {
+            AlertState::Resolved => return Err(BookError::Resolved(id)),
+            AlertState::Acknowledged => {}
+            AlertState::Open => {
+                a.state = AlertState::Acknowledged;
+                if let Some(t) = a.escalate_at_ms.take() {
+                    self.deadlines.remove(&(t, id));
+                }
+            }
+        }
+        self.log(
+            id,
+            now_ms,
+            Actor::Officer(officer),
+            Change::Acknowledged,
+            note,
+        );
+        Ok(())
+    }
+
+    /// An officer resolves the alert, with a note (required).
+    pub fn resolve(
+        &mut self,
+        id: AlertId,
+        officer: u64,
+        note: Option<String>,
+        now_ms: i64,
+    ) -> Result<(), BookError> {
+        let a = self.alerts.get(&id).ok_or(BookError::Unknown(id))?;
+        if a.state == AlertState::Resolved {
+            return Err(BookError::Resolved(id));
+        }
+        let Some(note) = note.filter(|n| !n.trim().is_empty()) else {
+            return Err(BookError::NoteRequired(id));
+        };
+        self.close(id, now_ms);
+        self.log(
+            id,
+            now_ms,
+            Actor::Officer(officer),
+            Change::Resolved { automatic: false },
+            Some(note),
+        );
+        Ok(())
+    }
+
+    /// The episode behind `key` ended (the subject returned, the curfew
+    /// violation ended, the device spoke again): its alert resolves, unless it
+    /// is a tamper alert, which waits for an officer's note.
+    pub fn end_episode(&mut self, key: &AlertKey, now_ms: i64) -> Option<AlertId> {
+        let id = *self.by_key.get(key)?;
+        let a = self.alerts.get(&id)?;
+        if a.state == AlertState::Resolved || a.key.kind.needs_note_to_resolve() {
+            return None;
+        }
+        self.close(id, now_ms);
+        self.log(
+            id,
+            now_ms,
+            Actor::System,
+            Change::Resolved { automatic: true },
+            None,
+        );
+        Some(id)
+    }
+
+    fn close(&mut self, id: AlertId, _now_ms: i64) {
+        if let Some(a) = self.alerts.get_mut(&id) {
+            a.state = AlertState::Resolved;
+            if let Some(t) = a.escalate_at_ms.take() {
+                self.deadlines.remove(&(t, id));
+            }
+        }
+    }
+
+    /// Escalates every unacknowledged alert whose deadline is at or before
+    /// `now_ms`, one level each (the next deadline follows at the same
+    /// delay, until the duty desk). Returns them with their new level.
+    pub fn escalate_due(&mut self, now_ms: i64) -> Vec<(AlertId, Level)> {
+        let mut done = Vec::new();
+        while let Some(&(t, id)) = self.deadlines.first() {
+            if t > now_ms {
+                break;
+            }
+            self.deadlines.remove(&(t, id));
+            let Some(a) = self.alerts.get_mut(&id) else {
+                continue;
+            };
+            a.level = (a.level + 1).min(2);
+            a.escalate_at_ms = if a.level < 2 {
+                self.policy
+                    .escalation_delay(a.severity)
+                    .map(|s| t + i64::from(s) * 1000)
+            } else {
+                None
+            };
+            if let Some(next) = a.escalate_at_ms {
+                self.deadlines.insert((next, id));
+            }
+            let level = a.level;
+            done.push((id, level));
+            self.log(id, t, Actor::System, Change::Escalated(level), None);
+        }
+        done
+    }
+
+    /// The alert `id`.
+    pub fn get(&self, id: AlertId) -> Option<&Alert> {
+        self.alerts.get(&id)
+    }
+
+    /// Open or acknowledged alerts, by severity.
+    pub fn open_count(&self, severity: Severity) -> usize {
+        self.alerts
+            .values()
+            .filter(|a| a.severity == severity && a.state != AlertState::Resolved)
+            .count()
+    }
+
+    /// Drains the log lines written since the last call.
+    pub fn take_events(&mut self) -> Vec<AlertEvent> {
+        std::mem::take(&mut self.events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    fn key(kind: AlertType, episode_ms: i64) -> AlertKey {
+        AlertKey {
+            subject: 7,
+            kind,
+            scope: 70,
+            episode_ms,
+        }
+    }
+
+    #[test]
+    fn every_type_raises_with_its_severity() {
+        let mut b = AlertBook::new(Policy::default(), 0);
+        for (i, t) in AlertType::ALL.into_iter().enumerate() {
+            let Raised::New(id) = b.raise(key(t, 0), 0, false, 1_000) else {
+                panic!("{t:?} is new");
+            };
+            assert_eq!(id, AlertId(i as u64 + 1));
+            let a = b.get(id).expect("stored");
+            assert_eq!(a.severity, t.default_severity());
+            assert_eq!(a.state, AlertState::Open);
+        }
+        assert_eq!(b.open_count(Severity::Critical), 4);
+        assert_eq!(b.open_count(Severity::Serious), 5);
+        assert_eq!(b.open_count(Severity::Info), 3);
+    }
+
+    #[test]
+    fn one_alert_per_episode() {
+        let mut b = AlertBook::new(Policy::default(), 41);
+        let k = key(AlertType::ExclusionZoneEntered, 5 * MIN);
+        assert_eq!(
+            b.raise(k, 5 * MIN, false, 6 * MIN),
+            Raised::New(AlertId(42))
+        );
+        assert_eq!(
+            b.raise(k, 5 * MIN, false, 7 * MIN),
+            Raised::Repeated(AlertId(42))
+        );
+        assert_eq!(b.get(AlertId(42)).map(|a| a.repeats), Some(1));
+        assert_eq!(b.end_episode(&k, 8 * MIN), Some(AlertId(42)));
+        assert_eq!(
+            b.raise(k, 5 * MIN, false, 9 * MIN),
+            Raised::AlreadyResolved(AlertId(42)),
+            "a redelivered transition does not reopen it"
+        );
+        let next = key(AlertType::ExclusionZoneEntered, 30 * MIN);
+        assert_eq!(
+            b.raise(next, 30 * MIN, false, 31 * MIN),
+            Raised::New(AlertId(43))
+        );
+        let log: Vec<Change> = b.take_events().into_iter().map(|e| e.what).collect();
+        assert_eq!(
+            log,
+            vec![
+                Change::Raised,
+                Change::Repeated,
+                Change::Resolved { automatic: true },
+                Change::Raised
+            ]
+        );
+    }
+
+    #[test]
+    fn episodes_end_alerts_but_tamper_needs_a_note() {
+        let mut b = AlertBook::new(Policy::default(), 0);
+        let curfew = key(AlertType::CurfewViolation, 0);
+        let strap = key(AlertType::StrapTamper, 0);
+        let Raised::New(c) = b.raise(curfew, 0, false, 1) else {
+            panic!()
+        };
+        let Raised::New(s) = b.raise(strap, 0, false, 1) else {
+            panic!()
+        };
+        assert_eq!(b.end_episode(&curfew, 2), Some(c));
+        assert_eq!(
+            b.end_episode(&strap, 2),
+            None,
+            "tamper never ends by itself"
+        );
+        assert_eq!(b.resolve(s, 3, None, 3), Err(BookError::NoteRequired(s)));
+        assert_eq!(
+            b.resolve(s, 3, Some("  ".into()), 3),
+            Err(BookError::NoteRequired(s))
+        );
+        b.resolve(s, 3, Some("strap replaced at the office".into()), 4)
+            .expect("resolves with a note");
+        assert_eq!(b.get(s).map(|a| a.state), Some(AlertState::Resolved));
+        assert_eq!(
+            b.resolve(s, 3, Some("again".into()), 5),
+            Err(BookError::Resolved(s))
+        );
+        let last = b.take_events().pop().expect("logged");
+        assert_eq!(last.who, Actor::Officer(3));
+        assert_eq!(last.note.as_deref(), Some("strap replaced at the office"));
+    }
+
+    #[test]
+    fn escalation_to_supervisor_then_duty_desk_unless_acknowledged() {
+        let mut b = AlertBook::new(Policy::default(), 0);
+        let Raised::New(crit) = b.raise(key(AlertType::VictimProximity, 0), 0, false, 0) else {
+            panic!()
+        };
+        let Raised::New(ser) = b.raise(key(AlertType::CurfewViolation, 0), 0, false, 0) else {
+            panic!()
+        };
+        let Raised::New(info) = b.raise(key(AlertType::BatteryLow, 0), 0, false, 0) else {
+            panic!()
+        };
+        assert!(b.escalate_due(5 * MIN - 1).is_empty());
+        assert_eq!(b.escalate_due(5 * MIN), vec![(crit, 1)], "critical: 5 min");
+        assert_eq!(
+            b.escalate_due(10 * MIN),
+            vec![(crit, 2)],
+            "then the duty desk"
+        );
+        assert_eq!(b.escalate_due(15 * MIN), vec![(ser, 1)], "serious: 15 min");
+        b.acknowledge(ser, 9, Some("on my way".into()), 16 * MIN)
+            .expect("acknowledged");
+        assert!(
+            b.escalate_due(24 * 60 * MIN).is_empty(),
+            "acknowledged, info and the desk stop"
+        );
+        assert_eq!(b.get(info).map(|a| a.level), Some(0));
+        assert_eq!(b.get(crit).and_then(|a| a.escalate_at_ms), None);
+    }
+}
