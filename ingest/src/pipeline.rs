@@ -71,6 +71,9 @@ pub struct PipelineConfig {
     pub linger: Duration,
     /// Fixes and events dated further ahead than this are refused.
     pub future_skew: Duration,
+    /// Records older than this are refused (`timestamp_too_old`): their
+    /// day's partition is past retention, or about to be dropped.
+    pub max_age: Duration,
     /// Above this speed from the last good fix, a fix is suspect.
     pub max_speed_kmh: f64,
 }
@@ -103,6 +106,8 @@ pub struct Shared {
     pub transitions: broadcast::Sender<StoredTransition>,
     /// Connected to the broker and subscribed.
     pub mqtt_ready: AtomicBool,
+    /// A worker died: the service stops and exits non-zero.
+    pub failed: AtomicBool,
     /// UTC days (days since 1970-01-01) whose partitions are known to exist.
     partitions: Mutex<FxHashSet<i32>>,
 }
@@ -122,6 +127,7 @@ impl Shared {
             cfg,
             transitions: broadcast::channel(65_536).0,
             mqtt_ready: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             partitions: Mutex::new(FxHashSet::default()),
         }
     }
@@ -199,12 +205,29 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         in_workers: 0,
         in_channel: 0,
     };
-    consumer.run(eventloop, done_rx, stop).await;
+    // A worker that ends before shutdown (a panic) would leave its messages
+    // held and the consumer stalled: stop the service instead, so that a
+    // supervisor restarts it and the broker redelivers.
+    let mut workers = tokio::task::JoinSet::new();
     for h in handles {
-        if let Err(e) = h.await {
-            tracing::error!(error = %e, "a worker task failed");
-        }
+        workers.spawn(h);
     }
+    let watch_stop = stop.clone();
+    let watch_shared = shared.clone();
+    let watcher = tokio::spawn(async move {
+        while let Some(r) = workers.join_next().await {
+            let failed = !matches!(r, Ok(Ok(())));
+            if failed || !watch_stop.is_cancelled() {
+                tracing::error!(
+                    "a worker stopped unexpectedly; shutting down so that the broker redelivers"
+                );
+                watch_shared.failed.store(true, Ordering::Relaxed);
+                watch_stop.cancel();
+            }
+        }
+    });
+    consumer.run(eventloop, done_rx, stop).await;
+    let _ = watcher.await;
 }
 
 /// The poll task's state. It alone drives the event loop, so it alone hands
@@ -248,8 +271,11 @@ impl Consumer {
                 if self.client.try_ack(p).is_err() {
                     break;
                 }
+                // QoS 0 needs no ack: nothing goes on the channel.
+                if p.qos != QoS::AtMostOnce {
+                    self.in_channel += 1;
+                }
                 self.acks.pop_front();
-                self.in_channel += 1;
                 self.shared.metrics.messages_acked.inc();
             }
             // Give workers what they can take.
@@ -360,6 +386,7 @@ impl Consumer {
                     if drain_deadline.is_some() {
                         // Nothing more can be acked on this connection.
                         self.acks.clear();
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                     // Capped exponential backoff with jitter (xorshift).
@@ -535,6 +562,24 @@ async fn process(shared: &Shared, states: &mut FxHashMap<String, DevState>, batc
                 rows.rejected.push(reject(
                     "device_unassigned",
                     format!("{device} has no current assignment"),
+                ));
+                continue;
+            }
+            let oldest = match &msg.uplink.body {
+                Body::Fixes(v) => v.iter().map(|f| f.time.as_millisecond()).min(),
+                Body::Events(v) => v.iter().map(|e| e.time.as_millisecond()).min(),
+                Body::Heartbeats(v) => v.iter().map(|h| h.time.as_millisecond()).min(),
+            };
+            let max_age_ms = i64::try_from(cfg.max_age.as_millis()).unwrap_or(i64::MAX);
+            if let Some(t) = oldest
+                && t < now.saturating_sub(max_age_ms)
+            {
+                rows.rejected.push(reject(
+                    "timestamp_too_old",
+                    format!(
+                        "a record is dated {} days ago, beyond the retention period",
+                        (now - t) / DAY_MS
+                    ),
                 ));
                 continue;
             }
@@ -814,16 +859,36 @@ async fn process(shared: &Shared, states: &mut FxHashMap<String, DevState>, batc
 
 /// Whether a database error may go away by itself (connection lost, server
 /// restarting, lock conflict) rather than be refused again (bad data, a bug).
+/// PostgreSQL found no partition for a row (SQLSTATE 23514, like any check
+/// violation, but only this one is cured by creating the partition).
+fn no_partition(db: &dyn sqlx::error::DatabaseError) -> bool {
+    db.code().as_deref() == Some("23514") && db.message().starts_with("no partition of relation")
+}
+
 pub(crate) fn transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
             let code = db.code();
-            let class = code.as_deref().map_or("", |c| &c[..c.len().min(2)]);
-            // 22 data exception, 23 integrity violation, 42 syntax or access
-            // rule, 44 check option: the same statement fails again.
-            !matches!(class, "22" | "23" | "42" | "44")
+            let code = code.as_deref().unwrap_or("");
+            // 08 connection exception, 53 insufficient resources, 57P0x
+            // shutdown or crash, 40001/40P01 serialization failure or
+            // deadlock, 55P03 lock not available. Anything else (bad data,
+            // a constraint, an index row too large, a bug) fails again.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P0")
+                || matches!(code, "40001" | "40P01" | "55P03")
+                // A day's partition dropped by retention after it was cached:
+                // the cache is cleared and the retry recreates it.
+                || no_partition(db.as_ref())
         }
-        _ => true,
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        _ => false,
     }
 }
 
@@ -871,13 +936,17 @@ async fn quarantine(shared: &Shared, batch: &[Publish], error: &sqlx::Error) {
             .collect(),
         ..Rows::default()
     };
-    if let Err(e) = retry(shared, "quarantine a refused batch", || {
+    // If even that is refused, the batch stays held (never acked, never
+    // dropped): retry with a long backoff and let an operator see the errors.
+    let mut wait = Duration::from_secs(1);
+    while let Err(e) = retry(shared, "quarantine a refused batch", || {
         write(shared, &rows)
     })
     .await
     {
-        tracing::error!(error = %e, "cannot even quarantine the batch; it stays unacked");
-        return;
+        tracing::error!(error = %e, retry_in_s = wait.as_secs(), "cannot quarantine the batch either; it stays held, unacked");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(60));
     }
     shared
         .metrics
@@ -947,6 +1016,21 @@ struct Written {
 
 const DAY_MS: i64 = 86_400_000;
 
+/// Longest topic stored in `rejected_messages` (bytes); longer ones are cut.
+pub(crate) const MAX_TOPIC_STORED: usize = 512;
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// `fixes.seq` is message index * this + fix index: more than
 /// `protocol::MAX_BATCH` fixes per message, so a replay can find message
 /// boundaries again.
@@ -984,6 +1068,22 @@ async fn ensure_days(shared: &Shared, rows: &Rows) -> Result<(), sqlx::Error> {
 }
 
 async fn write(shared: &Shared, rows: &Rows) -> Result<Written, sqlx::Error> {
+    let r = write_once(shared, rows).await;
+    if let Err(sqlx::Error::Database(db)) = &r
+        && no_partition(db.as_ref())
+    {
+        // No partition for a row's day: the cache is stale (retention dropped
+        // it). Forget it, so the retry creates the partition again.
+        shared
+            .partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+    r
+}
+
+async fn write_once(shared: &Shared, rows: &Rows) -> Result<Written, sqlx::Error> {
     ensure_days(shared, rows).await?;
     let mut tx = shared.pool.begin().await?;
     let mut w = Written::default();
@@ -1137,9 +1237,14 @@ async fn write(shared: &Shared, rows: &Rows) -> Result<Written, sqlx::Error> {
         insert_transitions(&mut tx, &rows.transitions).await?;
     }
     if !rows.rejected.is_empty() {
-        let topic: Vec<&str> = rows.rejected.iter().map(|r| r.0.as_str()).collect();
+        // MQTT topics may be 65,535 bytes; an index row may not.
+        let topic: Vec<&str> = rows
+            .rejected
+            .iter()
+            .map(|r| truncate(&r.0, MAX_TOPIC_STORED))
+            .collect();
         let reason: Vec<&str> = rows.rejected.iter().map(|r| r.1).collect();
-        let detail: Vec<&str> = rows.rejected.iter().map(|r| r.2.as_str()).collect();
+        let detail: Vec<&str> = rows.rejected.iter().map(|r| truncate(&r.2, 1024)).collect();
         let payload: Vec<&[u8]> = rows.rejected.iter().map(|r| r.3.as_slice()).collect();
         let dup: Vec<bool> = rows.rejected.iter().map(|r| r.4).collect();
         // A redelivered message (DUP) whose copy is already stored was stored

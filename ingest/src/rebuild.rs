@@ -8,6 +8,8 @@
 //!   re-opens it with the same key), or
 //! - `lookback` before the device's newest fix (longer than any rule's
 //!   `enter_span`, so a streak in progress is not cut),
+//! - for a victim's phone, the oldest open episode of the subjects whose
+//!   proximity rules name it,
 //!
 //! whichever is earlier. Transitions the replay produces were committed with
 //! the fixes that caused them (same transaction), so they are discarded, not
@@ -60,6 +62,20 @@ pub async fn rebuild(
     )
     .fetch_all(pool)
     .await?;
+    // A phone's fixes matter to the proximity rules that name it: replay them
+    // from the oldest open episode of those subjects too.
+    let watchers: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT other_device, subject_id FROM rules WHERE kind = 'proximity' AND other_device IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut phone_open: FxHashMap<String, i64> = FxHashMap::default();
+    for (phone, subject) in watchers {
+        if let Some(t) = open.get(&(subject as u64)) {
+            let e = phone_open.entry(phone).or_insert(*t);
+            *e = (*e).min(*t);
+        }
+    }
     let lookback_ms = lookback.as_millis() as i64;
     let (devices, from): (Vec<String>, Vec<i64>) = {
         let core = core.lock().unwrap_or_else(|e| e.into_inner());
@@ -71,6 +87,9 @@ pub async fn rebuild(
                 if let Some(s) = dev.subject
                     && let Some(t) = open.get(&s.0)
                 {
+                    from = from.min(*t);
+                }
+                if let Some(t) = phone_open.get(&d) {
                     from = from.min(*t);
                 }
                 Some((d, from))

@@ -33,6 +33,8 @@ pub enum StartError {
     Db(&'static str, sqlx::Error),
     /// The HTTP listener could not bind.
     Http(String, std::io::Error),
+    /// A worker stopped while running (see the log).
+    Failed,
 }
 
 impl std::fmt::Display for StartError {
@@ -42,6 +44,10 @@ impl std::fmt::Display for StartError {
             StartError::Http(addr, e) => write!(
                 f,
                 "cannot listen on {addr} for HTTP: {e} (set http_listen / EMTRACK_HTTP_LISTEN)"
+            ),
+            StartError::Failed => write!(
+                f,
+                "a worker stopped unexpectedly (see the log); unacked messages will be redelivered"
             ),
         }
     }
@@ -60,6 +66,7 @@ impl From<&Config> for PipelineConfig {
             max_batch: c.max_batch,
             linger: Duration::from_millis(c.linger_ms),
             future_skew: Duration::from_secs(c.future_skew_s),
+            max_age: Duration::from_secs(u64::from(c.retention_days.saturating_sub(1)) * 86_400),
             max_speed_kmh: c.max_speed_kmh,
         }
     }
@@ -303,8 +310,10 @@ pub async fn run(config: &Config, pool: PgPool) -> Result<(), StartError> {
     let done = CancellationToken::new();
     let svc = start(config, pool, stop.clone(), done.clone()).await?;
     tracing::info!(http = %svc.http, broker = %format!("{}:{}", config.mqtt_host, config.mqtt_port), "emtrack running");
-    shutdown_signal().await;
-    tracing::info!("signal received; stopping");
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("signal received; stopping"),
+        _ = stop.cancelled() => {}
+    }
     stop.cancel();
     if tokio::time::timeout(Duration::from_secs(10), done.cancelled())
         .await

@@ -12,10 +12,6 @@ use std::time::Duration;
 
 #[sqlx::test(migrator = "ingest::MIGRATOR")]
 async fn whole_path_matches_the_ground_truth_and_redelivery_adds_nothing(pool: PgPool) {
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_test_writer()
-        .try_init();
     let broker = Broker::start().expect("mosquitto starts");
     let world = world(&pool, 11, 60).await;
     let running = Running::start(pool.clone(), broker.port, "emtrack-test-whole").await;
@@ -213,6 +209,18 @@ async fn every_rejection_reason_is_stored_and_counted(pool: PgPool) {
             json_fix("EM-000001", now + 3_600_000, 43.2),
             Some("future_timestamp"),
         ),
+        (
+            fix_topic("EM-000001"),
+            json_fix("EM-000001", now - 2_300 * 86_400_000, 43.2),
+            Some("timestamp_too_old"),
+        ),
+        // A 10 kB topic: refused, and stored cut to 512 bytes (an index row
+        // of the full topic would fail, and must not stall the pipeline).
+        (
+            format!("owntracks/{}/x", "u".repeat(10_000)),
+            b"{}".to_vec(),
+            Some("invalid_device_id"),
+        ),
     ];
     let raw: Vec<(String, Vec<u8>)> = messages
         .iter()
@@ -223,7 +231,7 @@ async fn every_rejection_reason_is_stored_and_counted(pool: PgPool) {
 
     let mut expected: Vec<(String, String, Vec<u8>)> = messages
         .iter()
-        .filter_map(|(t, p, r)| r.map(|r| (t.clone(), r.to_owned(), p.clone())))
+        .filter_map(|(t, p, r)| r.map(|r| (t.chars().take(512).collect(), r.to_owned(), p.clone())))
         .collect();
     let mut stored: Vec<(String, String, Vec<u8>)> =
         sqlx::query_as("SELECT topic, reason, payload FROM rejected_messages")
@@ -238,9 +246,10 @@ async fn every_rejection_reason_is_stored_and_counted(pool: PgPool) {
         "each refusal stored with its reason and raw bytes"
     );
     for (_, reason, _) in &expected {
+        let n = expected.iter().filter(|e| &e.1 == reason).count() as u64;
         assert_eq!(
             m.rejected.with_label_values(&[reason.as_str()]).get(),
-            1,
+            n,
             "{reason} counted"
         );
     }
@@ -302,6 +311,33 @@ async fn every_rejection_reason_is_stored_and_counted(pool: PgPool) {
     assert_eq!(kept, event);
     assert_eq!(m.rejected.with_label_values(&["storage_failed"]).get(), 1);
     assert_eq!(m.fixes_accepted.get(), 3, "the pipeline goes on");
+
+    // Retention (here: by hand) drops a day's partition the service has
+    // cached as existing: the next fix of that day recreates it.
+    let day = jiff::Timestamp::from_millisecond(t0)
+        .expect("t")
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date();
+    sqlx::query(&format!("DROP TABLE fixes_p{}", day.strftime("%Y%m%d")))
+        .execute(&pool)
+        .await
+        .expect("drop the partition");
+    publish_raw(
+        broker.port,
+        "test-reasons-pub-4",
+        &[(
+            fix_topic("EM-000001"),
+            json_fix("EM-000001", t0 + 180_000, 43.338),
+        )],
+    )
+    .await;
+    wait_acked(&m, messages.len() as u64 + 3, Duration::from_secs(20)).await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM fixes WHERE device_id = 'EM-000001'")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(n, 1, "stored in a recreated partition");
+    assert_eq!(m.fixes_accepted.get(), 4);
     running.shut_down().await;
 }
 

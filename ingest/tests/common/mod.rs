@@ -413,6 +413,11 @@ pub struct Running {
 impl Running {
     /// Starts the service on `pool` and waits until it is subscribed.
     pub async fn start(pool: PgPool, broker_port: u16, client_id: &str) -> Running {
+        // The service's warnings show with a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_test_writer()
+            .try_init();
         let stop = tokio_util::sync::CancellationToken::new();
         let done = tokio_util::sync::CancellationToken::new();
         let svc = ingest::service::start(
