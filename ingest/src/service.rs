@@ -258,9 +258,14 @@ async fn store_closures(shared: &Shared, ts: Vec<geofence::Transition>) {
         .await;
         match r {
             Ok(_) => break,
-            Err(e) => {
+            Err(e) if pipeline::transient(&e) => {
                 tracing::warn!(error = %e, "cannot store closed episodes; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                // Refused outright: retrying would block every later change.
+                tracing::error!(error = %e, closures = stored.len(), "the database refused the episodes closed by a reference change; they are not stored");
+                return;
             }
         }
     }
