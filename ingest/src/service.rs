@@ -160,13 +160,33 @@ pub async fn start(
 /// listening before the initial load.
 async fn listen_reference(shared: Arc<Shared>, mut listener: PgListener, stop: CancellationToken) {
     let mut scope = Scope::default();
+    // Assignments and retirements take effect at their own times, which no
+    // NOTIFY marks: wake at the next one and re-read what it changes.
+    let mut since = now_ms();
+    let mut next = next_boundary(&shared.pool).await;
     loop {
         if !scope.is_empty() {
             apply(&shared, &scope).await;
             scope = Scope::default();
+            next = next_boundary(&shared.pool).await;
         }
+        let wake = next.map_or(Duration::from_secs(3600), |t| {
+            Duration::from_millis((t - now_ms()).clamp(0, 3_600_000) as u64)
+        });
         let first = tokio::select! {
             n = listener.try_recv() => n,
+            _ = tokio::time::sleep(wake) => {
+                let now = now_ms();
+                match boundary_scope(&shared.pool, since, now).await {
+                    Ok(s) => {
+                        scope = s;
+                        since = now;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read assignment times; retrying"),
+                }
+                next = next_boundary(&shared.pool).await;
+                continue;
+            }
             _ = stop.cancelled() => return,
         };
         match first {
@@ -202,6 +222,55 @@ async fn listen_reference(shared: Arc<Shared>, mut listener: PgListener, stop: C
             }
         }
     }
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// The next time an assignment starts or ends, or a device retires (ms).
+async fn next_boundary(pool: &PgPool) -> Option<i64> {
+    sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT (extract(epoch FROM min(t)) * 1000)::int8 FROM ( \
+             SELECT valid_from AS t FROM assignments WHERE valid_from > now() \
+             UNION ALL SELECT valid_to FROM assignments WHERE valid_to > now() \
+             UNION ALL SELECT retired_at FROM devices WHERE retired_at > now()) b",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read assignment times");
+        // Look again in a minute.
+        Some(now_ms() + 60_000)
+    })
+}
+
+/// The subjects and devices whose assignment or retirement took effect in
+/// (`since`, `now`].
+async fn boundary_scope(pool: &PgPool, since: i64, now: i64) -> Result<Scope, sqlx::Error> {
+    let subjects: Vec<i64> = sqlx::query_scalar(
+        "SELECT DISTINCT subject_id FROM assignments, \
+             LATERAL (SELECT 'epoch'::timestamptz + $1 * interval '1 millisecond' AS a, \
+                             'epoch'::timestamptz + $2 * interval '1 millisecond' AS b) w \
+         WHERE (valid_from > w.a AND valid_from <= w.b) OR (valid_to > w.a AND valid_to <= w.b)",
+    )
+    .bind(since)
+    .bind(now)
+    .fetch_all(pool)
+    .await?;
+    let devices: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM devices WHERE retired_at > 'epoch'::timestamptz + $1 * interval '1 millisecond' \
+         AND retired_at <= 'epoch'::timestamptz + $2 * interval '1 millisecond'",
+    )
+    .bind(since)
+    .bind(now)
+    .fetch_all(pool)
+    .await?;
+    Ok(Scope {
+        subjects,
+        devices,
+        ..Scope::default()
+    })
 }
 
 async fn apply(shared: &Shared, scope: &Scope) {

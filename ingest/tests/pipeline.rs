@@ -445,5 +445,61 @@ async fn a_live_zone_change_takes_effect_without_restart(pool: PgPool) {
         ],
         "the moved zone is judged"
     );
+
+    // An assignment that starts in two seconds: refused before, judged after,
+    // with no NOTIFY at that moment (the service wakes at the boundary).
+    sqlx::query("INSERT INTO devices (id, kind, format, report_interval_s) VALUES ('EM-555555', 'bracelet', 'json', 60)")
+        .execute(&pool)
+        .await
+        .expect("device");
+    let before = reloads(&m);
+    sqlx::query("INSERT INTO assignments (device_id, subject_id, valid_from) VALUES ('EM-555555', $1, now() + interval '2 seconds')")
+        .bind(subject.id as i64)
+        .execute(&pool)
+        .await
+        .expect("assignment");
+    wait_until(Duration::from_secs(10), "the new rows are read", || {
+        let m = m.clone();
+        async move { reloads(&m) > before }
+    })
+    .await;
+    let before = reloads(&m);
+    let t = jiff::Timestamp::now().as_millisecond() - 60_000;
+    let topic = "em/v1/dev/EM-555555/fix".to_owned();
+    publish_raw(
+        broker.port,
+        "test-live-4",
+        &[(topic.clone(), json_fix_at("EM-555555", t, lat, lon))],
+    )
+    .await;
+    sent += 1;
+    wait_acked(&m, sent, Duration::from_secs(20)).await;
+    assert_eq!(
+        m.rejected.with_label_values(&["device_unassigned"]).get(),
+        1
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the assignment takes effect",
+        || {
+            let m = m.clone();
+            async move { reloads(&m) > before }
+        },
+    )
+    .await;
+    publish_raw(
+        broker.port,
+        "test-live-5",
+        &[(topic, json_fix_at("EM-555555", t + 1_000, lat, lon))],
+    )
+    .await;
+    sent += 1;
+    wait_acked(&m, sent, Duration::from_secs(20)).await;
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM fixes WHERE device_id = 'EM-555555'")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(stored, 1, "stored once the assignment started");
     running.shut_down().await;
 }
