@@ -358,6 +358,23 @@ impl AlertBook {
             .count()
     }
 
+    /// Every alert of `kind`, by id.
+    pub fn ids_of(&self, kind: AlertType) -> Vec<AlertId> {
+        let mut v: Vec<AlertId> = self
+            .alerts
+            .values()
+            .filter(|a| a.key.kind == kind)
+            .map(|a| a.id)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Every alert.
+    pub fn alerts(&self) -> impl Iterator<Item = &Alert> {
+        self.alerts.values()
+    }
+
     /// Drains the log lines written since the last call.
     pub fn take_events(&mut self) -> Vec<AlertEvent> {
         std::mem::take(&mut self.events)

@@ -8,7 +8,9 @@
 //!   message, without scanning every device per tick;
 //! - `book`: the alert lifecycle (open → acknowledged → resolved), dedup per
 //!   episode, tamper alerts resolved only with a note, escalation to the
-//!   supervisor and then the duty desk, and the append-only event log.
+//!   supervisor and then the duty desk, and the append-only event log;
+//! - `router`: violation transitions, device events and silences to raises
+//!   and resolutions.
 //!
 //! Delivery (MQTT, webhooks, SSE), persistence and the wiring into `emtrack`
 //! follow.
@@ -18,8 +20,10 @@
 
 pub mod book;
 pub mod policy;
+pub mod router;
 pub mod silence;
 
 pub use book::{Alert, AlertBook, AlertEvent, AlertId, AlertKey, AlertState, BookError, Raised};
 pub use policy::{AlertType, Policy, Severity};
+pub use router::{DeviceEvent, Input, Router, ViolationKind};
 pub use silence::{SilenceEvent, SilenceWheel};
