@@ -244,9 +244,7 @@ impl AlertBook {
             AlertState::Acknowledged => {}
             AlertState::Open => {
                 a.state = AlertState::Acknowledged;
-                if let Some(t) = a.escalate_at_ms.take() {
-                    self.deadlines.remove(&(t, id));
-                }
+                self.cancel_escalation(id);
             }
         }
         self.log(
@@ -274,7 +272,7 @@ impl AlertBook {
         let Some(note) = note.filter(|n| !n.trim().is_empty()) else {
             return Err(BookError::NoteRequired(id));
         };
-        self.close(id, now_ms);
+        self.close(id);
         self.log(
             id,
             now_ms,
@@ -294,7 +292,7 @@ impl AlertBook {
         if a.state == AlertState::Resolved || a.key.kind.needs_note_to_resolve() {
             return None;
         }
-        self.close(id, now_ms);
+        self.close(id);
         self.log(
             id,
             now_ms,
@@ -305,12 +303,20 @@ impl AlertBook {
         Some(id)
     }
 
-    fn close(&mut self, id: AlertId, _now_ms: i64) {
+    fn close(&mut self, id: AlertId) {
         if let Some(a) = self.alerts.get_mut(&id) {
             a.state = AlertState::Resolved;
-            if let Some(t) = a.escalate_at_ms.take() {
-                self.deadlines.remove(&(t, id));
-            }
+        }
+        self.cancel_escalation(id);
+    }
+
+    fn cancel_escalation(&mut self, id: AlertId) {
+        if let Some(t) = self
+            .alerts
+            .get_mut(&id)
+            .and_then(|a| a.escalate_at_ms.take())
+        {
+            self.deadlines.remove(&(t, id));
         }
     }
 

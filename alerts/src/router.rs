@@ -15,7 +15,7 @@
 //! Historical transitions (from late store-and-forward uploads) raise alerts
 //! marked `historical` with their true time; their ends resolve them.
 
-use crate::book::{AlertBook, AlertId, AlertKey, Raised};
+use crate::book::{AlertBook, AlertKey, Raised};
 use crate::policy::AlertType;
 use std::collections::HashMap;
 
@@ -227,15 +227,5 @@ impl Router {
                 None
             }
         }
-    }
-
-    /// Open violation alerts' ids (for checks).
-    pub fn open_episode_alerts(&self) -> usize {
-        self.episodes.len()
-    }
-
-    /// Ids of every alert raised so far with `kind`.
-    pub fn alerts_of(&self, kind: AlertType) -> Vec<AlertId> {
-        self.book.ids_of(kind)
     }
 }

@@ -134,7 +134,7 @@ impl Shared {
 }
 
 /// What a worker remembers of a device.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 struct DevState {
     /// Newest stored fix time (ms), `i64::MIN` if none.
     head: i64,
@@ -146,6 +146,19 @@ struct DevState {
     seen: Option<Instant>,
     /// Backlog announced by the last heartbeat.
     pending: Option<u16>,
+}
+
+impl Default for DevState {
+    /// A device with nothing stored yet.
+    fn default() -> Self {
+        DevState {
+            head: i64::MIN,
+            good: None,
+            event_head: i64::MIN,
+            seen: None,
+            pending: None,
+        }
+    }
 }
 
 fn shard_of(topic: &str, workers: usize) -> usize {
@@ -627,11 +640,7 @@ async fn process(shared: &Shared, states: &mut FxHashMap<String, DevState>, batc
             FxHashMap::default()
         });
         for d in unseen {
-            let s = loaded.get(&d).copied().unwrap_or(DevState {
-                head: i64::MIN,
-                event_head: i64::MIN,
-                ..DevState::default()
-            });
+            let s = loaded.get(&d).copied().unwrap_or_default();
             states.insert(d, s);
         }
     }
@@ -980,9 +989,7 @@ async fn load_states(
                 DevState {
                     head: head.unwrap_or(i64::MIN),
                     good,
-                    event_head: i64::MIN,
-                    seen: None,
-                    pending: None,
+                    ..DevState::default()
                 },
             )
         })
