@@ -75,6 +75,10 @@ pub struct Alert {
     pub level: Level,
     /// When it escalates next, if unacknowledged.
     pub escalate_at_ms: Option<i64>,
+    /// Changes logged so far (the version of its newest [`AlertEvent`]).
+    pub version: u32,
+    /// When it was resolved.
+    pub resolved_ms: Option<i64>,
 }
 
 /// Who did something.
@@ -117,6 +121,9 @@ pub struct AlertEvent {
     pub what: Change,
     /// The officer's note, if any.
     pub note: Option<String>,
+    /// The alert's version after this change: 1 for `Raised`, then +1 per
+    /// change. (alert, version) names a change, and so a notification.
+    pub version: u32,
 }
 
 /// What [`AlertBook::raise`] did.
@@ -178,13 +185,67 @@ impl AlertBook {
     }
 
     fn log(&mut self, alert: AlertId, at_ms: i64, who: Actor, what: Change, note: Option<String>) {
+        let version = match self.alerts.get_mut(&alert) {
+            Some(a) => {
+                a.version += 1;
+                a.version
+            }
+            None => 0,
+        };
         self.events.push(AlertEvent {
             alert,
             at_ms,
             who,
             what,
             note,
+            version,
         });
+    }
+
+    /// Puts back an alert read from the store (after a restart): its key
+    /// dedups again, and its escalation deadline, if any, is armed. Ids later
+    /// raised follow the largest restored.
+    pub fn restore(&mut self, alert: Alert) {
+        if let Some(t) = alert.escalate_at_ms
+            && alert.state == AlertState::Open
+        {
+            self.deadlines.insert((t, alert.id));
+        }
+        self.next = self.next.max(alert.id.0);
+        self.by_key.insert(alert.key, alert.id);
+        self.alerts.insert(alert.id, alert);
+    }
+
+    /// Drops an alert from memory (the store refused it, or it is long
+    /// resolved); the store still has it.
+    pub fn forget(&mut self, id: AlertId) {
+        self.cancel_escalation(id);
+        if let Some(a) = self.alerts.remove(&id)
+            && self.by_key.get(&a.key) == Some(&id)
+        {
+            self.by_key.remove(&a.key);
+        }
+    }
+
+    /// Drops alerts resolved before `before_ms` from memory, so that a
+    /// long-running book holds the open alerts and recent history only.
+    /// Their keys then dedup in the store (its unique key), not here.
+    pub fn forget_resolved(&mut self, before_ms: i64) -> usize {
+        let old: Vec<AlertId> = self
+            .alerts
+            .values()
+            .filter(|a| a.resolved_ms.is_some_and(|t| t < before_ms))
+            .map(|a| a.id)
+            .collect();
+        for id in &old {
+            self.forget(*id);
+        }
+        old.len()
+    }
+
+    /// The next escalation deadline (ms), if any.
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.deadlines.first().map(|d| d.0)
     }
 
     /// Raises the alert for `key` (see the module docs for dedup).
@@ -223,6 +284,8 @@ impl AlertBook {
                 repeats: 0,
                 level: 0,
                 escalate_at_ms,
+                version: 0,
+                resolved_ms: None,
             },
         );
         self.by_key.insert(key, id);
@@ -272,7 +335,7 @@ impl AlertBook {
         let Some(note) = note.filter(|n| !n.trim().is_empty()) else {
             return Err(BookError::NoteRequired(id));
         };
-        self.close(id);
+        self.close(id, now_ms);
         self.log(
             id,
             now_ms,
@@ -292,7 +355,7 @@ impl AlertBook {
         if a.state == AlertState::Resolved || a.key.kind.needs_note_to_resolve() {
             return None;
         }
-        self.close(id);
+        self.close(id, now_ms);
         self.log(
             id,
             now_ms,
@@ -303,9 +366,10 @@ impl AlertBook {
         Some(id)
     }
 
-    fn close(&mut self, id: AlertId) {
+    fn close(&mut self, id: AlertId, now_ms: i64) {
         if let Some(a) = self.alerts.get_mut(&id) {
             a.state = AlertState::Resolved;
+            a.resolved_ms = Some(now_ms);
         }
         self.cancel_escalation(id);
     }

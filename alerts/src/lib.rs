@@ -1,6 +1,6 @@
 //! `alerts`: what officers are told, and when.
 //!
-//! Issue 5 is in progress. Built so far, as a pure core with no I/O (time is
+//! A pure core with no I/O (time is
 //! an argument, so tests are deterministic):
 //! - `policy`: alert types, default severities, per-agency overrides and
 //!   escalation delays;
@@ -9,21 +9,28 @@
 //! - `book`: the alert lifecycle (open → acknowledged → resolved), dedup per
 //!   episode, tamper alerts resolved only with a note, escalation to the
 //!   supervisor and then the duty desk, and the append-only event log;
-//! - `router`: violation transitions, device events and silences to raises
-//!   and resolutions.
+//! - `gps`: location failure, motion reported without a fix for too long;
+//! - `router`: violation transitions, device events, silences and location
+//!   failures to raises and resolutions.
 //!
-//! Delivery (MQTT, webhooks, SSE), persistence and the wiring into `emtrack`
-//! follow.
+//! The runtime around it (persistence, the input from the pipeline, delivery
+//! over MQTT, webhooks and the in-process broadcast) lives in
+//! `ingest::alerting`, beside the database and broker it needs.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod book;
+pub mod gps;
 pub mod policy;
 pub mod router;
 pub mod silence;
 
-pub use book::{Alert, AlertBook, AlertEvent, AlertId, AlertKey, AlertState, BookError, Raised};
+pub use book::{
+    Actor, Alert, AlertBook, AlertEvent, AlertId, AlertKey, AlertState, BookError, Change, Level,
+    Raised,
+};
+pub use gps::{GpsEvent, GpsWatch};
 pub use policy::{AlertType, Policy, Severity};
 pub use router::{DeviceEvent, Input, Router, ViolationKind};
 pub use silence::{SilenceEvent, SilenceWheel};

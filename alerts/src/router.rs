@@ -11,11 +11,12 @@
 //! | battery low / critical | one open alert per subject, resolved when the charger is connected |
 //! | charger connected / disconnected | `info`, resolved at once (a record, not a task) |
 //! | silence past the allowance | `no_communication`, resolved when the device speaks again (`device_back_online`) |
+//! | motion without a fix past the limit ([`crate::GpsWatch`]) | `location_failure`, resolved by the next fix |
 //!
 //! Historical transitions (from late store-and-forward uploads) raise alerts
 //! marked `historical` with their true time; their ends resolve them.
 
-use crate::book::{AlertBook, AlertKey, Raised};
+use crate::book::{Alert, AlertBook, AlertKey, AlertState, Raised};
 use crate::policy::AlertType;
 use std::collections::HashMap;
 
@@ -33,6 +34,17 @@ pub enum ViolationKind {
 }
 
 impl ViolationKind {
+    /// The violation kind an alert type belongs to, if any.
+    pub fn of(t: AlertType) -> Option<ViolationKind> {
+        Some(match t {
+            AlertType::ExclusionZoneEntered => ViolationKind::Exclusion,
+            AlertType::InclusionZoneLeft => ViolationKind::Inclusion,
+            AlertType::CurfewViolation => ViolationKind::Curfew,
+            AlertType::VictimProximity => ViolationKind::Proximity,
+            _ => return None,
+        })
+    }
+
     fn alert(self) -> AlertType {
         match self {
             ViolationKind::Exclusion => AlertType::ExclusionZoneEntered,
@@ -86,6 +98,8 @@ pub enum Input {
         event: DeviceEvent,
         /// Event time (ms).
         at_ms: i64,
+        /// From a late store-and-forward upload.
+        historical: bool,
     },
     /// The subject's bracelet went silent (from the silence wheel).
     Silent {
@@ -96,6 +110,20 @@ pub enum Input {
     },
     /// The subject's bracelet spoke again.
     BackOnline {
+        /// Subject.
+        subject: u64,
+    },
+    /// The subject's bracelet reports motion but no fix (from [`crate::GpsWatch`]).
+    LocationFailure {
+        /// Subject.
+        subject: u64,
+        /// Last fix (ms).
+        last_fix_ms: i64,
+        /// The report that showed it (ms).
+        at_ms: i64,
+    },
+    /// A fix again after a location failure.
+    LocationRestored {
         /// Subject.
         subject: u64,
     },
@@ -122,6 +150,51 @@ impl Router {
     /// The alert book.
     pub fn book(&mut self) -> &mut AlertBook {
         &mut self.book
+    }
+
+    /// Takes back an unresolved alert restored from the store (after a
+    /// restart), so that the end of its episode, a charger or the device
+    /// speaking again resolves it, and a repeat of its condition updates it.
+    pub fn adopt(&mut self, alert: &Alert) {
+        if alert.state == AlertState::Resolved {
+            return;
+        }
+        let k = alert.key;
+        if let Some(kind) = ViolationKind::of(k.kind) {
+            self.episodes
+                .insert((k.subject, kind, k.scope, alert.historical), k);
+        } else if matches!(
+            k.kind,
+            AlertType::BatteryLow
+                | AlertType::BatteryCritical
+                | AlertType::NoCommunication
+                | AlertType::LocationFailure
+        ) {
+            self.conditions.insert((k.subject, k.kind), k);
+        }
+    }
+
+    fn condition(
+        &mut self,
+        subject: u64,
+        kind: AlertType,
+        since_ms: i64,
+        at_ms: i64,
+        now_ms: i64,
+    ) -> Raised {
+        let k = *self.conditions.entry((subject, kind)).or_insert(AlertKey {
+            subject,
+            kind,
+            scope: 0,
+            episode_ms: since_ms,
+        });
+        self.book.raise(k, at_ms, false, now_ms)
+    }
+
+    fn end_condition(&mut self, subject: u64, kind: AlertType, now_ms: i64) {
+        if let Some(k) = self.conditions.remove(&(subject, kind)) {
+            self.book.end_episode(&k, now_ms);
+        }
     }
 
     /// Applies one input at `now_ms`; returns the alerts raised (new or repeated).
@@ -156,6 +229,7 @@ impl Router {
                 subject,
                 event,
                 at_ms,
+                historical,
             } => {
                 let key = |kind| AlertKey {
                     subject,
@@ -164,16 +238,16 @@ impl Router {
                     episode_ms: at_ms,
                 };
                 match event {
-                    DeviceEvent::StrapOpened => {
-                        Some(
-                            self.book
-                                .raise(key(AlertType::StrapTamper), at_ms, false, now_ms),
-                        )
-                    }
+                    DeviceEvent::StrapOpened => Some(self.book.raise(
+                        key(AlertType::StrapTamper),
+                        at_ms,
+                        historical,
+                        now_ms,
+                    )),
                     DeviceEvent::CaseOpened => {
                         Some(
                             self.book
-                                .raise(key(AlertType::CaseTamper), at_ms, false, now_ms),
+                                .raise(key(AlertType::CaseTamper), at_ms, historical, now_ms),
                         )
                     }
                     DeviceEvent::BatteryLow | DeviceEvent::BatteryCritical => {
@@ -182,22 +256,19 @@ impl Router {
                         } else {
                             AlertType::BatteryCritical
                         };
-                        let k = *self.conditions.entry((subject, kind)).or_insert(key(kind));
-                        Some(self.book.raise(k, at_ms, false, now_ms))
+                        Some(self.condition(subject, kind, at_ms, at_ms, now_ms))
                     }
                     DeviceEvent::ChargerConnected | DeviceEvent::ChargerDisconnected => {
                         let kind = if event == DeviceEvent::ChargerConnected {
                             for b in [AlertType::BatteryLow, AlertType::BatteryCritical] {
-                                if let Some(k) = self.conditions.remove(&(subject, b)) {
-                                    self.book.end_episode(&k, now_ms);
-                                }
+                                self.end_condition(subject, b, now_ms);
                             }
                             AlertType::ChargerConnected
                         } else {
                             AlertType::ChargerDisconnected
                         };
                         let k = key(kind);
-                        let r = self.book.raise(k, at_ms, false, now_ms);
+                        let r = self.book.raise(k, at_ms, historical, now_ms);
                         self.book.end_episode(&k, now_ms);
                         Some(r)
                     }
@@ -206,24 +277,30 @@ impl Router {
             Input::Silent {
                 subject,
                 last_seen_ms,
-            } => {
-                let k = AlertKey {
-                    subject,
-                    kind: AlertType::NoCommunication,
-                    scope: 0,
-                    episode_ms: last_seen_ms,
-                };
-                self.conditions
-                    .insert((subject, AlertType::NoCommunication), k);
-                Some(self.book.raise(k, last_seen_ms, false, now_ms))
-            }
+            } => Some(self.condition(
+                subject,
+                AlertType::NoCommunication,
+                last_seen_ms,
+                last_seen_ms,
+                now_ms,
+            )),
             Input::BackOnline { subject } => {
-                if let Some(k) = self
-                    .conditions
-                    .remove(&(subject, AlertType::NoCommunication))
-                {
-                    self.book.end_episode(&k, now_ms);
-                }
+                self.end_condition(subject, AlertType::NoCommunication, now_ms);
+                None
+            }
+            Input::LocationFailure {
+                subject,
+                last_fix_ms,
+                at_ms,
+            } => Some(self.condition(
+                subject,
+                AlertType::LocationFailure,
+                last_fix_ms,
+                at_ms,
+                now_ms,
+            )),
+            Input::LocationRestored { subject } => {
+                self.end_condition(subject, AlertType::LocationFailure, now_ms);
                 None
             }
         }

@@ -198,6 +198,7 @@ fn a_scenario_gives_exactly_the_alerts_its_ground_truth_implies() {
                             subject: s,
                             event,
                             at_ms: e.time.as_millisecond(),
+                            historical: false,
                         },
                         now,
                     );

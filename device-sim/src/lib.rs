@@ -25,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod plan;
+pub mod probe;
 pub mod publish;
 pub mod space;
 pub mod stream;

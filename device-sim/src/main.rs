@@ -65,6 +65,28 @@ enum Command {
         #[arg(long, default_value = "truth.jsonl")]
         truth: PathBuf,
     },
+    /// Alert latency probe: strap-opened events for the last --count
+    /// bracelets of the world, stamped with the wall clock, at --rate per
+    /// second for --secs; times their alerts on the officer and duty topics
+    /// and prints p50/p99/max.
+    Probe {
+        #[command(flatten)]
+        world: WorldArgs,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// Events per second.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// How long to publish.
+        #[arg(long, default_value_t = 30.0)]
+        secs: f64,
+        /// Probe bracelets (the world's last subjects).
+        #[arg(long, default_value_t = 50)]
+        count: usize,
+        /// MQTT client id.
+        #[arg(long, default_value = "device-sim-probe")]
+        client_id: String,
+    },
     /// A null subscriber: subscribe to every device topic and count messages
     /// until --expect arrived or nothing came for --idle-secs.
     Sink {
@@ -464,6 +486,43 @@ fn run() -> Result<(), String> {
                     report.messages
                 ));
             }
+        }
+        Command::Probe {
+            world,
+            broker,
+            rate,
+            secs,
+            count,
+            client_id,
+        } => {
+            let w = world.build()?;
+            let devices: Vec<(String, u64)> = w
+                .subjects
+                .iter()
+                .rev()
+                .filter(|s| !s.device.starts_with("ot:"))
+                .take(count)
+                .map(|s| (s.device.clone(), s.id))
+                .collect();
+            let rt = runtime()?;
+            let r = rt.block_on(device_sim::probe::run(
+                &broker.host,
+                broker.port,
+                &client_id,
+                &devices,
+                rate,
+                secs,
+                Duration::from_secs(10),
+            ))?;
+            let q = |x| r.quantile(x).map_or("-".into(), |v| v.to_string());
+            println!(
+                "probe: sent {} strap-opened events, received {} alerts; latency ms p50 {} p99 {} max {}",
+                r.sent,
+                r.received,
+                q(0.5),
+                q(0.99),
+                q(1.0)
+            );
         }
         Command::Sink {
             broker: BrokerArgs { host, port, qos },

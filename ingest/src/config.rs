@@ -46,6 +46,102 @@ pub struct Config {
     pub rebuild_lookback_s: u64,
     /// `text` or `json` log lines.
     pub log_format: String,
+    /// The `[alerts]` table.
+    pub alerts: AlertConfig,
+}
+
+/// Alerts: detection limits, escalation and delivery (`[alerts]` in the file).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertConfig {
+    /// `no_communication` when a bracelet sends nothing for its
+    /// `report_interval_s` plus this, in seconds. The default covers a
+    /// bracelet at rest indoors (a heartbeat every 5 minutes) and one lost
+    /// message.
+    pub silence_buffer_s: u32,
+    /// `location_failure` when a bracelet reports motion with no fix for this
+    /// long, in seconds (Attenti's "Motion No GPS": 10 minutes).
+    pub location_failure_after_s: u32,
+    /// Unacknowledged critical alerts escalate after this, in seconds (0: never).
+    pub escalate_critical_s: u32,
+    /// Unacknowledged serious alerts escalate after this, in seconds (0: never).
+    pub escalate_serious_s: u32,
+    /// Unacknowledged info alerts escalate after this, in seconds (0: never).
+    pub escalate_info_s: u32,
+    /// Severity overrides: alert type → `critical`, `serious` or `info`.
+    pub severity: std::collections::BTreeMap<String, String>,
+    /// On restart, transitions and events stored this long before the last
+    /// processed point are read again (idempotent), in seconds.
+    pub replay_s: u32,
+    /// Deliveries queued in memory per channel; beyond it they wait in the
+    /// database and are sent by the sweeper (counted, never dropped).
+    pub delivery_queue: usize,
+    /// A delivery a sender holds is not re-sent by the sweeper for this long,
+    /// in seconds.
+    pub delivery_lease_s: u32,
+    /// Webhook requests in flight at once.
+    pub webhook_concurrency: usize,
+    /// First retry delay of a failed webhook, in ms; it doubles per attempt.
+    pub webhook_backoff_ms: u64,
+    /// Longest retry delay, in seconds.
+    pub webhook_backoff_max_s: u64,
+    /// Webhook request timeout, in seconds.
+    pub webhook_timeout_s: u64,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        AlertConfig {
+            silence_buffer_s: 540,
+            location_failure_after_s: 600,
+            escalate_critical_s: 300,
+            escalate_serious_s: 900,
+            escalate_info_s: 0,
+            severity: Default::default(),
+            replay_s: 600,
+            delivery_queue: 10_000,
+            delivery_lease_s: 30,
+            webhook_concurrency: 16,
+            webhook_backoff_ms: 1_000,
+            webhook_backoff_max_s: 600,
+            webhook_timeout_s: 10,
+        }
+    }
+}
+
+impl AlertConfig {
+    /// The alert policy this configures.
+    pub fn policy(&self) -> Result<alerts::Policy, ConfigError> {
+        let never = |s: u32| (s > 0).then_some(s);
+        let mut p = alerts::Policy::default();
+        p.escalate_after_s = [
+            never(self.escalate_critical_s),
+            never(self.escalate_serious_s),
+            never(self.escalate_info_s),
+        ];
+        for (t, sev) in &self.severity {
+            let kind = alerts::AlertType::ALL
+                .into_iter()
+                .find(|k| k.as_str() == t)
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!("[alerts.severity]: no alert type {t:?}"))
+                })?;
+            let s = [
+                alerts::Severity::Critical,
+                alerts::Severity::Serious,
+                alerts::Severity::Info,
+            ]
+            .into_iter()
+            .find(|s| s.as_str() == sev)
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "[alerts.severity] {t}: {sev:?} is not critical, serious or info"
+                ))
+            })?;
+            p = p.with_severity(kind, s);
+        }
+        Ok(p)
+    }
 }
 
 impl Default for Config {
@@ -67,6 +163,7 @@ impl Default for Config {
             max_speed_kmh: 300.0,
             rebuild_lookback_s: 3600,
             log_format: "text".into(),
+            alerts: AlertConfig::default(),
         }
     }
 }
@@ -251,6 +348,12 @@ impl Config {
         if self.max_speed_kmh.is_nan() || self.max_speed_kmh <= 0.0 {
             return Err(ConfigError::Invalid(
                 "max_speed_kmh must be positive".into(),
+            ));
+        }
+        self.alerts.policy()?;
+        if self.alerts.delivery_queue < 1 || self.alerts.webhook_concurrency < 1 {
+            return Err(ConfigError::Invalid(
+                "alerts.delivery_queue and alerts.webhook_concurrency must be at least 1".into(),
             ));
         }
         if self.log_format != "text" && self.log_format != "json" {

@@ -1,14 +1,19 @@
 //! The HTTP endpoints: `/metrics` (Prometheus text format), `/healthz` (the
 //! process is alive) and `/readyz` (connected and subscribed to the broker,
-//! database reachable, engine loaded).
+//! database reachable, engine loaded), and the officers' alert actions:
+//! `POST /v1/alerts/{id}/acknowledge` and `POST /v1/alerts/{id}/resolve`
+//! with `{"officer_id": 3, "note": "..."}` (a note is required to resolve).
 
+use crate::alerting::Command;
 use crate::pipeline::Shared;
+use alerts::BookError;
 use axum::Router;
 use axum::extract::State;
+use axum::extract::{Json, Path};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -20,6 +25,18 @@ pub struct HttpState {
     pub shared: Arc<Shared>,
     /// Set once zones, subjects and devices are loaded and state is rebuilt.
     pub engine_loaded: Arc<AtomicBool>,
+    /// The alert service.
+    pub alerting: crate::alerting::Alerting,
+}
+
+/// The body of an alert action.
+#[derive(Debug, serde::Deserialize)]
+pub struct Action {
+    /// Who acts.
+    pub officer_id: u64,
+    /// Why (required to resolve).
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 /// The router.
@@ -28,6 +45,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/v1/alerts/{id}/acknowledge", post(acknowledge))
+        .route("/v1/alerts/{id}/resolve", post(resolve))
         .with_state(state)
 }
 
@@ -63,4 +82,57 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
 
 fn ok(b: bool) -> &'static str {
     if b { "ok" } else { "not ready" }
+}
+
+async fn act(
+    s: &HttpState,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<Result<(), BookError>>) -> Command,
+) -> (StatusCode, String) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if s.alerting.commands.send(make(tx)).await.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "alert service stopped\n".into(),
+        );
+    }
+    match rx.await {
+        Ok(Ok(())) => (StatusCode::OK, "ok\n".into()),
+        Ok(Err(e @ BookError::Unknown(_))) => (StatusCode::NOT_FOUND, format!("{e}\n")),
+        Ok(Err(e @ BookError::Resolved(_))) => (StatusCode::CONFLICT, format!("{e}\n")),
+        Ok(Err(e @ BookError::NoteRequired(_))) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n"))
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "alert service stopped\n".into(),
+        ),
+    }
+}
+
+async fn acknowledge(
+    State(s): State<HttpState>,
+    Path(id): Path<u64>,
+    Json(a): Json<Action>,
+) -> impl IntoResponse {
+    act(&s, |reply| Command::Acknowledge {
+        alert: id,
+        officer: a.officer_id,
+        note: a.note,
+        reply,
+    })
+    .await
+}
+
+async fn resolve(
+    State(s): State<HttpState>,
+    Path(id): Path<u64>,
+    Json(a): Json<Action>,
+) -> impl IntoResponse {
+    act(&s, |reply| Command::Resolve {
+        alert: id,
+        officer: a.officer_id,
+        note: a.note,
+        reply,
+    })
+    .await
 }

@@ -14,14 +14,19 @@
 //!   startup and on `NOTIFY`.
 //! - `rebuild`: per-device engine state after a restart, replayed from fixes.
 //! - `pipeline`: the MQTT consumer, workers, batching, storage and acks.
+//! - `alerting`: the alert service (the `alerts` core on what the pipeline
+//!   committed, persisted with its outbox, restart-safe).
+//! - `delivery`: MQTT, webhook and sweeper senders of the outbox.
 //! - `metrics`, `http`: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
 //! - `service`: `emtrack run`, wiring and graceful shutdown.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod alerting;
 pub mod config;
 pub mod db;
+pub mod delivery;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;

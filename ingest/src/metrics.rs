@@ -2,10 +2,11 @@
 //!
 //! Names follow Prometheus conventions (`emtrack_…_total`, `_seconds`). No
 //! label ever carries a device or subject id: labels are bounded sets
-//! (rejection reasons, transition kinds).
+//! (rejection reasons, transition kinds, alert types, severities, channels).
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the service exports.
@@ -54,6 +55,28 @@ pub struct Metrics {
     pub reference_reloads: IntCounter,
     /// Fixes replayed into the engine at startup.
     pub rebuild_fixes: IntCounter,
+    /// `emtrack_alerts_raised_total{type, severity}`.
+    pub alerts_raised: IntCounterVec,
+    /// `emtrack_alerts_open{severity}` (open or acknowledged).
+    pub alerts_open: IntGaugeVec,
+    /// `emtrack_alert_ack_seconds`.
+    pub alert_ack_seconds: Histogram,
+    /// `emtrack_alert_escalations_total{level}`.
+    pub alert_escalations: IntCounterVec,
+    /// `emtrack_alert_delivery_attempts_total{channel}`.
+    pub delivery_attempts: IntCounterVec,
+    /// `emtrack_alert_delivery_failures_total{channel}`.
+    pub delivery_failures: IntCounterVec,
+    /// `emtrack_alert_dead_letters_total{channel}`.
+    pub delivery_dead: IntCounterVec,
+    /// `emtrack_alert_delivery_overflow_total{channel}`.
+    pub delivery_overflow: IntCounterVec,
+    /// `emtrack_alert_latency_seconds{channel}`.
+    pub alert_latency: HistogramVec,
+    /// `emtrack_alert_store_retries_total`.
+    pub alert_store_retries: IntCounter,
+    /// `emtrack_alert_key_conflicts_total`.
+    pub alert_key_conflicts: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -196,6 +219,97 @@ impl Metrics {
                 &r,
                 "emtrack_rebuild_fixes_total",
                 "Stored fixes replayed into the engine at startup.",
+            ),
+            alerts_raised: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "emtrack_alerts_raised_total",
+                        "Alerts raised, by type and severity.",
+                    ),
+                    &["type", "severity"],
+                )
+                .expect("static metric definition");
+                r.register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
+            alerts_open: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "emtrack_alerts_open",
+                        "Alerts not yet resolved (open or acknowledged), by severity.",
+                    ),
+                    &["severity"],
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            alert_ack_seconds: histogram(
+                &r,
+                "emtrack_alert_ack_seconds",
+                "Time from raising an alert to an officer acknowledging it.",
+                vec![
+                    10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 14400.0,
+                ],
+            ),
+            alert_escalations: counter_vec(
+                &r,
+                "emtrack_alert_escalations_total",
+                "Unacknowledged alerts escalated, by level reached (1 supervisor, 2 duty desk).",
+                "level",
+            ),
+            delivery_attempts: counter_vec(
+                &r,
+                "emtrack_alert_delivery_attempts_total",
+                "Alert notifications sent, by channel (mqtt, webhook).",
+                "channel",
+            ),
+            delivery_failures: counter_vec(
+                &r,
+                "emtrack_alert_delivery_failures_total",
+                "Alert notification attempts that failed, by channel.",
+                "channel",
+            ),
+            delivery_dead: counter_vec(
+                &r,
+                "emtrack_alert_dead_letters_total",
+                "Alert notifications given up after their attempts ran out (state dead), by channel.",
+                "channel",
+            ),
+            delivery_overflow: counter_vec(
+                &r,
+                "emtrack_alert_delivery_overflow_total",
+                "Notifications that found the in-memory queue full and were left to the database sweeper, by channel.",
+                "channel",
+            ),
+            alert_latency: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "emtrack_alert_latency_seconds",
+                        "Delivery time minus fix or event time, live alerts only, by channel.",
+                    )
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                        240.0,
+                    ]),
+                    &["channel"],
+                )
+                .expect("static metric definition");
+                r.register(Box::new(h.clone()))
+                    .expect("metric registered once");
+                h
+            },
+            alert_store_retries: counter(
+                &r,
+                "emtrack_alert_store_retries_total",
+                "Alert writes retried after a transient database error.",
+            ),
+            alert_key_conflicts: counter(
+                &r,
+                "emtrack_alert_key_conflicts_total",
+                "Alerts the store already had under another id (dropped from memory; the stored one stands).",
             ),
             registry: r,
         }

@@ -48,7 +48,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Tuning of the pipeline (from [`crate::config::Config`]).
@@ -90,6 +90,49 @@ pub struct StoredTransition {
     pub other_device: Option<String>,
 }
 
+/// One report of a device, for silence and location-failure detection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// The engine's id of the bracelet.
+    pub device: u32,
+    /// Its subject.
+    pub subject: u64,
+    /// Newest record time in the message (device clock, ms).
+    pub time_ms: i64,
+    /// The message carried a position.
+    pub fix: bool,
+    /// A heartbeat showed motion.
+    pub motion: bool,
+}
+
+/// A device event of a subject's bracelet, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedEvent {
+    /// The subject.
+    pub subject: u64,
+    /// The bracelet.
+    pub device: String,
+    /// What.
+    pub kind: protocol::EventKind,
+    /// Event time (ms).
+    pub at_ms: i64,
+    /// Older than an event already stored for the device (store-and-forward).
+    pub late: bool,
+}
+
+/// What one commit stored that the alert service needs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observed {
+    /// Wall clock just after the commit (ms).
+    pub committed_ms: i64,
+    /// Rule transitions.
+    pub transitions: Vec<StoredTransition>,
+    /// Device events of bracelets with a subject.
+    pub events: Vec<ObservedEvent>,
+    /// One per accepted message of a bracelet with a subject.
+    pub reports: Vec<Report>,
+}
+
 /// What the pipeline's tasks share.
 #[derive(Debug)]
 pub struct Shared {
@@ -101,9 +144,12 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Tuning.
     pub cfg: PipelineConfig,
-    /// Stored transitions, for the alerts service. The table is the record:
-    /// a receiver that lags is told how many it missed and re-reads it.
-    pub transitions: broadcast::Sender<StoredTransition>,
+    /// What each commit stored that alerts care about, for the alert
+    /// service. Bounded: a slow alert service holds the workers back (the
+    /// broker queues) rather than lose an alert.
+    pub observed: mpsc::Sender<Observed>,
+    /// The receiving end, until the alert service takes it.
+    pub observed_rx: Mutex<Option<mpsc::Receiver<Observed>>>,
     /// Connected to the broker and subscribed.
     pub mqtt_ready: AtomicBool,
     /// A worker died: the service stops and exits non-zero.
@@ -120,12 +166,14 @@ impl Shared {
         metrics: Metrics,
         cfg: PipelineConfig,
     ) -> Shared {
+        let (tx, rx) = mpsc::channel(4_096);
         Shared {
             pool,
             core,
             metrics,
             cfg,
-            transitions: broadcast::channel(65_536).0,
+            observed: tx,
+            observed_rx: Mutex::new(Some(rx)),
             mqtt_ready: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             partitions: Mutex::new(FxHashSet::default()),
@@ -458,6 +506,8 @@ struct Rows {
     /// redelivery (DUP).
     rejected: Vec<(String, &'static str, String, Vec<u8>, bool)>,
     transitions: Vec<StoredTransition>,
+    alert_events: Vec<ObservedEvent>,
+    reports: Vec<Report>,
     states: Vec<(u32, DevState)>,
     live_fix_ms: Vec<i64>,
     heartbeats: u64,
@@ -748,6 +798,15 @@ async fn process(shared: &Shared, states: &mut FxHashMap<String, DevState>, batc
                     let late = t < st.event_head;
                     st.event_head = st.event_head.max(t);
                     rows.events.push((dev, *e, late));
+                    if let (DeviceKind::Bracelet, Some(subject)) = (c.dev.kind, c.dev.subject) {
+                        rows.alert_events.push(ObservedEvent {
+                            subject: subject.0,
+                            device: c.device.clone(),
+                            kind: e.kind,
+                            at_ms: t,
+                            late,
+                        });
+                    }
                 }
             }
             Body::Heartbeats(hbs) => {
@@ -756,6 +815,28 @@ async fn process(shared: &Shared, states: &mut FxHashMap<String, DevState>, batc
                     st.pending = Some(h.pending);
                 }
             }
+        }
+        if let (DeviceKind::Bracelet, Some(subject)) = (c.dev.kind, c.dev.subject) {
+            let (time_ms, fix, motion) = match &c.body {
+                Body::Fixes(v) => (v.iter().map(|f| f.time.as_millisecond()).max(), true, false),
+                Body::Events(v) => (
+                    v.iter().map(|e| e.time.as_millisecond()).max(),
+                    false,
+                    false,
+                ),
+                Body::Heartbeats(v) => (
+                    v.iter().map(|h| h.time.as_millisecond()).max(),
+                    false,
+                    v.iter().any(|h| h.flags.motion),
+                ),
+            };
+            rows.reports.push(Report {
+                device: u32::try_from(c.dev.engine.0).unwrap_or(u32::MAX),
+                subject: subject.0,
+                time_ms: time_ms.unwrap_or(0),
+                fix,
+                motion,
+            });
         }
     }
     for (i, d) in rows.names.iter().enumerate() {
@@ -862,7 +943,17 @@ async fn process(shared: &Shared, states: &mut FxHashMap<String, DevState>, batc
         m.transitions
             .with_label_values(&[t.transition.kind.as_str()])
             .inc();
-        let _ = shared.transitions.send(t.clone());
+    }
+    if !(rows.transitions.is_empty() && rows.alert_events.is_empty() && rows.reports.is_empty()) {
+        let observed = Observed {
+            committed_ms: committed,
+            transitions: std::mem::take(&mut rows.transitions),
+            events: std::mem::take(&mut rows.alert_events),
+            reports: std::mem::take(&mut rows.reports),
+        };
+        // Closed only when the alert service stopped; the store has it all
+        // and a restart re-reads it.
+        let _ = shared.observed.send(observed).await;
     }
 }
 

@@ -40,6 +40,9 @@ pub struct DeviceRef {
     pub subject: Option<SubjectId>,
     /// A victim phone registered in `victims` (its fixes feed proximity rules).
     pub protects: bool,
+    /// How often it reports (`devices.report_interval_s`); silence detection
+    /// allows this plus a buffer.
+    pub report_interval_s: u32,
 }
 
 /// Text device ids to their registry entries.
@@ -49,6 +52,9 @@ pub struct Registry {
     ids: FxHashMap<String, DeviceId>,
     /// `names[id - 1]` is the device whose engine id is `id`.
     names: Vec<String>,
+    /// Bumped by every change to the devices (the alert service re-reads
+    /// which bracelets to watch when it moves).
+    generation: u64,
 }
 
 impl Registry {
@@ -65,6 +71,16 @@ impl Registry {
     /// No device known.
     pub fn is_empty(&self) -> bool {
         self.devices.is_empty()
+    }
+
+    /// Every device.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &DeviceRef)> {
+        self.devices.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Changes to the devices so far.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The protocol id of an engine device id.
@@ -224,7 +240,7 @@ type RuleRow = (
     Option<i32>,
     Option<Value>,
 );
-type DeviceRow = (String, String, bool, Option<i64>, bool);
+type DeviceRow = (String, String, bool, Option<i64>, bool, i32);
 
 /// Reads what `scope` names and applies it to `core`. The database is read
 /// first and the lock taken only to apply.
@@ -275,7 +291,7 @@ pub async fn sync(
         let named: Option<Vec<String>> = (!all).then(|| scope.devices.clone());
         sqlx::query_as(
             "SELECT d.id, d.kind, d.retired_at IS NOT NULL AND d.retired_at <= now(), a.subject_id, \
-                    EXISTS (SELECT 1 FROM victims v WHERE v.device_id = d.id) \
+                    EXISTS (SELECT 1 FROM victims v WHERE v.device_id = d.id), d.report_interval_s \
              FROM devices d \
              LEFT JOIN LATERAL (SELECT subject_id FROM assignments a WHERE a.device_id = d.id \
                  AND a.valid_from <= now() AND (a.valid_to IS NULL OR a.valid_to > now()) \
@@ -420,7 +436,10 @@ pub async fn sync(
 
     // Devices.
     let mut fetched_devices = FxHashSet::default();
-    for (id, kind, retired, subject, protects) in devices {
+    if !devices.is_empty() || all || !scope.subjects.is_empty() || !scope.devices.is_empty() {
+        core.registry.generation += 1;
+    }
+    for (id, kind, retired, subject, protects, interval) in devices {
         let engine = core.registry.engine_id(&id);
         let entry = DeviceRef {
             engine,
@@ -432,6 +451,7 @@ pub async fn sync(
             retired,
             subject: subject.map(|s| SubjectId(s as u64)),
             protects,
+            report_interval_s: interval.max(1) as u32,
         };
         fetched_devices.insert(id.clone());
         core.registry.devices.insert(id, entry);

@@ -24,6 +24,8 @@ pub struct Service {
     pub shared: Arc<Shared>,
     /// The HTTP address actually bound.
     pub http: std::net::SocketAddr,
+    /// The alert service.
+    pub alerting: crate::alerting::Alerting,
 }
 
 /// Why the service could not start.
@@ -35,6 +37,8 @@ pub enum StartError {
     Http(String, std::io::Error),
     /// A worker stopped while running (see the log).
     Failed,
+    /// The configuration is unusable.
+    Config(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -45,6 +49,7 @@ impl std::fmt::Display for StartError {
                 f,
                 "cannot listen on {addr} for HTTP: {e} (set http_listen / EMTRACK_HTTP_LISTEN)"
             ),
+            StartError::Config(e) => write!(f, "{e}"),
             StartError::Failed => write!(
                 f,
                 "a worker stopped unexpectedly (see the log); unacked messages will be redelivered"
@@ -117,6 +122,23 @@ pub async fn start(
     }
     let shared = Arc::new(Shared::new(pool.clone(), core, metrics, config.into()));
     let engine_loaded = Arc::new(AtomicBool::new(true));
+    let policy = config
+        .alerts
+        .policy()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let alerting = crate::alerting::start(
+        shared.clone(),
+        config.alerts.clone(),
+        policy,
+        crate::delivery::MqttTarget {
+            host: config.mqtt_host.clone(),
+            port: config.mqtt_port,
+            client_id: format!("{}-alerts", config.mqtt_client_id),
+        },
+        stop.clone(),
+    )
+    .await
+    .map_err(|e| StartError::Db("load alerts", e))?;
 
     let listener = tokio::net::TcpListener::bind(&config.http_listen)
         .await
@@ -127,6 +149,7 @@ pub async fn start(
     let app = crate::http::router(crate::http::HttpState {
         shared: shared.clone(),
         engine_loaded,
+        alerting: alerting.clone(),
     });
     let http_stop = done.clone();
     tokio::spawn(async move {
@@ -151,7 +174,11 @@ pub async fn start(
         pipeline::run(s, stop).await;
         done.cancel();
     });
-    Ok(Service { shared, http })
+    Ok(Service {
+        shared,
+        http,
+        alerting,
+    })
 }
 
 /// Applies `NOTIFY emtrack_reference` changes. Notifications arriving within
@@ -338,14 +365,21 @@ async fn store_closures(shared: &Shared, ts: Vec<geofence::Transition>) {
             }
         }
     }
-    for t in stored {
+    for t in &stored {
         shared
             .metrics
             .transitions
             .with_label_values(&[t.transition.kind.as_str()])
             .inc();
-        let _ = shared.transitions.send(t);
     }
+    let _ = shared
+        .observed
+        .send(pipeline::Observed {
+            committed_ms: now_ms(),
+            transitions: stored,
+            ..pipeline::Observed::default()
+        })
+        .await;
 }
 
 /// Creates partitions ahead and drops those past retention, periodically.

@@ -413,6 +413,11 @@ pub struct Running {
 impl Running {
     /// Starts the service on `pool` and waits until it is subscribed.
     pub async fn start(pool: PgPool, broker_port: u16, client_id: &str) -> Running {
+        Running::start_with(pool, config(broker_port, client_id)).await
+    }
+
+    /// Starts the service on `pool` with `cfg` and waits until it is subscribed.
+    pub async fn start_with(pool: PgPool, cfg: Config) -> Running {
         // The service's warnings show with a failing test's output.
         let _ = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::WARN)
@@ -420,14 +425,9 @@ impl Running {
             .try_init();
         let stop = tokio_util::sync::CancellationToken::new();
         let done = tokio_util::sync::CancellationToken::new();
-        let svc = ingest::service::start(
-            &config(broker_port, client_id),
-            pool,
-            stop.clone(),
-            done.clone(),
-        )
-        .await
-        .expect("service starts");
+        let svc = ingest::service::start(&cfg, pool, stop.clone(), done.clone())
+            .await
+            .expect("service starts");
         let shared = svc.shared.clone();
         wait_until(Duration::from_secs(10), "subscribed", || {
             let s = shared.clone();

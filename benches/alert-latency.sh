@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Alert latency under load: device-sim publish → broker → emtrack (commit,
+# alert store) → broker → officer topic, p50/p99/max.
+#
+#   benches/alert-latency.sh [seconds-per-phase]    (default 30)
+#
+# 1. Max ingest rate of this machine, measured first in the same run:
+#    200,000 one-fix messages at --max; fixes/s from the first publish to the
+#    last ack.
+# 2. Half that rate, then the full rate, as background load (a 20,000-bracelet
+#    scenario three days back, QoS 1), while `device-sim probe` publishes 10
+#    strap-opened events a second for 50 bracelets, stamped with the wall
+#    clock, and times their `strap_tamper` notifications on the officer and
+#    duty topics (receipt − event time, one process, one clock).
+#
+# Private tuned Mosquitto on a free loopback port; database emtrack_bench_alerts
+# (dropped and recreated). Every phase is bounded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. deploy/broker.sh
+SECS=${1:-30}
+SUBJECTS=20000
+cargo build --release -q -p device-sim -p ingest
+SIM=target/release/device-sim
+EMT=target/release/emtrack
+PG="psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -qAt"
+DB=emtrack_bench_alerts
+URL=postgres://postgres@127.0.0.1:5432/$DB
+HTTP=$(free_port)
+DIR=$(mktemp -d)
+EMTRACK=
+cleanup() {
+  [ -n "$EMTRACK" ] && kill "$EMTRACK" 2>/dev/null || true
+  kill ${BROKER:-} 2>/dev/null || true
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+start_broker "$DIR"
+
+metric() { curl -s "http://127.0.0.1:$HTTP/metrics" | awk -v n="$1" '$1 == n { print $2 }'; }
+now() { date +%s.%N; }
+wait_acked() {  # messages, deadline seconds
+  local end=$(( $(date +%s) + $2 ))
+  while :; do
+    local a; a=$(metric emtrack_messages_acked_total); a=${a%.*}
+    [ "${a:-0}" -ge "$1" ] && return 0
+    [ "$(date +%s)" -ge $end ] && { echo "only ${a:-0} of $1 acked" >&2; return 1; }
+    sleep 0.05
+  done
+}
+
+$PG -d postgres -c "DROP DATABASE IF EXISTS $DB"
+$SIM world --subjects $SUBJECTS --skew-share 0 --out "$DIR/world" > /dev/null
+$EMT --database-url "$URL" migrate > /dev/null
+$EMT --database-url "$URL" import-world "$DIR/world" > /dev/null
+$EMT --database-url "$URL" --mqtt-port "$PORT" --http-listen "127.0.0.1:$HTTP" \
+  --mqtt-client-id emtrack-bench-alerts run 2> "$DIR/emtrack.log" &
+EMTRACK=$!
+for _ in $(seq 600); do
+  curl -sf "http://127.0.0.1:$HTTP/readyz" > /dev/null && break
+  sleep 0.1
+done
+
+START=$(date -u -d '-3 days' +%Y-%m-%dT%H:%M:%SZ)
+LOAD="--port $PORT --qos 1 --subjects $SUBJECTS --skew-share 0 --start $START --hours 48
+      --connections 4 --inflight 200 --progress-secs 1000 --malformed-rate 0 --truth $DIR/truth.jsonl"
+
+echo "# emtrack alert latency: $(nproc) cores, $SUBJECTS bracelets, $SECS s per phase"
+echo
+# 1. Max ingest rate.
+A0=$(metric emtrack_messages_acked_total); A0=${A0%.*}
+T0=$(now)
+$SIM run $LOAD --max --fixes 200000 --duration 300 > "$DIR/run.out"
+MSGS=$(sed -E 's/^published ([0-9]+) messages.*/\1/;t;d' "$DIR/run.out")
+FX=$(sed -E 's/^published .*\(([0-9]+) fixes.*/\1/;t;d' "$DIR/run.out")
+wait_acked $(( A0 + MSGS )) 300
+T1=$(now)
+MAX=$(python3 -c "print(int($FX / ($T1 - $T0)))")
+echo "max ingest rate, measured: $MAX fixes/s ($FX fixes, first publish to last ack)"
+echo
+echo "| load | load fixes/s (target) | probe events | alerts received | p50 ms | p99 ms | max ms |"
+echo "|---|---|---|---|---|---|---|"
+for PHASE in half full; do
+  if [ $PHASE = half ]; then RATE=$(( MAX / 2 )); else RATE=$MAX; fi
+  A0=$(metric emtrack_messages_acked_total); A0=${A0%.*}
+  $SIM run $LOAD --rate "$RATE" --duration "$SECS" > "$DIR/load.out" &
+  LOADPID=$!
+  sleep 2
+  $SIM probe --port "$PORT" --subjects $SUBJECTS --skew-share 0 --rate 10 --secs $(( SECS - 4 )) \
+    --client-id "probe-$PHASE" > "$DIR/probe.out"
+  wait $LOADPID
+  MSGS=$(sed -E 's/^published ([0-9]+) messages.*/\1/;t;d' "$DIR/load.out")
+  wait_acked $(( A0 + MSGS )) 120
+  python3 - "$DIR/probe.out" "$DIR/load.out" "$PHASE" "$RATE" <<'PY'
+import re, sys
+probe = open(sys.argv[1]).read()
+load = open(sys.argv[2]).read()
+m = re.search(r"sent (\d+) .* received (\d+) alerts; latency ms p50 (\S+) p99 (\S+) max (\S+)", probe)
+r = re.search(r"\(([0-9]+) fixes.* ([0-9.]+) s\b", load)
+fx = re.search(r"^published .*\((\d+) fixes", load, re.M)
+secs = re.search(r" in ([0-9.]+) s", load)
+rate = f"{int(fx.group(1)) / float(secs.group(1)):,.0f}" if fx and secs else "?"
+print(f"| {sys.argv[3]} | {rate} ({int(sys.argv[4]):,}) | {m.group(1)} | {m.group(2)} | {m.group(3)} | {m.group(4)} | {m.group(5)} |")
+PY
+done
+echo
+echo "emtrack's own histogram (emtrack_alert_latency_seconds, mqtt, every live alert incl. the load's):"
+curl -s "http://127.0.0.1:$HTTP/metrics" | grep -E '^emtrack_alert_latency_seconds_(count|sum)\{channel="mqtt"' || true
+kill -TERM "$EMTRACK"; wait "$EMTRACK" || true; EMTRACK=
+$PG -d postgres -c "DROP DATABASE $DB"

@@ -1,0 +1,154 @@
+//! Alert latency probe (`device-sim probe`): publishes strap-opened events
+//! for a few of the world's bracelets, stamped with the wall clock, and
+//! times their `strap_tamper` notifications on the officer and duty topics.
+//! Latency is receipt time minus event time (= publish time), in one
+//! process and one clock, so it covers device → broker → emtrack (commit,
+//! alert store) → broker → officer.
+
+use protocol::{Body, DeviceId, Event, EventKind, Flags, RecordKind, Topic, Uplink};
+use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What a probe run measured.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProbeReport {
+    /// Events published.
+    pub sent: usize,
+    /// Their alerts received (first copy of each).
+    pub received: usize,
+    /// Latencies in ms, sorted.
+    pub latencies_ms: Vec<i64>,
+}
+
+impl ProbeReport {
+    /// The `q` quantile (0..=1) in ms.
+    pub fn quantile(&self, q: f64) -> Option<i64> {
+        if self.latencies_ms.is_empty() {
+            return None;
+        }
+        let i = ((self.latencies_ms.len() as f64 - 1.0) * q).round() as usize;
+        self.latencies_ms.get(i).copied()
+    }
+}
+
+/// Alerts received (subject, event time) and their latencies (ms).
+type Seen = (HashSet<(u64, String)>, Vec<i64>);
+
+/// Runs the probe: `rate` events per second for `secs`, round robin over
+/// `devices` (bracelet id, subject id), then waits up to `drain` for the
+/// last alerts.
+pub async fn run(
+    host: &str,
+    port: u16,
+    client_id: &str,
+    devices: &[(String, u64)],
+    rate: f64,
+    secs: f64,
+    drain: Duration,
+) -> Result<ProbeReport, String> {
+    if devices.is_empty() || rate <= 0.0 {
+        return Err("the probe needs devices and a positive rate".into());
+    }
+    let mut o = MqttOptions::new(client_id, host, port);
+    o.set_clean_session(true);
+    o.set_keep_alive(Duration::from_secs(15));
+    let (client, mut el) = AsyncClient::new(o, 1024);
+    client
+        .subscribe("em/v1/officers/+/alerts", QoS::AtLeastOnce)
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .subscribe("em/v1/duty/alerts", QoS::AtLeastOnce)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut acks = 0;
+    while acks < 2 {
+        match el.poll().await {
+            Ok(MqttEvent::Incoming(Packet::SubAck(_))) => acks += 1,
+            Ok(_) => {}
+            Err(e) => return Err(format!("cannot subscribe: {e}")),
+        }
+    }
+    let subjects: HashSet<u64> = devices.iter().map(|d| d.1).collect();
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let sink = seen.clone();
+    let poller = tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                    let now = jiff::Timestamp::now().as_millisecond();
+                    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) else {
+                        continue;
+                    };
+                    if v["change"] != "raised" || v["type"] != "strap_tamper" {
+                        continue;
+                    }
+                    let Some(subject) = v["subject_id"].as_u64() else {
+                        continue;
+                    };
+                    let Some(t) = v["event_time"]
+                        .as_str()
+                        .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+                    else {
+                        continue;
+                    };
+                    if !subjects.contains(&subject) {
+                        continue;
+                    }
+                    let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
+                    if s.0.insert((subject, v["event_time"].to_string())) {
+                        s.1.push(now - t.as_millisecond());
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    let every = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    let mut sent = 0usize;
+    let mut next = tokio::time::Instant::now();
+    while start.elapsed().as_secs_f64() < secs {
+        let (device, _) = &devices[sent % devices.len()];
+        let id = DeviceId::parse(device).map_err(|e| format!("{device}: {e}"))?;
+        let msg = Uplink {
+            device: id.clone(),
+            body: Body::Events(vec![Event {
+                time: jiff::Timestamp::now(),
+                kind: EventKind::StrapOpened,
+                battery_pct: Some(80),
+                flags: Flags::default(),
+            }]),
+        };
+        client
+            .publish(
+                Topic::for_device(&id, RecordKind::Event),
+                QoS::AtLeastOnce,
+                false,
+                protocol::json::encode(&msg),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        sent += 1;
+        next += every;
+        tokio::time::sleep_until(next).await;
+    }
+    let until = Instant::now() + drain;
+    while Instant::now() < until {
+        if seen.lock().unwrap_or_else(|e| e.into_inner()).1.len() >= sent {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    poller.abort();
+    let mut latencies = std::mem::take(&mut seen.lock().unwrap_or_else(|e| e.into_inner()).1);
+    latencies.sort_unstable();
+    Ok(ProbeReport {
+        sent,
+        received: latencies.len(),
+        latencies_ms: latencies,
+    })
+}
