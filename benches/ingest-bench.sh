@@ -21,6 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/broker.sh
+. benches/lib.sh
 FIXES=${1:-500000}
 SUBJECTS=20000
 cargo build --release -q -p device-sim -p ingest
@@ -40,9 +41,7 @@ cleanup() {
 trap cleanup EXIT
 start_broker "$DIR"
 
-metric() { curl -s "http://127.0.0.1:$HTTP/metrics" | awk -v n="$1" '$1 == n { print $2 }'; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-now() { date +%s.%N; }
 
 start_emtrack() {
   $EMT --database-url "$URL" --mqtt-port "$PORT" --http-listen "127.0.0.1:$HTTP" \
@@ -62,15 +61,6 @@ stop_emtrack() {
 }
 reset_evidence() {
   $PG -d $DB -c "TRUNCATE fixes, device_events, rule_transitions, rejected_messages, device_state"
-}
-wait_acked() {  # messages, deadline seconds
-  local end=$(( $(date +%s) + $2 ))
-  while :; do
-    local a; a=$(metric emtrack_messages_acked_total); a=${a%.*}
-    [ "${a:-0}" -ge "$1" ] && return 0
-    [ "$(date +%s)" -ge $end ] && { echo "only ${a:-0} of $1 acked" >&2; return 1; }
-    sleep 0.05
-  done
 }
 
 $PG -d postgres -c "DROP DATABASE IF EXISTS $DB"

@@ -11,7 +11,10 @@
 # - Plays 24 simulated hours of the fleet, ending now, in [seconds] of wall
 #   time (curfew breaks, exclusion zones, leaving the city, victim approaches,
 #   tampering, store-and-forward, hostile payloads).
-# - Prints what emtrack stored and judged, and its metrics; stops everything.
+# - An officers' console (mosquitto_sub on em/v1/officers/+/alerts and
+#   em/v1/duty/alerts) receives the alerts as they are raised.
+# - Prints what emtrack stored and judged, the alerts and their deliveries,
+#   and its metrics; stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/broker.sh
@@ -27,8 +30,10 @@ PG="psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -q"
 HTTP=$(free_port)
 DIR=$(mktemp -d)
 EMTRACK=
+CONSOLE=
 cleanup() {
   [ -n "$EMTRACK" ] && kill "$EMTRACK" 2>/dev/null || true
+  [ -n "$CONSOLE" ] && kill "$CONSOLE" 2>/dev/null || true
   kill ${BROKER:-} 2>/dev/null || true
   rm -rf "$DIR"
 }
@@ -47,6 +52,9 @@ EMTRACK_LOG=warn $EMT --database-url "$URL" --mqtt-port "$PORT" --http-listen "1
 EMTRACK=$!
 for _ in $(seq 600); do curl -sf "http://127.0.0.1:$HTTP/readyz" > /dev/null && break; sleep 0.1; done
 curl -s "http://127.0.0.1:$HTTP/readyz"
+mosquitto_sub -h 127.0.0.1 -p "$PORT" -q 1 -t 'em/v1/officers/+/alerts' -t 'em/v1/duty/alerts' -v \
+  > "$DIR/console.txt" &
+CONSOLE=$!
 
 START=$(date -u -d "-$HOURS hours" +%Y-%m-%dT%H:%M:%SZ)
 SPEEDUP=$(( HOURS * 3600 / SECS ))
@@ -93,7 +101,19 @@ for k in ["curfew", "exclusion", "category", "inclusion", "proximity"]:
     print(f"{k:<12} {truth[k]:>24} {optional[k]:>34} {found.get(k, 0):>16}")
 print(f"{sum(e['historical'] for e in eps)} of them reached emtrack only in late store-and-forward uploads")
 PY
+echo "== alerts (one per episode, tamper or condition; charger events are records, resolved at once)"
+for _ in $(seq 100); do  # until every notification is delivered
+  [ "$($PG -d $DB -At -c "SELECT count(*) FROM alert_deliveries WHERE state = 'pending'")" = 0 ] && break
+  sleep 0.1
+done
+$PG -d $DB -c "SELECT kind AS type, severity, count(*) AS alerts, count(*) FILTER (WHERE state = 'open') AS open,
+  count(*) FILTER (WHERE historical) AS historical FROM alerts GROUP BY 1, 2 ORDER BY 2, 1"
+$PG -d $DB -c "SELECT channel, state, count(*) AS notifications FROM alert_deliveries GROUP BY 1, 2"
+sleep 0.5
+echo "the officers' console received $(wc -l < "$DIR/console.txt") notifications; the newest critical one:"
+grep '"severity":"critical"' "$DIR/console.txt" | grep '"change":"raised"' | tail -1 || true
+echo
 echo "== metrics (http://127.0.0.1:$HTTP/metrics)"
-curl -s "http://127.0.0.1:$HTTP/metrics" | grep -E '^emtrack_(messages|fixes|events|rejected|transitions|queue|mqtt|devices)' | grep -v _bucket
+curl -s "http://127.0.0.1:$HTTP/metrics" | grep -E '^emtrack_(messages|fixes|events|rejected|transitions|queue|mqtt|devices|alerts_raised|alerts_open|alert_latency_seconds_(sum|count))' | grep -v _bucket
 kill -TERM "$EMTRACK"; wait "$EMTRACK" || true; EMTRACK=
 echo "== done: emtrack stopped cleanly; the data stays in database $DB"

@@ -582,4 +582,42 @@ mod tests {
         assert_eq!(b.get(info).map(|a| a.level), Some(0));
         assert_eq!(b.get(crit).and_then(|a| a.escalate_at_ms), None);
     }
+
+    /// Deadlines are data: an alert stored with its deadline and restored
+    /// after a restart escalates at the same time; an acknowledged one does
+    /// not; new ids follow the restored ones.
+    #[test]
+    fn restored_alerts_keep_their_escalation_deadlines() {
+        let mut before = AlertBook::new(Policy::default(), 0);
+        let Raised::New(a) = before.raise(key(AlertType::StrapTamper, 0), 0, false, 0) else {
+            panic!()
+        };
+        let Raised::New(b) = before.raise(key(AlertType::CaseTamper, 0), 0, false, 0) else {
+            panic!()
+        };
+        before.acknowledge(b, 4, None, MIN).expect("acknowledged");
+        assert_eq!(before.escalate_due(5 * MIN), vec![(a, 1)]);
+        let stored: Vec<Alert> = before.alerts().cloned().collect();
+
+        let mut after = AlertBook::new(Policy::default(), 0);
+        for s in stored {
+            after.restore(s);
+        }
+        assert_eq!(after.next_deadline(), Some(10 * MIN));
+        assert!(after.escalate_due(10 * MIN - 1).is_empty());
+        assert_eq!(
+            after.escalate_due(10 * MIN),
+            vec![(a, 2)],
+            "the duty desk, on time"
+        );
+        assert_eq!(
+            after.get(a).map(|x| x.version),
+            Some(3),
+            "raised, escalated, escalated"
+        );
+        let Raised::New(c) = after.raise(key(AlertType::BatteryLow, 1), 0, false, 11 * MIN) else {
+            panic!()
+        };
+        assert_eq!(c, AlertId(3));
+    }
 }

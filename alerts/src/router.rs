@@ -306,3 +306,180 @@ impl Router {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+
+    fn state(r: &mut Router, kind: AlertType) -> Vec<AlertState> {
+        let ids = r.book().ids_of(kind);
+        ids.iter()
+            .filter_map(|id| r.book().get(*id).map(|a| a.state))
+            .collect()
+    }
+
+    /// Every input kind raises its alert type, and each condition ends the
+    /// way the module table says.
+    #[test]
+    fn every_alert_type_from_its_input_and_its_end() {
+        let mut r = Router::new(AlertBook::new(Policy::default(), 0));
+        let s = 7;
+        for (kind, scope) in [
+            (ViolationKind::Exclusion, 70),
+            (ViolationKind::Inclusion, 71),
+            (ViolationKind::Curfew, 72),
+            (ViolationKind::Proximity, 73),
+        ] {
+            let v = |start, at_ms| Input::Violation {
+                subject: s,
+                kind,
+                scope,
+                start,
+                at_ms,
+                historical: false,
+            };
+            assert!(matches!(
+                r.handle(v(true, 1_000), 2_000),
+                Some(Raised::New(_))
+            ));
+            assert!(matches!(
+                r.handle(v(true, 1_000), 2_500),
+                Some(Raised::Repeated(_))
+            ));
+            assert_eq!(r.handle(v(false, 5_000), 6_000), None);
+            assert_eq!(state(&mut r, kind.alert()), vec![AlertState::Resolved]);
+        }
+        let ev = |event, at_ms| Input::Event {
+            subject: s,
+            event,
+            at_ms,
+            historical: false,
+        };
+        r.handle(ev(DeviceEvent::StrapOpened, 10_000), 10_100);
+        r.handle(ev(DeviceEvent::CaseOpened, 10_000), 10_100);
+        r.handle(ev(DeviceEvent::BatteryLow, 11_000), 11_100);
+        r.handle(ev(DeviceEvent::BatteryLow, 12_000), 12_100);
+        r.handle(ev(DeviceEvent::BatteryCritical, 13_000), 13_100);
+        assert_eq!(
+            r.book().ids_of(AlertType::BatteryLow).len(),
+            1,
+            "one open battery alert per condition"
+        );
+        r.handle(ev(DeviceEvent::ChargerConnected, 14_000), 14_100);
+        r.handle(ev(DeviceEvent::ChargerDisconnected, 15_000), 15_100);
+        r.handle(
+            Input::Silent {
+                subject: s,
+                last_seen_ms: 16_000,
+            },
+            17_000,
+        );
+        r.handle(
+            Input::Silent {
+                subject: s,
+                last_seen_ms: 16_500,
+            },
+            17_500,
+        );
+        assert_eq!(r.book().ids_of(AlertType::NoCommunication).len(), 1);
+        r.handle(Input::BackOnline { subject: s }, 18_000);
+        r.handle(
+            Input::LocationFailure {
+                subject: s,
+                last_fix_ms: 19_000,
+                at_ms: 20_000,
+            },
+            20_100,
+        );
+        r.handle(Input::LocationRestored { subject: s }, 21_000);
+        for (kind, want) in [
+            (AlertType::StrapTamper, AlertState::Open),
+            (AlertType::CaseTamper, AlertState::Open),
+            (AlertType::BatteryLow, AlertState::Resolved),
+            (AlertType::BatteryCritical, AlertState::Resolved),
+            (AlertType::ChargerConnected, AlertState::Resolved),
+            (AlertType::ChargerDisconnected, AlertState::Resolved),
+            (AlertType::NoCommunication, AlertState::Resolved),
+            (AlertType::LocationFailure, AlertState::Resolved),
+        ] {
+            assert_eq!(state(&mut r, kind), vec![want], "{kind:?}");
+        }
+        let raised: std::collections::BTreeSet<AlertType> =
+            r.book().alerts().map(|a| a.key.kind).collect();
+        assert_eq!(raised.len(), AlertType::ALL.len(), "every type raised");
+    }
+
+    /// After a restart, an adopted alert is ended by its episode's end and
+    /// updated (not duplicated) by a repeat of its condition.
+    #[test]
+    fn adopted_alerts_end_and_dedup_as_before() {
+        let mut before = Router::new(AlertBook::new(Policy::default(), 0));
+        before.handle(
+            Input::Violation {
+                subject: 1,
+                kind: ViolationKind::Curfew,
+                scope: 5,
+                start: true,
+                at_ms: 100,
+                historical: false,
+            },
+            200,
+        );
+        before.handle(
+            Input::Silent {
+                subject: 2,
+                last_seen_ms: 300,
+            },
+            400,
+        );
+        let stored: Vec<_> = before.book().alerts().cloned().collect();
+        let mut after = Router::new(AlertBook::new(Policy::default(), 0));
+        for a in stored {
+            after.adopt(&a);
+            after.book().restore(a);
+        }
+        assert!(matches!(
+            after.handle(
+                Input::Silent {
+                    subject: 2,
+                    last_seen_ms: 350
+                },
+                500
+            ),
+            Some(Raised::Repeated(_))
+        ));
+        after.handle(
+            Input::Violation {
+                subject: 1,
+                kind: ViolationKind::Curfew,
+                scope: 5,
+                start: false,
+                at_ms: 600,
+                historical: false,
+            },
+            700,
+        );
+        after.handle(Input::BackOnline { subject: 2 }, 800);
+        assert!(
+            after
+                .book()
+                .alerts()
+                .all(|a| a.state == AlertState::Resolved)
+        );
+        let Raised::New(next) = after.book().raise(
+            AlertKey {
+                subject: 3,
+                kind: AlertType::StrapTamper,
+                scope: 0,
+                episode_ms: 0,
+            },
+            0,
+            false,
+            900,
+        ) else {
+            panic!("new")
+        };
+        assert_eq!(next.0, 3, "ids continue after the restored ones");
+    }
+}

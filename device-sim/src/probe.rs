@@ -33,8 +33,9 @@ impl ProbeReport {
     }
 }
 
-/// Alerts received (subject, event time) and their latencies (ms).
-type Seen = (HashSet<(u64, String)>, Vec<i64>);
+/// Events sent, by (subject, event time ms), not yet answered; and the
+/// latencies (ms) of those answered.
+type Seen = (HashSet<(u64, i64)>, Vec<i64>);
 
 /// Runs the probe: `rate` events per second for `secs`, round robin over
 /// `devices` (bracelet id, subject id), then waits up to `drain` for the
@@ -71,7 +72,6 @@ pub async fn run(
             Err(e) => return Err(format!("cannot subscribe: {e}")),
         }
     }
-    let subjects: HashSet<u64> = devices.iter().map(|d| d.1).collect();
     let seen: Arc<Mutex<Seen>> = Arc::default();
     let sink = seen.clone();
     let poller = tokio::spawn(async move {
@@ -94,11 +94,10 @@ pub async fn run(
                     else {
                         continue;
                     };
-                    if !subjects.contains(&subject) {
-                        continue;
-                    }
+                    // Only the probe's own events (the load may open straps
+                    // of the same bracelets), each once (QoS 1 may repeat).
                     let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
-                    if s.0.insert((subject, v["event_time"].to_string())) {
+                    if s.0.remove(&(subject, t.as_millisecond())) {
                         s.1.push(now - t.as_millisecond());
                     }
                 }
@@ -112,12 +111,17 @@ pub async fn run(
     let mut sent = 0usize;
     let mut next = tokio::time::Instant::now();
     while start.elapsed().as_secs_f64() < secs {
-        let (device, _) = &devices[sent % devices.len()];
+        let (device, subject) = &devices[sent % devices.len()];
         let id = DeviceId::parse(device).map_err(|e| format!("{device}: {e}"))?;
+        let time = jiff::Timestamp::now();
+        seen.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .insert((*subject, time.as_millisecond()));
         let msg = Uplink {
             device: id.clone(),
             body: Body::Events(vec![Event {
-                time: jiff::Timestamp::now(),
+                time,
                 kind: EventKind::StrapOpened,
                 battery_pct: Some(80),
                 flags: Flags::default(),
@@ -138,7 +142,7 @@ pub async fn run(
     }
     let until = Instant::now() + drain;
     while Instant::now() < until {
-        if seen.lock().unwrap_or_else(|e| e.into_inner()).1.len() >= sent {
+        if seen.lock().unwrap_or_else(|e| e.into_inner()).0.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

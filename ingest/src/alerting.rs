@@ -78,6 +78,9 @@ pub struct Alerting {
     /// Every notification's JSON as stored, for SSE subscribers (a receiver
     /// that lags is told how many it missed; the table has them all).
     pub broadcast: broadcast::Sender<Arc<str>>,
+    /// Cancelled once the service stopped (its last changes stored, its
+    /// lock released).
+    pub stopped: CancellationToken,
 }
 
 fn violation_kind(t: TransitionKind) -> ViolationKind {
@@ -196,6 +199,8 @@ struct Alerter {
     subject_of: Vec<u64>,
     watched: FxHashSet<u32>,
     watched_generation: u64,
+    /// The registry's generation, read without the core's lock.
+    generation: Arc<std::sync::atomic::AtomicU64>,
     /// The bracelet each alert is about (for notifications).
     devices: FxHashMap<AlertId, String>,
     /// The fix or event that confirmed each live alert (ms): its latency
@@ -210,6 +215,8 @@ struct Alerter {
     broadcast: broadcast::Sender<Arc<str>>,
     open: FxHashMap<AlertId, Severity>,
     replies: Vec<(Reply, Result<(), BookError>)>,
+    /// Holds [`ALERT_LOCK`] while the service runs.
+    lock: Option<sqlx::PgConnection>,
 }
 
 type Reply = oneshot::Sender<Result<(), BookError>>;
@@ -219,6 +226,10 @@ type NewDelivery = (i64, i32, &'static str, String, String, Option<i64>);
 
 /// A delivery as written: id, alert, version, channel, target, JSON, live trigger time.
 type DeliveryRow = (i64, i64, i32, String, String, String, Option<i64>);
+
+/// A stored transition to re-read: subject, rule, zone, kind, at, historical,
+/// confirmed at, the subject's bracelet then.
+type StoredTransitionRow = (i64, i64, i64, String, i64, bool, i64, Option<String>);
 
 type AlertRow = (
     i64,
@@ -239,6 +250,61 @@ type AlertRow = (
     Option<i64>,
 );
 
+/// Why the alert service could not start.
+#[derive(Debug)]
+pub enum AlertStartError {
+    /// A database step failed.
+    Db(sqlx::Error),
+    /// Another emtrack process runs the alert service of this database.
+    Locked,
+    /// `start` was called twice on one pipeline.
+    Twice,
+}
+
+impl std::fmt::Display for AlertStartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AlertStartError::Db(e) => write!(f, "cannot load the alert state: {e}"),
+            AlertStartError::Locked => write!(
+                f,
+                "another emtrack process runs the alerts of this database (advisory lock {ALERT_LOCK} held); run one emtrack per database"
+            ),
+            AlertStartError::Twice => write!(f, "the alert service was started twice"),
+        }
+    }
+}
+
+impl std::error::Error for AlertStartError {}
+
+impl From<sqlx::Error> for AlertStartError {
+    fn from(e: sqlx::Error) -> Self {
+        AlertStartError::Db(e)
+    }
+}
+
+/// The advisory lock that makes one alert service per database (alert ids
+/// are assigned by the service).
+pub const ALERT_LOCK: i64 = 0x656d_7472_616c_7274;
+
+/// Takes the alert lock on a connection of its own, kept for the life of the
+/// service. A predecessor killed a moment ago may still hold it until the
+/// server notices its connection is gone: wait up to 15 s.
+async fn lock(pool: &PgPool) -> Result<sqlx::PgConnection, AlertStartError> {
+    // Detached: dropping it closes the connection, which releases the lock.
+    let mut conn = pool.acquire().await?.detach();
+    for _ in 0..150 {
+        let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+            .bind(ALERT_LOCK)
+            .fetch_one(&mut conn)
+            .await?;
+        if got {
+            return Ok(conn);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(AlertStartError::Locked)
+}
+
 /// Loads the alert state, re-reads what may not have been processed, and
 /// starts the alert service and its senders. Call before the pipeline
 /// consumes, so that the re-read sees a settled store.
@@ -248,8 +314,9 @@ pub async fn start(
     policy: Policy,
     mqtt: delivery::MqttTarget,
     stop: CancellationToken,
-) -> Result<Alerting, sqlx::Error> {
+) -> Result<Alerting, AlertStartError> {
     let pool = shared.pool.clone();
+    let lock = lock(&pool).await?;
     let (processed_to,): (i64,) = sqlx::query_as(
         "SELECT (extract(epoch FROM processed_to) * 1000)::int8 FROM alert_progress WHERE id = 1",
     )
@@ -331,6 +398,12 @@ pub async fn start(
         subject_of: Vec::new(),
         watched: FxHashSet::default(),
         watched_generation: u64::MAX,
+        generation: shared
+            .core
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .registry
+            .generation(),
         devices,
         triggers: FxHashMap::default(),
         watermark: processed_to,
@@ -341,6 +414,7 @@ pub async fn start(
         broadcast: broadcast_tx.clone(),
         open,
         replies: Vec::new(),
+        lock: Some(lock),
     };
     alerter.start_watching(&pool).await?;
     let replayed = alerter.replay(&pool, since).await?;
@@ -357,9 +431,7 @@ pub async fn start(
         .unwrap_or_else(|e| e.into_inner())
         .take();
     let Some(rx) = rx else {
-        return Err(sqlx::Error::Protocol(
-            "the alert service was started twice".into(),
-        ));
+        return Err(AlertStartError::Twice);
     };
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let senders = delivery::Senders {
@@ -367,7 +439,13 @@ pub async fn start(
         metrics: shared.metrics.clone(),
         cfg: cfg.clone(),
     };
-    tokio::spawn(delivery::mqtt(senders.clone(), mqtt, mqtt_rx, stop.clone()));
+    tokio::spawn(delivery::mqtt(
+        senders.clone(),
+        mqtt,
+        mqtt_rx,
+        sweep.clone(),
+        stop.clone(),
+    ));
     tokio::spawn(delivery::webhooks(
         senders.clone(),
         webhook_rx,
@@ -380,10 +458,16 @@ pub async fn start(
         sweep,
         stop.clone(),
     ));
-    tokio::spawn(alerter.run(rx, cmd_rx, stop));
+    let stopped = CancellationToken::new();
+    let done = stopped.clone();
+    tokio::spawn(async move {
+        alerter.run(rx, cmd_rx, stop).await;
+        done.cancel();
+    });
     Ok(Alerting {
         commands: cmd_tx,
         broadcast: broadcast_tx,
+        stopped,
     })
 }
 
@@ -419,10 +503,12 @@ impl Alerter {
     fn sync_watches(&mut self, starts: &FxHashMap<u32, u64>) {
         let now_s = (now_ms() / 1000) as u64;
         let core = self.shared.core.lock().unwrap_or_else(|e| e.into_inner());
-        if core.registry.generation() == self.watched_generation {
+        // Read under the lock: a change after this read bumps it again.
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        if generation == self.watched_generation {
             return;
         }
-        self.watched_generation = core.registry.generation();
+        self.watched_generation = generation;
         let mut now_watched = FxHashSet::default();
         for (_, d) in core.registry.iter() {
             let Some(subject) = d.subject else { continue };
@@ -455,18 +541,21 @@ impl Alerter {
 
     /// Re-reads transitions and device events stored since `since_ms`.
     async fn replay(&mut self, pool: &PgPool, since_ms: i64) -> Result<usize, sqlx::Error> {
-        let transitions: Vec<(i64, i64, i64, String, i64, bool, i64)> = sqlx::query_as(
-            "SELECT subject_id, rule_id, zone_id, kind, (extract(epoch FROM at) * 1000)::int8, historical, \
-                    (extract(epoch FROM recorded_at) * 1000)::int8 \
-             FROM rule_transitions WHERE recorded_at >= 'epoch'::timestamptz + $1 * interval '1 millisecond' \
-             ORDER BY recorded_at, at",
+        // The subject's bracelet at the time (rule_transitions does not name it).
+        let transitions: Vec<StoredTransitionRow> = sqlx::query_as(
+            "SELECT t.subject_id, t.rule_id, t.zone_id, t.kind, (extract(epoch FROM t.at) * 1000)::int8, t.historical, \
+                    (extract(epoch FROM t.confirmed_at) * 1000)::int8, \
+                    (SELECT a.device_id FROM assignments a JOIN devices d ON d.id = a.device_id AND d.kind = 'bracelet' \
+                     WHERE a.subject_id = t.subject_id AND a.valid_from <= t.at \
+                       AND (a.valid_to IS NULL OR a.valid_to > t.at) ORDER BY a.valid_from DESC LIMIT 1) \
+             FROM rule_transitions t WHERE t.recorded_at >= 'epoch'::timestamptz + $1 * interval '1 millisecond' \
+             ORDER BY t.recorded_at, t.at",
         )
         .bind(since_ms)
         .fetch_all(pool)
         .await?;
-        let events: Vec<(String, i64, String, i64, bool, i64)> = sqlx::query_as(
-            "SELECT e.device_id, a.subject_id, e.kind, (extract(epoch FROM e.event_time) * 1000)::int8, e.late, \
-                    (extract(epoch FROM e.received_at) * 1000)::int8 \
+        let events: Vec<(String, i64, String, i64, bool)> = sqlx::query_as(
+            "SELECT e.device_id, a.subject_id, e.kind, (extract(epoch FROM e.event_time) * 1000)::int8, e.late \
              FROM device_events e \
              JOIN devices d ON d.id = e.device_id AND d.kind = 'bracelet' \
              JOIN assignments a ON a.device_id = e.device_id AND a.valid_from <= e.event_time \
@@ -479,12 +568,12 @@ impl Alerter {
         .await?;
         let n = transitions.len() + events.len();
         let now = now_ms();
-        for (subject, rule, zone, kind, at, historical, _) in transitions {
+        for (subject, rule, zone, kind, at, historical, confirmed, device) in transitions {
             let Some(k) = transition_kind(&kind) else {
                 continue;
             };
             let scope = if zone != 0 { zone } else { rule };
-            self.router.handle(
+            let r = self.router.handle(
                 Input::Violation {
                     subject: subject as u64,
                     kind: violation_kind(k),
@@ -495,8 +584,14 @@ impl Alerter {
                 },
                 now,
             );
+            if let Some(Raised::New(id)) = r {
+                if let Some(d) = device {
+                    self.devices.insert(id, d);
+                }
+                self.triggers.insert(id, confirmed);
+            }
         }
-        for (device, subject, kind, at, late, received) in events {
+        for (device, subject, kind, at, late) in events {
             let Some(ev) = device_event(event_kind(&kind)) else {
                 continue;
             };
@@ -505,12 +600,13 @@ impl Alerter {
                     subject: subject as u64,
                     event: ev,
                     at_ms: at,
-                    historical: historical_event(late, at, received),
+                    historical: late,
                 },
                 now,
             );
             if let Some(Raised::New(id)) = r {
                 self.devices.insert(id, device);
+                self.triggers.insert(id, at);
             }
         }
         Ok(n)
@@ -569,6 +665,10 @@ impl Alerter {
         }
         // What was received but not stored is re-read after a restart.
         self.flush().await;
+        if let Some(c) = self.lock.take() {
+            // Closing the connection releases the lock.
+            let _ = sqlx::Connection::close(c).await;
+        }
     }
 
     fn apply(&mut self, o: Observed, now: i64) {
@@ -601,7 +701,7 @@ impl Alerter {
                     subject: e.subject,
                     event: ev,
                     at_ms: e.at_ms,
-                    historical: historical_event(e.late, e.at_ms, o.committed_ms),
+                    historical: e.late,
                 },
                 now,
             );
@@ -675,18 +775,10 @@ impl Alerter {
     }
 
     fn tick(&mut self, now: i64) {
-        let mut starts = FxHashMap::default();
-        if self.watched_generation
-            != self
-                .shared
-                .core
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .registry
-                .generation()
-        {
-            starts.clear();
-            self.sync_watches(&starts);
+        // The core's lock only when the devices changed: workers hold it
+        // while judging.
+        if self.watched_generation != self.generation.load(std::sync::atomic::Ordering::Acquire) {
+            self.sync_watches(&FxHashMap::default());
         }
         let mut silent = Vec::new();
         self.wheel.poll((now / 1000).max(0) as u64, &mut silent);
@@ -817,8 +909,10 @@ impl Alerter {
             let _ = reply.send(result);
         }
         let mut spilled: Vec<i64> = Vec::new();
+        // One broadcast per change (an MQTT change may go to several topics).
+        let mut told: FxHashSet<(i64, i32)> = FxHashSet::default();
         for d in stored {
-            if d.channel == "mqtt" {
+            if d.channel == "mqtt" && told.insert((d.alert, d.version)) {
                 let _ = self
                     .broadcast
                     .send(Arc::from(String::from_utf8_lossy(&d.payload).into_owned()));
@@ -848,12 +942,6 @@ impl Alerter {
             self.sweep.notify_one();
         }
     }
-}
-
-/// A store-and-forward event (late, or older than the commit by more than
-/// five minutes) describes the past: its alert is `historical`.
-fn historical_event(late: bool, at_ms: i64, committed_ms: i64) -> bool {
-    late || at_ms < committed_ms - 300_000
 }
 
 fn event_kind(s: &str) -> EventKind {

@@ -6,7 +6,7 @@
 //!   (capacity 0), so at any time at most one publish is between this task
 //!   and the event loop; that is what lets PUBACKs be matched to deliveries
 //!   in order, and a broken connection forget exactly the publishes it lost
-//!   (the sweeper sends them again when their lease ends).
+//!   (they are made due at once and the sweeper sends them again).
 //! - **Webhooks**: HTTP POST of the JSON, signed with
 //!   `X-Emtrack-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`,
 //!   with `Idempotency-Key: <alert id>-<version>` and `X-Emtrack-Alert-Id`.
@@ -130,6 +130,7 @@ pub async fn mqtt(
     s: Senders,
     target: MqttTarget,
     mut rx: mpsc::Receiver<Delivery>,
+    wake: Arc<Notify>,
     stop: CancellationToken,
 ) {
     let mut o = MqttOptions::new(target.client_id, target.host, target.port);
@@ -141,6 +142,24 @@ pub async fn mqtt(
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     tokio::spawn(record_delivered(s.pool.clone(), done_rx));
 
+    // Publishes a lost connection took: due again at once (not at the end
+    // of their lease), and the sweeper woken.
+    let (lost_tx, mut lost_rx) = mpsc::unbounded_channel::<Vec<i64>>();
+    let requeue_pool = s.pool.clone();
+    tokio::spawn(async move {
+        while let Some(ids) = lost_rx.recv().await {
+            let r = sqlx::query(
+                "UPDATE alert_deliveries SET next_attempt_at = now() WHERE id = ANY($1) AND state = 'pending'",
+            )
+            .bind(&ids)
+            .execute(&requeue_pool)
+            .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, n = ids.len(), "lost notifications wait for their lease to end");
+            }
+            wake.notify_one();
+        }
+    });
     let poll_track = track.clone();
     let m = s.metrics.clone();
     let poll_stop = stop.clone();
@@ -171,24 +190,32 @@ pub async fn mqtt(
                 Ok(_) => {}
                 Err(e) => {
                     // The event loop dropped what was unacknowledged (clean
-                    // session); the sweeper re-sends it after its lease.
-                    let lost = {
-                        let mut t = poll_track.lock().unwrap_or_else(|e| e.into_inner());
-                        let lost = t.inflight.len() + t.queued.len();
-                        t.inflight.clear();
+                    // session): due again at once, for the sweeper.
+                    let lost: Vec<i64> = {
+                        let mut guard = poll_track.lock().unwrap_or_else(|e| e.into_inner());
+                        let t: &mut Tracking = &mut guard;
                         let keep = if t.handing_over {
                             t.queued.pop_back()
                         } else {
                             None
                         };
-                        t.queued.clear();
+                        let lost = t
+                            .inflight
+                            .drain()
+                            .map(|(_, d)| d.0)
+                            .chain(t.queued.drain(..).map(|d| d.0))
+                            .collect();
                         t.queued.extend(keep);
                         lost
                     };
+                    let n = lost.len();
+                    if n > 0 {
+                        let _ = lost_tx.send(lost);
+                    }
                     m.delivery_failures
                         .with_label_values(&["mqtt"])
-                        .inc_by(lost as u64);
-                    tracing::warn!(error = %e, lost, "alert MQTT connection lost; reconnecting");
+                        .inc_by(n as u64);
+                    tracing::warn!(error = %e, lost = n, "alert MQTT connection lost; reconnecting");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }

@@ -2,17 +2,21 @@
 //! process is alive) and `/readyz` (connected and subscribed to the broker,
 //! database reachable, engine loaded), and the officers' alert actions:
 //! `POST /v1/alerts/{id}/acknowledge` and `POST /v1/alerts/{id}/resolve`
-//! with `{"officer_id": 3, "note": "..."}` (a note is required to resolve).
+//! with `{"officer_id": 3, "note": "..."}` (a note is required to resolve),
+//! and `GET /v1/alerts/stream[?officer_id=N]`, every alert change as
+//! server-sent events (the notification JSON; `lagged` when a slow reader
+//! missed some, which `alert_deliveries` still has).
 
 use crate::alerting::Command;
 use crate::pipeline::Shared;
 use alerts::BookError;
 use axum::Router;
 use axum::extract::State;
-use axum::extract::{Json, Path};
+use axum::extract::{Json, Path, RawQuery};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::{get, post};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +51,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/alerts/{id}/acknowledge", post(acknowledge))
         .route("/v1/alerts/{id}/resolve", post(resolve))
+        .route("/v1/alerts/stream", get(stream))
         .with_state(state)
 }
 
@@ -135,4 +140,52 @@ async fn resolve(
         reply,
     })
     .await
+}
+
+async fn stream(
+    State(s): State<HttpState>,
+    RawQuery(q): RawQuery,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    use tokio::sync::broadcast::error::RecvError;
+    // `officer_id=N`: only alerts of this officer's subjects.
+    let officer: Option<u64> = q.as_deref().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("officer_id="))
+            .and_then(|v| v.parse().ok())
+    });
+    let rx = s.alerting.broadcast.subscribe();
+    // The stream ends when the alert service stops, so that a graceful
+    // shutdown is not held open by a subscriber.
+    let stopped = s.alerting.stopped.clone();
+    let events = futures_util::stream::unfold(rx, move |mut rx| {
+        let stopped = stopped.clone();
+        async move {
+            loop {
+                let next = tokio::select! {
+                    r = rx.recv() => r,
+                    _ = stopped.cancelled() => return None,
+                };
+                match next {
+                    Ok(json) => {
+                        if let Some(o) = officer {
+                            let mine = serde_json::from_str::<serde_json::Value>(&json)
+                                .is_ok_and(|v| v["officer_id"].as_u64() == Some(o));
+                            if !mine {
+                                continue;
+                            }
+                        }
+                        return Some((Ok(Event::default().event("alert").data(&*json)), rx));
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        return Some((
+                            Ok(Event::default().event("lagged").data(n.to_string())),
+                            rx,
+                        ));
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
 }

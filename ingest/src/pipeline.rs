@@ -322,6 +322,7 @@ impl Consumer {
     ) {
         let max = self.shared.cfg.max_in_flight.max(1);
         let mut connected_once = false;
+        let mut subscribe_pending = false;
         let mut backoff = Duration::from_millis(100);
         let mut jitter = self.shared.cfg.client_id.len() as u64 ^ 0x9e37_79b9_7f4a_7c15;
         let mut drain_deadline: Option<tokio::time::Instant> = None;
@@ -388,6 +389,14 @@ impl Consumer {
                     return;
                 }
             }
+            // The subscription of the last ConnAck, until the request
+            // channel (full of acks after a reconnect) takes it.
+            if subscribe_pending {
+                let topics = protocol::SUBSCRIPTIONS
+                    .iter()
+                    .map(|t| rumqttc::SubscribeFilter::new((*t).to_owned(), QoS::AtLeastOnce));
+                subscribe_pending = self.client.try_subscribe_many(topics).is_err();
+            }
             // Stop reading the socket when the backlog is full and no ack is
             // waiting to go out: TCP backpressure then reaches the broker.
             let read = self.backlog.len() < max || self.in_channel > 0 || !self.acks.is_empty();
@@ -427,12 +436,9 @@ impl Consumer {
                         session_present = ack.session_present,
                         "connected to the broker"
                     );
-                    let topics = protocol::SUBSCRIPTIONS
-                        .iter()
-                        .map(|t| rumqttc::SubscribeFilter::new((*t).to_owned(), QoS::AtLeastOnce));
-                    if let Err(e) = self.client.try_subscribe_many(topics) {
-                        tracing::error!(error = %e, "cannot queue the subscription");
-                    }
+                    // Queued at the top of the loop, retried until the request
+                    // channel has room.
+                    subscribe_pending = true;
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
                     self.shared.mqtt_ready.store(true, Ordering::Relaxed);

@@ -53,8 +53,9 @@ pub struct Registry {
     /// `names[id - 1]` is the device whose engine id is `id`.
     names: Vec<String>,
     /// Bumped by every change to the devices (the alert service re-reads
-    /// which bracelets to watch when it moves).
-    generation: u64,
+    /// which bracelets to watch when it moves). Shared, so that it can be
+    /// read without the core's lock.
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Registry {
@@ -78,9 +79,9 @@ impl Registry {
         self.devices.iter().map(|(k, v)| (k.as_str(), v))
     }
 
-    /// Changes to the devices so far.
-    pub fn generation(&self) -> u64 {
-        self.generation
+    /// Changes to the devices so far, readable without the core's lock.
+    pub fn generation(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.generation.clone()
     }
 
     /// The protocol id of an engine device id.
@@ -437,7 +438,9 @@ pub async fn sync(
     // Devices.
     let mut fetched_devices = FxHashSet::default();
     if !devices.is_empty() || all || !scope.subjects.is_empty() || !scope.devices.is_empty() {
-        core.registry.generation += 1;
+        core.registry
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
     for (id, kind, retired, subject, protects, interval) in devices {
         let engine = core.registry.engine_id(&id);

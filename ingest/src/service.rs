@@ -138,7 +138,7 @@ pub async fn start(
         stop.clone(),
     )
     .await
-    .map_err(|e| StartError::Db("load alerts", e))?;
+    .map_err(|e| StartError::Config(e.to_string()))?;
 
     let listener = tokio::net::TcpListener::bind(&config.http_listen)
         .await
@@ -423,7 +423,11 @@ pub async fn run(config: &Config, pool: PgPool) -> Result<(), StartError> {
         _ = stop.cancelled() => {}
     }
     stop.cancel();
-    if tokio::time::timeout(Duration::from_secs(10), done.cancelled())
+    let drained = async {
+        done.cancelled().await;
+        svc.alerting.stopped.cancelled().await;
+    };
+    if tokio::time::timeout(Duration::from_secs(10), drained)
         .await
         .is_err()
     {

@@ -6,8 +6,12 @@
 //!   notification, escalations reach the supervisor and the duty desk;
 //! - a webhook receiver on loopback verifies every signature and sees the
 //!   retries after induced failures;
-//! - officers' actions over HTTP (a tamper alert needs a note);
-//! - kill -9 mid-scenario loses no alert and duplicates none.
+//! - officers' actions over HTTP (a tamper alert needs a note), and the SSE
+//!   stream carrying every change once;
+//! - kill -9 mid-scenario loses no alert and duplicates none;
+//! - in real time: a bracelet moving without a fix raises `location_failure`
+//!   (resolved by the next fix), and one that goes silent raises
+//!   `no_communication` (resolved when it speaks again).
 
 mod common;
 
@@ -291,6 +295,39 @@ async fn check_inbox(pool: &PgPool, inbox: &Inbox) -> usize {
     got.len() - distinct.len()
 }
 
+/// Reads `GET /v1/alerts/stream` and collects (alert_id, version) of each
+/// `alert` event.
+async fn sse(http: u16) -> Arc<Mutex<Vec<(i64, i64)>>> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let got: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", http))
+        .await
+        .expect("connect");
+    s.write_all(b"GET /v1/alerts/stream HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n")
+        .await
+        .expect("request");
+    let mut lines = BufReader::new(s).lines();
+    // Headers first: once they are in, the subscription exists.
+    while let Some(l) = lines.next_line().await.expect("read") {
+        if l.is_empty() {
+            break;
+        }
+    }
+    let sink = got.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(l)) = lines.next_line().await {
+            // Chunked encoding: size lines and blank lines interleave; data lines carry JSON.
+            if let Some(json) = l.strip_prefix("data: ")
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(json)
+                && let (Some(a), Some(ver)) = (v["alert_id"].as_i64(), v["version"].as_i64())
+            {
+                sink.lock().expect("sse").push((a, ver));
+            }
+        }
+    });
+    got
+}
+
 fn alert_config(port: u16, client: &str) -> ingest::config::Config {
     let mut c = config(port, client);
     c.alerts.webhook_backoff_ms = 50;
@@ -316,6 +353,7 @@ async fn a_scenario_gives_exactly_its_alerts_and_they_reach_officers_and_webhook
     let running =
         Running::start_with(pool.clone(), alert_config(broker.port, "emtrack-alerts-1")).await;
     let m = running.metrics.clone();
+    let streamed = sse(running.svc.http.port()).await;
 
     let mut sc = scenario(&world, 30, 1);
     let devices = sc.device_count();
@@ -375,6 +413,22 @@ async fn a_scenario_gives_exactly_its_alerts_and_they_reach_officers_and_webhook
             _ => assert_eq!(topic, "em/v1/duty/alerts"),
         }
     }
+
+    // SSE: every notified change once, in the order stored.
+    let mut changes: Vec<(i64, i64)> = sqlx::query_as::<_, (i64, i32)>(
+        "SELECT DISTINCT alert_id, version FROM alert_deliveries WHERE channel = 'mqtt'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("changes")
+    .into_iter()
+    .map(|(a, v)| (a, i64::from(v)))
+    .collect();
+    changes.sort();
+    let mut got = streamed.lock().expect("sse").clone();
+    let n_streamed = got.len();
+    got.sort();
+    assert_eq!(got, changes, "the SSE stream carried every change once");
 
     // Webhooks: every change delivered after exactly FAILURES refusals, all signed.
     let rows: Vec<(i64, i32, i32)> = sqlx::query_as(
@@ -460,7 +514,7 @@ async fn a_scenario_gives_exactly_its_alerts_and_they_reach_officers_and_webhook
         );
     }
     eprintln!(
-        "{n} alerts, {} notifications on MQTT ({extra} repeated copies), {} webhook deliveries",
+        "{n} alerts, {} notifications on MQTT ({extra} repeated copies), {} webhook deliveries, {n_streamed} SSE events",
         inbox.lock().expect("inbox").len(),
         rows.len()
     );
@@ -523,4 +577,165 @@ async fn kill_9_mid_scenario_loses_no_alert_and_duplicates_none(pool: PgPool) {
         emtrack.metric("emtrack_alerts_raised_total")
     );
     drop(emtrack);
+}
+
+async fn alert_state(pool: &PgPool, kind: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT state FROM alerts WHERE kind = $1 ORDER BY id DESC LIMIT 1")
+        .bind(kind)
+        .fetch_optional(pool)
+        .await
+        .expect("alert state")
+}
+
+async fn wait_state(pool: &PgPool, kind: &str, state: &str, limit: Duration) {
+    wait_until(limit, &format!("{kind} {state}"), || {
+        let pool = pool.clone();
+        let (kind, state) = (kind.to_owned(), state.to_owned());
+        async move { alert_state(&pool, &kind).await.as_deref() == Some(state.as_str()) }
+    })
+    .await;
+}
+
+#[sqlx::test(migrator = "ingest::MIGRATOR")]
+async fn location_failure_and_silence_in_real_time(pool: PgPool) {
+    use protocol::{Body, DeviceId, Fix, Flags, Heartbeat, Uplink};
+    let broker = Broker::start().expect("mosquitto starts");
+    world(&pool, 13, 5).await;
+    let (device, subject): (String, i64) = sqlx::query_as(
+        "SELECT a.device_id, a.subject_id FROM assignments a JOIN devices d ON d.id = a.device_id \
+         WHERE d.kind = 'bracelet' ORDER BY a.subject_id LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("a bracelet");
+    // This bracelet reports every second (silent after 1 + 1 s); the others
+    // hourly, so that they stay out of the way.
+    sqlx::query("UPDATE devices SET report_interval_s = CASE WHEN id = $1 THEN 1 ELSE 3600 END")
+        .bind(&device)
+        .execute(&pool)
+        .await
+        .expect("intervals");
+    let mut cfg = config(broker.port, "emtrack-alerts-rt");
+    cfg.alerts.silence_buffer_s = 1;
+    cfg.alerts.location_failure_after_s = 60;
+    let inbox = subscribe(broker.port, "officer-console-rt").await;
+    let running = Running::start_with(pool.clone(), cfg).await;
+
+    let id = DeviceId::parse(&device).expect("device id");
+    let now = jiff::Timestamp::now();
+    let at = |s: i64| {
+        now.checked_add(jiff::SignedDuration::from_secs(s))
+            .expect("time")
+    };
+    let fix = |t| Uplink {
+        device: id.clone(),
+        body: Body::Fixes(vec![Fix {
+            time: t,
+            lat_e7: 432_380_000,
+            lon_e7: 769_450_000,
+            accuracy_m: 8,
+            speed_cm_s: None,
+            heading_cdeg: None,
+            battery_pct: Some(90),
+            flags: Flags::default(),
+        }]),
+    };
+    let heartbeat = |t, motion| Uplink {
+        device: id.clone(),
+        body: Body::Heartbeats(vec![Heartbeat {
+            time: t,
+            battery_pct: Some(90),
+            flags: Flags {
+                motion,
+                ..Flags::default()
+            },
+            pending: 0,
+        }]),
+    };
+    // A fix two minutes ago, at rest since (normal), then motion without a fix.
+    publish_uplinks(
+        broker.port,
+        "bracelet-rt-1",
+        &[
+            fix(at(-120)),
+            heartbeat(at(-90), false),
+            heartbeat(at(0), true),
+        ],
+    )
+    .await;
+    wait_state(&pool, "location_failure", "open", Duration::from_secs(10)).await;
+    let (episode, event): (i64, i64) = sqlx::query_as(
+        "SELECT (extract(epoch FROM episode_at) * 1000)::int8, (extract(epoch FROM event_at) * 1000)::int8 \
+         FROM alerts WHERE kind = 'location_failure'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("location failure");
+    assert_eq!(episode, at(-120).as_second() * 1000, "since the last fix");
+    assert_eq!(
+        event,
+        now.as_second() * 1000,
+        "shown by the motion heartbeat"
+    );
+    publish_uplinks(broker.port, "bracelet-rt-2", &[fix(at(1))]).await;
+    wait_state(
+        &pool,
+        "location_failure",
+        "resolved",
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // Nothing more: silent after 2 s; then a heartbeat brings it back.
+    wait_state(&pool, "no_communication", "open", Duration::from_secs(15)).await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts WHERE kind = 'no_communication'")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(n, 1, "only the silent bracelet, once");
+    let silent_subject: i64 =
+        sqlx::query_scalar("SELECT subject_id FROM alerts WHERE kind = 'no_communication'")
+            .fetch_one(&pool)
+            .await
+            .expect("subject");
+    assert_eq!(silent_subject, subject);
+    publish_uplinks(broker.port, "bracelet-rt-3", &[heartbeat(at(5), false)]).await;
+    wait_state(
+        &pool,
+        "no_communication",
+        "resolved",
+        Duration::from_secs(10),
+    )
+    .await;
+
+    wait_until(Duration::from_secs(10), "every delivery delivered", || {
+        let pool = pool.clone();
+        async move { undelivered(&pool).await == 0 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    check_inbox(&pool, &inbox).await;
+    let changes: Vec<(String, String)> = inbox
+        .lock()
+        .expect("inbox")
+        .iter()
+        .map(|(_, v)| {
+            (
+                v["type"].as_str().unwrap_or("").to_owned(),
+                v["change"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    for want in [
+        ("location_failure", "raised"),
+        ("location_failure", "resolved"),
+        ("no_communication", "raised"),
+        ("no_communication", "resolved"),
+    ] {
+        assert!(
+            changes.iter().any(|c| (c.0.as_str(), c.1.as_str()) == want),
+            "the officer was told {want:?}"
+        );
+    }
+    running.shut_down().await;
 }

@@ -65,28 +65,6 @@ fn json_fix_at(device: &str, t: i64, lat: f64, lon: f64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Publishes `messages` with QoS 1 and waits for the broker's acks.
-async fn publish_raw(port: u16, id: &str, messages: &[(String, Vec<u8>)]) {
-    use rumqttc::{AsyncClient, MqttOptions, QoS};
-    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut el) = AsyncClient::new(opts, messages.len() + 8);
-    for (topic, payload) in messages {
-        client
-            .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
-            .await
-            .expect("queued");
-    }
-    let mut acked = 0;
-    while acked < messages.len() {
-        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
-            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
-            Ok(Ok(_)) => {}
-            other => panic!("publisher failed: {other:?}"),
-        }
-    }
-}
-
 /// Every refusal the service itself makes, and decoder refusals of each
 /// family, is stored with its raw bytes and counted by reason. (Every
 /// decoder reason, payload by payload, is in `protocol/tests/golden.rs`.)

@@ -447,8 +447,48 @@ impl Running {
     /// panics unless that takes under 10 s.
     pub async fn shut_down(self) {
         self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.done.cancelled())
-            .await
-            .expect("drains within 10 s");
+        let stopped = self.svc.alerting.stopped.clone();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            self.done.cancelled().await;
+            stopped.cancelled().await;
+        })
+        .await
+        .expect("drains within 10 s");
     }
+}
+
+/// Publishes `messages` with QoS 1 and waits for the broker's acks.
+pub async fn publish_raw(port: u16, id: &str, messages: &[(String, Vec<u8>)]) {
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut el) = AsyncClient::new(opts, messages.len() + 8);
+    for (topic, payload) in messages {
+        client
+            .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .expect("queued");
+    }
+    let mut acked = 0;
+    while acked < messages.len() {
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("publisher failed: {other:?}"),
+        }
+    }
+}
+
+/// Publishes `uplinks` as emtrack JSON on their devices' topics (QoS 1).
+pub async fn publish_uplinks(port: u16, id: &str, uplinks: &[protocol::Uplink]) {
+    let messages: Vec<(String, Vec<u8>)> = uplinks
+        .iter()
+        .map(|u| {
+            (
+                protocol::Topic::for_device(&u.device, u.body.kind()),
+                protocol::json::encode(u),
+            )
+        })
+        .collect();
+    publish_raw(port, id, &messages).await;
 }
