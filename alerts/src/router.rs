@@ -45,6 +45,17 @@ impl ViolationKind {
         })
     }
 
+    /// The kind of rule a transition belongs to.
+    pub fn of_transition(t: geofence::TransitionKind) -> ViolationKind {
+        use geofence::TransitionKind as T;
+        match t {
+            T::ExclusionEntered | T::ExclusionLeft => ViolationKind::Exclusion,
+            T::InclusionLeft | T::InclusionReturned => ViolationKind::Inclusion,
+            T::CurfewViolationStarted | T::CurfewViolationEnded => ViolationKind::Curfew,
+            T::ProximityEntered | T::ProximityLeft => ViolationKind::Proximity,
+        }
+    }
+
     fn alert(self) -> AlertType {
         match self {
             ViolationKind::Exclusion => AlertType::ExclusionZoneEntered,
@@ -127,6 +138,21 @@ pub enum Input {
         /// Subject.
         subject: u64,
     },
+}
+
+impl Input {
+    /// The input of an engine transition: the zone is the scope (the rule for
+    /// proximity), the episode starts at the transition's `at`.
+    pub fn violation(t: &geofence::Transition) -> Input {
+        Input::Violation {
+            subject: t.subject.0,
+            kind: ViolationKind::of_transition(t.kind),
+            scope: t.zone.map_or(t.rule.0, |z| z.0),
+            start: t.kind.is_start(),
+            at_ms: t.at.as_millisecond(),
+            historical: t.historical,
+        }
+    }
 }
 
 /// The router's state: open episodes by their start, and the open device

@@ -11,13 +11,13 @@
 
 use alerts::{
     AlertBook, AlertState, AlertType, DeviceEvent, Input, Policy, Router, SilenceEvent,
-    SilenceWheel, ViolationKind,
+    SilenceWheel,
 };
 use device_sim::plan::Rates;
 use device_sim::stream::{Scenario, ScenarioConfig};
 use device_sim::truth::{EpisodeKind, Record};
 use device_sim::world::{World, WorldConfig};
-use geofence::{Outcome, Position, SubjectId, TransitionKind};
+use geofence::{Outcome, Position, SubjectId};
 use protocol::{Body, EventKind};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -26,23 +26,6 @@ use std::sync::Arc;
 /// have no GPS (indoors); silent past 10 minutes is `no_communication`.
 const ALLOWANCE_S: u32 = 600;
 const MAX_SPEED_M_S: f64 = 300.0 / 3.6;
-
-fn kind_of(t: TransitionKind) -> ViolationKind {
-    match t {
-        TransitionKind::ExclusionEntered | TransitionKind::ExclusionLeft => {
-            ViolationKind::Exclusion
-        }
-        TransitionKind::InclusionLeft | TransitionKind::InclusionReturned => {
-            ViolationKind::Inclusion
-        }
-        TransitionKind::CurfewViolationStarted | TransitionKind::CurfewViolationEnded => {
-            ViolationKind::Curfew
-        }
-        TransitionKind::ProximityEntered | TransitionKind::ProximityLeft => {
-            ViolationKind::Proximity
-        }
-    }
-}
 
 #[test]
 fn a_scenario_gives_exactly_the_alerts_its_ground_truth_implies() {
@@ -168,17 +151,7 @@ fn a_scenario_gives_exactly_the_alerts_its_ground_truth_implies() {
                     engine.close_late_run(h, &mut out).expect("closes");
                 }
                 for t in &out {
-                    router.handle(
-                        Input::Violation {
-                            subject: t.subject.0,
-                            kind: kind_of(t.kind),
-                            scope: t.zone.map_or(t.rule.0, |z| z.0),
-                            start: t.kind.is_start(),
-                            at_ms: t.at.as_millisecond(),
-                            historical: t.historical,
-                        },
-                        now,
-                    );
+                    router.handle(Input::violation(t), now);
                 }
             }
             Body::Events(events) => {

@@ -83,23 +83,6 @@ pub struct Alerting {
     pub stopped: CancellationToken,
 }
 
-fn violation_kind(t: TransitionKind) -> ViolationKind {
-    match t {
-        TransitionKind::ExclusionEntered | TransitionKind::ExclusionLeft => {
-            ViolationKind::Exclusion
-        }
-        TransitionKind::InclusionLeft | TransitionKind::InclusionReturned => {
-            ViolationKind::Inclusion
-        }
-        TransitionKind::CurfewViolationStarted | TransitionKind::CurfewViolationEnded => {
-            ViolationKind::Curfew
-        }
-        TransitionKind::ProximityEntered | TransitionKind::ProximityLeft => {
-            ViolationKind::Proximity
-        }
-    }
-}
-
 fn transition_kind(s: &str) -> Option<TransitionKind> {
     [
         TransitionKind::ExclusionEntered,
@@ -576,7 +559,7 @@ impl Alerter {
             let r = self.router.handle(
                 Input::Violation {
                     subject: subject as u64,
-                    kind: violation_kind(k),
+                    kind: ViolationKind::of_transition(k),
                     scope: scope as u64,
                     start: k.is_start(),
                     at_ms: at,
@@ -674,17 +657,7 @@ impl Alerter {
     fn apply(&mut self, o: Observed, now: i64) {
         for t in &o.transitions {
             let tr = t.transition;
-            let r = self.router.handle(
-                Input::Violation {
-                    subject: tr.subject.0,
-                    kind: violation_kind(tr.kind),
-                    scope: tr.zone.map_or(tr.rule.0, |z| z.0),
-                    start: tr.kind.is_start(),
-                    at_ms: tr.at.as_millisecond(),
-                    historical: tr.historical,
-                },
-                now,
-            );
+            let r = self.router.handle(Input::violation(&tr), now);
             if let Some(Raised::New(id)) = r {
                 if let Some(d) = &t.device {
                     self.devices.insert(id, d.clone());
@@ -1069,6 +1042,10 @@ async fn store(
         let missing: Vec<i64> = ids.iter().copied().filter(|i| !got.contains(i)).collect();
         if !missing.is_empty() {
             // Ours already (an earlier attempt committed after all), or a conflict.
+            let keys: Vec<AlertKey> = missing
+                .iter()
+                .filter_map(|i| snapshots.get(&AlertId(*i as u64)).map(|a| a.key))
+                .collect();
             let ours: Vec<(i64,)> = sqlx::query_as(
                 "SELECT a.id FROM alerts a JOIN UNNEST($1::int8[], $2::int8[], $3::text[], $4::int8[], $5::int8[]) \
                      AS u(id, subject_id, kind, scope, episode) \
@@ -1076,30 +1053,10 @@ async fn store(
                     AND a.episode_at = 'epoch'::timestamptz + u.episode * interval '1 millisecond'",
             )
             .bind(&missing)
-            .bind(
-                missing
-                    .iter()
-                    .map(|i| snapshots[&AlertId(*i as u64)].key.subject as i64)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                missing
-                    .iter()
-                    .map(|i| snapshots[&AlertId(*i as u64)].key.kind.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                missing
-                    .iter()
-                    .map(|i| snapshots[&AlertId(*i as u64)].key.scope as i64)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                missing
-                    .iter()
-                    .map(|i| snapshots[&AlertId(*i as u64)].key.episode_ms)
-                    .collect::<Vec<_>>(),
-            )
+            .bind(keys.iter().map(|k| k.subject as i64).collect::<Vec<_>>())
+            .bind(keys.iter().map(|k| k.kind.as_str()).collect::<Vec<_>>())
+            .bind(keys.iter().map(|k| k.scope as i64).collect::<Vec<_>>())
+            .bind(keys.iter().map(|k| k.episode_ms).collect::<Vec<_>>())
             .fetch_all(&mut *tx)
             .await?;
             let ours: FxHashSet<i64> = ours.into_iter().map(|r| r.0).collect();
