@@ -2,8 +2,10 @@
 //! and the append-only log of every change.
 //!
 //! - One alert per [`AlertKey`]: subject, type, scope (rule, zone or device)
-//!   and episode start. Raising an existing key updates the alert (a count and
-//!   an event) and never creates a second one, even after it was resolved.
+//!   and episode start. Raising an existing key at a new time updates the
+//!   alert (a count and an event) and never creates a second one, even after
+//!   it was resolved; raising it with the same time again (a redelivery, a
+//!   restart's re-read) changes nothing.
 //! - `open` → `acknowledged` (by an officer, optional note) → `resolved`.
 //!   Resolution is automatic when the episode ends ([`AlertBook::end_episode`])
 //!   or manual with a note. Tamper alerts are resolved only manually, with a
@@ -257,6 +259,12 @@ impl AlertBook {
             if a.state == AlertState::Resolved {
                 return Raised::AlreadyResolved(id);
             }
+            if a.event_ms == event_ms {
+                // The same input again (a redelivery, a restart's re-read):
+                // nothing happened.
+                return Raised::Repeated(id);
+            }
+            a.event_ms = a.event_ms.max(event_ms);
             a.repeats += 1;
             self.log(id, now_ms, Actor::System, Change::Repeated, None);
             return Raised::Repeated(id);
@@ -415,6 +423,14 @@ impl AlertBook {
         done
     }
 
+    /// The state of the alert of `key`, if the book holds it.
+    pub fn state_of(&self, key: &AlertKey) -> Option<AlertState> {
+        self.by_key
+            .get(key)
+            .and_then(|id| self.alerts.get(id))
+            .map(|a| a.state)
+    }
+
     /// The alert `id`.
     pub fn get(&self, id: AlertId) -> Option<&Alert> {
         self.alerts.get(&id)
@@ -493,7 +509,18 @@ mod tests {
         );
         assert_eq!(
             b.raise(k, 5 * MIN, false, 7 * MIN),
-            Raised::Repeated(AlertId(42))
+            Raised::Repeated(AlertId(42)),
+            "the same input again: no new alert"
+        );
+        assert_eq!(
+            b.get(AlertId(42)).map(|a| a.repeats),
+            Some(0),
+            "and no change"
+        );
+        assert_eq!(
+            b.raise(k, 6 * MIN, false, 7 * MIN),
+            Raised::Repeated(AlertId(42)),
+            "the condition again, later"
         );
         assert_eq!(b.get(AlertId(42)).map(|a| a.repeats), Some(1));
         assert_eq!(b.end_episode(&k, 8 * MIN), Some(AlertId(42)));

@@ -67,6 +67,13 @@ impl GpsWatch {
         d.last_fix = last_fix_s;
     }
 
+    /// Marks `device` as failing already (an open `location_failure` alert
+    /// restored after a restart): its next fix reports `Restored`.
+    pub fn mark_failing(&mut self, device: u32) {
+        let d = self.device(device, 0);
+        d.failing = true;
+    }
+
     /// A report from `device` at `at_s` (device time): `fix` when it carried
     /// a position, `motion` when it showed movement without one.
     pub fn report(&mut self, device: u32, at_s: u64, fix: bool, motion: bool) -> Option<GpsEvent> {

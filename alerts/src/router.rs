@@ -200,6 +200,8 @@ impl Router {
         }
     }
 
+    /// Raises the subject's open condition of `kind`, or a new one (since
+    /// `since_ms`) if there is none or an officer resolved it meanwhile.
     fn condition(
         &mut self,
         subject: u64,
@@ -208,13 +210,24 @@ impl Router {
         at_ms: i64,
         now_ms: i64,
     ) -> Raised {
-        let k = *self.conditions.entry((subject, kind)).or_insert(AlertKey {
+        let fresh = AlertKey {
             subject,
             kind,
             scope: 0,
             episode_ms: since_ms,
-        });
+        };
+        let k = match self.conditions.get(&(subject, kind)) {
+            Some(k) if self.is_open(k) => *k,
+            _ => {
+                self.conditions.insert((subject, kind), fresh);
+                fresh
+            }
+        };
         self.book.raise(k, at_ms, false, now_ms)
+    }
+
+    fn is_open(&self, k: &AlertKey) -> bool {
+        matches!(self.book.state_of(k), Some(s) if s != AlertState::Resolved)
     }
 
     fn end_condition(&mut self, subject: u64, kind: AlertType, now_ms: i64) {
@@ -236,6 +249,15 @@ impl Router {
             } => {
                 let slot = (subject, kind, scope, historical);
                 if start {
+                    // A start while the slot's episode is still open (the
+                    // engine lost track of it, e.g. a rebuild that did not
+                    // reach back to its start) continues that episode.
+                    if let Some(open) = self.episodes.get(&slot).copied()
+                        && open.episode_ms != at_ms
+                        && self.is_open(&open)
+                    {
+                        return Some(self.book.raise(open, at_ms, historical, now_ms));
+                    }
                     let key = AlertKey {
                         subject,
                         kind: kind.alert(),
@@ -507,5 +529,42 @@ mod tests {
             panic!("new")
         };
         assert_eq!(next.0, 3, "ids continue after the restored ones");
+    }
+
+    /// A condition an officer closed by hand starts a new alert when it
+    /// comes back; a second start of an episode still open continues it.
+    #[test]
+    fn a_resolved_condition_comes_back_and_an_open_episode_continues() {
+        let mut r = Router::new(AlertBook::new(Policy::default(), 0));
+        let low = |at_ms| Input::Event {
+            subject: 1,
+            event: DeviceEvent::BatteryLow,
+            at_ms,
+            historical: false,
+        };
+        let Some(Raised::New(first)) = r.handle(low(1_000), 1_100) else {
+            panic!("new")
+        };
+        r.book()
+            .resolve(first, 3, Some("spoke to the subject".into()), 2_000)
+            .expect("resolved");
+        let Some(Raised::New(second)) = r.handle(low(3_000), 3_100) else {
+            panic!("a new alert, not suppressed by the resolved one")
+        };
+        assert_ne!(first, second);
+
+        let start = |at_ms| Input::Violation {
+            subject: 2,
+            kind: ViolationKind::Curfew,
+            scope: 9,
+            start: true,
+            at_ms,
+            historical: false,
+        };
+        let Some(Raised::New(ep)) = r.handle(start(10_000), 10_100) else {
+            panic!("new")
+        };
+        assert_eq!(r.handle(start(20_000), 20_100), Some(Raised::Repeated(ep)));
+        assert_eq!(r.book().ids_of(AlertType::CurfewViolation), vec![ep]);
     }
 }

@@ -104,6 +104,17 @@ impl SilenceWheel {
         }
     }
 
+    /// Marks a watched `device` as already reported silent (an open
+    /// `no_communication` alert restored after a restart): it does not fire
+    /// again, and its next message fires `BackOnline`.
+    pub fn mark_silent(&mut self, device: u32) {
+        if let Some(d) = self.devices.get_mut(device as usize)
+            && d.allowance > 0
+        {
+            d.silent = true;
+        }
+    }
+
     /// Stops watching `device` (retired, unassigned). Its entry, if any, is
     /// dropped when reached.
     pub fn unwatch(&mut self, device: u32) {
@@ -153,6 +164,10 @@ impl SilenceWheel {
                 }
                 self.devices[device as usize].entry = u64::MAX;
                 if d.allowance == 0 {
+                    continue;
+                }
+                if d.silent {
+                    // Already reported; its next message places it again.
                     continue;
                 }
                 let deadline = d.last_seen + u64::from(d.allowance);

@@ -55,7 +55,7 @@ pub enum Command {
         /// Optional note.
         note: Option<String>,
         /// The outcome, once stored.
-        reply: oneshot::Sender<Result<(), BookError>>,
+        reply: Reply,
     },
     /// Close it, with a note.
     Resolve {
@@ -66,7 +66,7 @@ pub enum Command {
         /// The note (required).
         note: Option<String>,
         /// The outcome, once stored.
-        reply: oneshot::Sender<Result<(), BookError>>,
+        reply: Reply,
     },
 }
 
@@ -197,12 +197,27 @@ struct Alerter {
     sweep: Arc<tokio::sync::Notify>,
     broadcast: broadcast::Sender<Arc<str>>,
     open: FxHashMap<AlertId, Severity>,
-    replies: Vec<(Reply, Result<(), BookError>)>,
+    replies: Vec<(Reply, Result<(), ActionError>)>,
+    /// A change the database refused: `alert_progress` stays where it is, so
+    /// that a restart re-reads from before it.
+    refused: bool,
+    /// Deliveries the senders hold (see [`delivery::Held`]).
+    held: delivery::Held,
     /// Holds [`ALERT_LOCK`] while the service runs.
     lock: Option<sqlx::PgConnection>,
 }
 
-type Reply = oneshot::Sender<Result<(), BookError>>;
+/// The answer to an officer's action.
+pub type Reply = oneshot::Sender<Result<(), ActionError>>;
+
+/// Why an officer's action was not done.
+#[derive(Debug)]
+pub enum ActionError {
+    /// The lifecycle refused it.
+    Book(BookError),
+    /// The database refused to store it.
+    NotStored,
+}
 
 /// A delivery to write: alert, version, channel, target, JSON, live trigger time.
 type NewDelivery = (i64, i32, &'static str, String, String, Option<i64>);
@@ -368,6 +383,7 @@ pub async fn start(
     }
 
     let now = now_ms();
+    let held: delivery::Held = Arc::default();
     let (mqtt_tx, mqtt_rx) = mpsc::channel(cfg.delivery_queue);
     let (webhook_tx, webhook_rx) = mpsc::channel(cfg.delivery_queue);
     let sweep = Arc::new(tokio::sync::Notify::new());
@@ -398,6 +414,8 @@ pub async fn start(
         open,
         replies: Vec::new(),
         lock: Some(lock),
+        held: held.clone(),
+        refused: false,
     };
     alerter.start_watching(&pool).await?;
     let replayed = alerter.replay(&pool, since).await?;
@@ -418,6 +436,7 @@ pub async fn start(
     };
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let senders = delivery::Senders {
+        held,
         pool: pool.clone(),
         metrics: shared.metrics.clone(),
         cfg: cfg.clone(),
@@ -456,34 +475,69 @@ pub async fn start(
 
 impl Alerter {
     /// Watches every assigned bracelet, from its last message (stored).
+    /// Watches every assigned bracelet from now: after an outage of emtrack,
+    /// a device gets one allowance to be heard (its backlog is still in the
+    /// broker) before it counts as silent. Devices with an open
+    /// `no_communication` or `location_failure` alert are marked, so that
+    /// their next message or fix resolves it.
     async fn start_watching(&mut self, pool: &PgPool) -> Result<(), sqlx::Error> {
-        let seen: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
-            "SELECT device_id, (extract(epoch FROM last_seen_at) * 1000)::int8, \
-                    (extract(epoch FROM coalesce(good_time, head_time)) * 1000)::int8 FROM device_state",
+        let fixes: Vec<(String, Option<i64>)> = sqlx::query_as(
+            "SELECT device_id, (extract(epoch FROM coalesce(good_time, head_time)) * 1000)::int8 FROM device_state",
         )
         .fetch_all(pool)
         .await?;
-        let now_s = (now_ms() / 1000) as u64;
-        let mut starts: FxHashMap<u32, u64> = FxHashMap::default();
-        {
-            let core = self.shared.core.lock().unwrap_or_else(|e| e.into_inner());
-            for (d, last_seen, last_fix) in seen {
-                if let Some(r) = core.registry.get(&d) {
-                    let id = u32::try_from(r.engine.0).unwrap_or(u32::MAX);
-                    starts.insert(id, ((last_seen / 1000) as u64).min(now_s));
-                    if let Some(f) = last_fix {
-                        self.gps.start(id, (f / 1000) as u64);
-                    }
+        self.sync_watches();
+        let core = self.shared.core.lock().unwrap_or_else(|e| e.into_inner());
+        let engine = |d: &str| {
+            core.registry
+                .get(d)
+                .and_then(|r| u32::try_from(r.engine.0).ok())
+        };
+        for (d, last_fix) in fixes {
+            if let (Some(id), Some(f)) = (engine(&d), last_fix) {
+                self.gps.start(id, (f / 1000).max(0) as u64);
+            }
+        }
+        // The subject's bracelet now, for alerts stored without a device.
+        let mut bracelet: FxHashMap<u64, u32> = FxHashMap::default();
+        for (_, d) in core.registry.iter() {
+            if let (Some(s), crate::reference::DeviceKind::Bracelet, false) =
+                (d.subject, d.kind, d.retired)
+                && let Ok(id) = u32::try_from(d.engine.0)
+            {
+                bracelet.insert(s.0, id);
+            }
+        }
+        for (kind, silence) in [
+            (AlertType::NoCommunication, true),
+            (AlertType::LocationFailure, false),
+        ] {
+            for id in self.router.book().ids_of(kind) {
+                let Some(a) = self.router.book().get(id) else {
+                    continue;
+                };
+                if a.state == AlertState::Resolved {
+                    continue;
+                }
+                let subject = a.key.subject;
+                let dev = self
+                    .devices
+                    .get(&id)
+                    .and_then(|d| engine(d))
+                    .or_else(|| bracelet.get(&subject).copied());
+                match (dev, silence) {
+                    (Some(d), true) => self.wheel.mark_silent(d),
+                    (Some(d), false) => self.gps.mark_failing(d),
+                    (None, _) => {}
                 }
             }
         }
-        self.sync_watches(&starts);
         Ok(())
     }
 
-    /// Follows the registry: newly assigned bracelets are watched (from
-    /// `starts`, else from now), unassigned or retired ones no longer.
-    fn sync_watches(&mut self, starts: &FxHashMap<u32, u64>) {
+    /// Follows the registry: newly assigned bracelets are watched from now,
+    /// unassigned or retired ones no longer.
+    fn sync_watches(&mut self) {
         let now_s = (now_ms() / 1000) as u64;
         let core = self.shared.core.lock().unwrap_or_else(|e| e.into_inner());
         // Read under the lock: a change after this read bumps it again.
@@ -504,11 +558,7 @@ impl Alerter {
             let allowance = d
                 .report_interval_s
                 .saturating_add(self.cfg.silence_buffer_s);
-            let from = if self.watched.contains(&id) {
-                0
-            } else {
-                starts.get(&id).copied().unwrap_or(now_s)
-            };
+            let from = if self.watched.contains(&id) { 0 } else { now_s };
             self.wheel.watch(id, allowance, from);
             if self.subject_of.len() <= id as usize {
                 self.subject_of.resize(id as usize + 1, 0);
@@ -603,6 +653,7 @@ impl Alerter {
     ) {
         let mut buf = Vec::with_capacity(256);
         let mut last_evict = std::time::Instant::now();
+        let mut last_lock_check = std::time::Instant::now();
         loop {
             let now = now_ms();
             // Wake at the next second (silence wheel) or escalation deadline.
@@ -633,6 +684,19 @@ impl Alerter {
             }
             self.tick(now_ms());
             self.flush().await;
+            if last_lock_check.elapsed() > Duration::from_secs(30) {
+                last_lock_check = std::time::Instant::now();
+                if !self.keep_lock().await {
+                    tracing::error!(
+                        "the alert service lost its database lock and another emtrack holds it; stopping"
+                    );
+                    self.shared
+                        .failed
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    stop.cancel();
+                    break;
+                }
+            }
             if last_evict.elapsed() > Duration::from_secs(600) {
                 last_evict = std::time::Instant::now();
                 let gone = self
@@ -700,7 +764,7 @@ impl Alerter {
                 Some(GpsEvent::Failure {
                     last_fix_s, at_s, ..
                 }) => {
-                    self.router.handle(
+                    let raised = self.router.handle(
                         Input::LocationFailure {
                             subject: r.subject,
                             last_fix_ms: last_fix_s as i64 * 1000,
@@ -708,6 +772,7 @@ impl Alerter {
                         },
                         now,
                     );
+                    self.note_device(raised, r.device);
                 }
                 Some(GpsEvent::Restored { .. }) => {
                     self.router
@@ -717,6 +782,38 @@ impl Alerter {
             }
         }
         self.watermark = self.watermark.max(o.committed_ms);
+    }
+
+    /// Checks that the lock's connection is alive; if it is gone, takes the
+    /// lock again on a new one. False if another process has it.
+    async fn keep_lock(&mut self) -> bool {
+        if let Some(c) = self.lock.as_mut()
+            && sqlx::query("SELECT 1").execute(&mut *c).await.is_ok()
+        {
+            return true;
+        }
+        tracing::warn!("the alert lock's connection was lost; taking the lock again");
+        match lock(&self.shared.pool).await {
+            Ok(c) => {
+                self.lock = Some(c);
+                true
+            }
+            Err(AlertStartError::Locked) => false,
+            // The database is unreachable: nobody else can take the lock
+            // through it either; try again at the next check.
+            Err(_) => true,
+        }
+    }
+
+    /// Remembers the bracelet of a new device-condition alert (silence,
+    /// location failure): the notification names it, and a restart marks it.
+    fn note_device(&mut self, raised: Option<Raised>, device: u32) {
+        if let Some(Raised::New(id)) = raised {
+            let core = self.shared.core.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(name) = core.registry.name_of(geofence::DeviceId(u64::from(device))) {
+                self.devices.insert(id, name.to_owned());
+            }
+        }
     }
 
     fn command(&mut self, c: Command, now: i64) {
@@ -744,14 +841,15 @@ impl Alerter {
                     .resolve(AlertId(alert), officer, note, now),
             ),
         };
-        self.replies.push((reply, result));
+        self.replies
+            .push((reply, result.map_err(ActionError::Book)));
     }
 
     fn tick(&mut self, now: i64) {
         // The core's lock only when the devices changed: workers hold it
         // while judging.
         if self.watched_generation != self.generation.load(std::sync::atomic::Ordering::Acquire) {
-            self.sync_watches(&FxHashMap::default());
+            self.sync_watches();
         }
         let mut silent = Vec::new();
         self.wheel.poll((now / 1000).max(0) as u64, &mut silent);
@@ -768,13 +866,14 @@ impl Alerter {
                 if subject == 0 {
                     continue;
                 }
-                self.router.handle(
+                let raised = self.router.handle(
                     Input::Silent {
                         subject,
                         last_seen_ms: last_seen_s as i64 * 1000,
                     },
                     now,
                 );
+                self.note_device(raised, device);
             }
         }
         self.router.book().escalate_due(now);
@@ -786,7 +885,7 @@ impl Alerter {
         let replies = std::mem::take(&mut self.replies);
         if events.is_empty() {
             // Move the re-read point along now and then even when nothing happens.
-            if self.watermark > self.stored_watermark + 10_000 {
+            if !self.refused && self.watermark > self.stored_watermark + 10_000 {
                 let r = sqlx::query(
                     "UPDATE alert_progress SET processed_to = greatest(processed_to, 'epoch'::timestamptz + $1 * interval '1 millisecond') WHERE id = 1",
                 )
@@ -830,18 +929,37 @@ impl Alerter {
                     .await;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, alerts = ids.len(), "the database refused alert changes; they stay in memory only");
-                    break (Vec::new(), Vec::new());
+                    // Not stored, so not sent. New alerts leave the book (a
+                    // later change of theirs would refer to nothing); the
+                    // re-read point stays, so a restart raises them again.
+                    tracing::error!(error = %e, alerts = ids.len(), "the database refused alert changes; they are not stored and not sent");
+                    self.refused = true;
+                    let new: Vec<AlertId> = events
+                        .iter()
+                        .filter(|e| e.what == Change::Raised)
+                        .map(|e| e.alert)
+                        .collect();
+                    for id in &new {
+                        self.router.book().forget(*id);
+                        self.devices.remove(id);
+                        self.triggers.remove(id);
+                    }
+                    for (reply, result) in replies {
+                        let _ = reply.send(result.and(Err(ActionError::NotStored)));
+                    }
+                    return;
                 }
             }
         };
+        if !self.refused {
+            self.stored_watermark = self.stored_watermark.max(self.watermark);
+        }
         for id in &conflicts {
             self.shared.metrics.alert_key_conflicts.inc();
             self.router.book().forget(*id);
             self.devices.remove(id);
             self.triggers.remove(id);
         }
-        self.stored_watermark = self.stored_watermark.max(self.watermark);
         let m = &self.shared.metrics;
         for e in &events {
             if conflicts.contains(&e.alert) {
@@ -896,9 +1014,17 @@ impl Alerter {
                 (&self.webhook, "webhook")
             };
             let id = d.id;
-            if let Err(mpsc::error::TrySendError::Full(_)) = q.try_send(d) {
-                m.delivery_overflow.with_label_values(&[name]).inc();
-                spilled.push(id);
+            delivery::hold(&self.held, id);
+            match q.try_send(d) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    delivery::release(&self.held, &[id]);
+                    m.delivery_overflow.with_label_values(&[name]).inc();
+                    spilled.push(id);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    delivery::release(&self.held, &[id]);
+                }
             }
         }
         if !spilled.is_empty() {
@@ -1218,12 +1344,14 @@ async fn store(
             )
             .collect();
     }
-    sqlx::query(
-        "UPDATE alert_progress SET processed_to = greatest(processed_to, 'epoch'::timestamptz + $1 * interval '1 millisecond') WHERE id = 1",
-    )
-    .bind(al.watermark)
-    .execute(&mut *tx)
-    .await?;
+    if !al.refused {
+        sqlx::query(
+            "UPDATE alert_progress SET processed_to = greatest(processed_to, 'epoch'::timestamptz + $1 * interval '1 millisecond') WHERE id = 1",
+        )
+        .bind(al.watermark)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     Ok((delivered, conflicts))
 }

@@ -74,6 +74,34 @@ pub struct Senders {
     pub metrics: Metrics,
     /// Settings.
     pub cfg: AlertConfig,
+    /// Deliveries a sender holds (queued or in flight): the sweeper leaves
+    /// them alone even when their lease has run out.
+    pub held: Held,
+}
+
+/// Delivery ids held in memory by a sender.
+pub type Held = Arc<Mutex<rustc_hash::FxHashSet<i64>>>;
+
+/// Marks `id` held; false if it already was.
+pub fn hold(held: &Held, id: i64) -> bool {
+    held.lock().unwrap_or_else(|e| e.into_inner()).insert(id)
+}
+
+/// Releases `ids`.
+pub fn release(held: &Held, ids: &[i64]) {
+    let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
+    for id in ids {
+        h.remove(id);
+    }
+}
+
+/// Releases a held delivery when dropped (whatever way its task ends).
+struct Holding<'a>(&'a Held, i64);
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        release(self.0, &[self.1]);
+    }
 }
 
 fn now_ms() -> i64 {
@@ -161,6 +189,7 @@ pub async fn mqtt(
         }
     });
     let poll_track = track.clone();
+    let poll_held = s.held.clone();
     let m = s.metrics.clone();
     let poll_stop = stop.clone();
     tokio::spawn(async move {
@@ -184,11 +213,15 @@ pub async fn mqtt(
                         .remove(&ack.pkid);
                     if let Some((id, live)) = d {
                         observe_latency(&m, "mqtt", live);
+                        release(&poll_held, &[id]);
                         let _ = done_tx.send(id);
                     }
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    // An `Outgoing::Publish` queued before a failed write would
+                    // surface after the reconnect and shift the matching.
+                    eventloop.state.events.clear();
                     // The event loop dropped what was unacknowledged (clean
                     // session): due again at once, for the sweeper.
                     let lost: Vec<i64> = {
@@ -210,6 +243,7 @@ pub async fn mqtt(
                     };
                     let n = lost.len();
                     if n > 0 {
+                        release(&poll_held, &lost);
                         let _ = lost_tx.send(lost);
                     }
                     m.delivery_failures
@@ -246,6 +280,7 @@ pub async fn mqtt(
         if r.is_err() {
             // The event loop is gone: nothing will be written.
             t.queued.pop_back();
+            release(&s.held, &[d.id]);
         }
     }
 }
@@ -341,6 +376,7 @@ async fn deliver_webhook(
     stop: &CancellationToken,
 ) {
     let m = &s.metrics;
+    let _holding = Holding(&s.held, d.id);
     loop {
         let hook: Option<(String, String, i32, bool)> = match sqlx::query_as(
             "SELECT url, secret, max_attempts, active FROM webhooks WHERE id = $1::text::int8",
@@ -355,7 +391,7 @@ async fn deliver_webhook(
         };
         let Some((url, secret, max_attempts, active)) = hook else {
             let _ = sqlx::query(
-                "UPDATE alert_deliveries SET state = 'dead', last_error = 'webhook deleted' WHERE id = $1",
+                "UPDATE alert_deliveries SET state = 'dead', last_error = 'webhook deleted' WHERE id = $1 AND state = 'pending'",
             )
             .bind(d.id)
             .execute(&s.pool)
@@ -364,6 +400,14 @@ async fn deliver_webhook(
             return;
         };
         if !active {
+            // Paused by the agency: look again in 5 minutes.
+            let _ = sqlx::query(
+                "UPDATE alert_deliveries SET next_attempt_at = now() + interval '5 minutes' \
+                 WHERE id = $1 AND state = 'pending'",
+            )
+            .bind(d.id)
+            .execute(&s.pool)
+            .await;
             return;
         }
         let r = {
@@ -386,7 +430,7 @@ async fn deliver_webhook(
                 observe_latency(m, "webhook", d.live_event_ms);
                 let _ = sqlx::query(
                     "UPDATE alert_deliveries SET state = 'delivered', delivered_at = now(), attempts = $2, last_error = NULL \
-                     WHERE id = $1",
+                     WHERE id = $1 AND state = 'pending'",
                 )
                 .bind(d.id)
                 .bind(d.attempts)
@@ -402,7 +446,7 @@ async fn deliver_webhook(
                     "UPDATE alert_deliveries SET attempts = $2, last_error = $3, \
                          state = CASE WHEN $4 THEN 'dead' ELSE state END, \
                          next_attempt_at = now() + ($5::int8 + $6::int8 * 1000) * interval '1 millisecond' \
-                     WHERE id = $1",
+                     WHERE id = $1 AND state = 'pending'",
                 )
                 .bind(d.id)
                 .bind(d.attempts)
@@ -450,52 +494,64 @@ pub async fn sweeper(
             _ = wake.notified() => {}
             _ = stop.cancelled() => return,
         }
-        loop {
-            // Take only what the queues have room for: a lease runs while queued.
-            let room = mqtt.capacity().min(webhook.capacity()).min(1_000) as i64;
-            if room == 0 {
-                break;
+        for (channel, q) in [("mqtt", &mqtt), ("webhook", &webhook)] {
+            if !sweep(&s, channel, q).await {
+                return;
             }
-            let rows: Result<Vec<SweptRow>, _> =
-                sqlx::query_as(
-                    "UPDATE alert_deliveries d SET next_attempt_at = now() + $1 * interval '1 second' \
-                     FROM (SELECT id FROM alert_deliveries WHERE state = 'pending' AND next_attempt_at <= now() \
-                           ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) due \
-                     WHERE d.id = due.id \
-                     RETURNING d.id, d.alert_id, d.version, d.channel, d.target, d.payload, d.attempts, \
-                               (extract(epoch FROM d.live_event_at) * 1000)::int8",
-                )
-                .bind(i64::from(s.cfg.delivery_lease_s))
-                .bind(room)
-                .fetch_all(&s.pool)
-                .await;
-            let rows = match rows {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(error = %e, "delivery sweep failed; will retry");
-                    break;
-                }
+        }
+    }
+}
+
+/// Sends what is due on one channel, as much as its queue has room for (a
+/// lease runs while queued). False when the sender is gone.
+async fn sweep(s: &Senders, channel: &str, q: &mpsc::Sender<Delivery>) -> bool {
+    loop {
+        let room = q.capacity().min(1_000) as i64;
+        if room == 0 {
+            return true;
+        }
+        let rows: Result<Vec<SweptRow>, _> = sqlx::query_as(
+            "UPDATE alert_deliveries d SET next_attempt_at = now() + $1 * interval '1 second' \
+             FROM (SELECT id FROM alert_deliveries WHERE state = 'pending' AND next_attempt_at <= now() \
+                   AND channel = $3 ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) due \
+             WHERE d.id = due.id \
+             RETURNING d.id, d.alert_id, d.version, d.channel, d.target, d.payload, d.attempts, \
+                       (extract(epoch FROM d.live_event_at) * 1000)::int8",
+        )
+        .bind(i64::from(s.cfg.delivery_lease_s))
+        .bind(room)
+        .bind(channel)
+        .fetch_all(&s.pool)
+        .await;
+        let rows = match rows {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, channel, "delivery sweep failed; will retry");
+                return true;
+            }
+        };
+        let n = rows.len();
+        for (id, alert, version, channel, target, payload, attempts, live) in rows {
+            // Still with a sender (slow, not lost): its lease was just renewed.
+            if !hold(&s.held, id) {
+                continue;
+            }
+            let d = Delivery {
+                id,
+                alert,
+                version,
+                channel,
+                target,
+                payload: Bytes::from(payload),
+                attempts,
+                live_event_ms: live,
             };
-            let n = rows.len();
-            for (id, alert, version, channel, target, payload, attempts, live) in rows {
-                let d = Delivery {
-                    id,
-                    alert,
-                    version,
-                    channel,
-                    target,
-                    payload: Bytes::from(payload),
-                    attempts,
-                    live_event_ms: live,
-                };
-                let q = if d.channel == "mqtt" { &mqtt } else { &webhook };
-                if q.send(d).await.is_err() {
-                    return;
-                }
+            if q.send(d).await.is_err() {
+                return false;
             }
-            if (n as i64) < room {
-                break;
-            }
+        }
+        if (n as i64) < room {
+            return true;
         }
     }
 }

@@ -7,7 +7,10 @@
 //! server-sent events (the notification JSON; `lagged` when a slow reader
 //! missed some, which `alert_deliveries` still has).
 
-use crate::alerting::Command;
+use crate::alerting::{ActionError, Command};
+
+/// Longest officer's note taken.
+pub const MAX_NOTE_BYTES: usize = 4_096;
 use crate::pipeline::Shared;
 use alerts::BookError;
 use axum::Router;
@@ -91,10 +94,19 @@ fn ok(b: bool) -> &'static str {
 
 async fn act(
     s: &HttpState,
-    make: impl FnOnce(tokio::sync::oneshot::Sender<Result<(), BookError>>) -> Command,
+    note: Option<String>,
+    make: impl FnOnce(crate::alerting::Reply, Option<String>) -> Command,
 ) -> (StatusCode, String) {
+    if let Some(n) = &note
+        && (n.len() > MAX_NOTE_BYTES || n.contains('\0'))
+    {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("a note is text of at most {MAX_NOTE_BYTES} bytes, without NUL characters\n"),
+        );
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
-    if s.alerting.commands.send(make(tx)).await.is_err() {
+    if s.alerting.commands.send(make(tx, note)).await.is_err() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "alert service stopped\n".into(),
@@ -102,11 +114,19 @@ async fn act(
     }
     match rx.await {
         Ok(Ok(())) => (StatusCode::OK, "ok\n".into()),
-        Ok(Err(e @ BookError::Unknown(_))) => (StatusCode::NOT_FOUND, format!("{e}\n")),
-        Ok(Err(e @ BookError::Resolved(_))) => (StatusCode::CONFLICT, format!("{e}\n")),
-        Ok(Err(e @ BookError::NoteRequired(_))) => {
+        Ok(Err(ActionError::Book(e @ BookError::Unknown(_)))) => {
+            (StatusCode::NOT_FOUND, format!("{e}\n"))
+        }
+        Ok(Err(ActionError::Book(e @ BookError::Resolved(_)))) => {
+            (StatusCode::CONFLICT, format!("{e}\n"))
+        }
+        Ok(Err(ActionError::Book(e @ BookError::NoteRequired(_)))) => {
             (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n"))
         }
+        Ok(Err(ActionError::NotStored)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database refused the change; try again\n".into(),
+        ),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "alert service stopped\n".into(),
@@ -119,10 +139,10 @@ async fn acknowledge(
     Path(id): Path<u64>,
     Json(a): Json<Action>,
 ) -> impl IntoResponse {
-    act(&s, |reply| Command::Acknowledge {
+    act(&s, a.note, |reply, note| Command::Acknowledge {
         alert: id,
         officer: a.officer_id,
-        note: a.note,
+        note,
         reply,
     })
     .await
@@ -133,10 +153,10 @@ async fn resolve(
     Path(id): Path<u64>,
     Json(a): Json<Action>,
 ) -> impl IntoResponse {
-    act(&s, |reply| Command::Resolve {
+    act(&s, a.note, |reply, note| Command::Resolve {
         alert: id,
         officer: a.officer_id,
-        note: a.note,
+        note,
         reply,
     })
     .await

@@ -435,6 +435,9 @@ pub async fn run(config: &Config, pool: PgPool) -> Result<(), StartError> {
             "shutdown took longer than 10 s; exiting with messages unacked (the broker redelivers them)"
         );
     }
+    if svc.shared.failed.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(StartError::Failed);
+    }
     Ok(())
 }
 

@@ -477,6 +477,7 @@ async fn a_scenario_gives_exactly_its_alerts_and_they_reach_officers_and_webhook
         vec![
             post(p_ack, r#"{"officer_id": 1}"#),
             post(p_res.clone(), r#"{"officer_id": 1}"#),
+            post(p_res.clone(), r#"{"officer_id": 1, "note": "a\u0000b"}"#),
             post(
                 p_res.clone(),
                 r#"{"officer_id": 1, "note": "strap refitted at the office"}"#,
@@ -490,7 +491,7 @@ async fn a_scenario_gives_exactly_its_alerts_and_they_reach_officers_and_webhook
     })
     .await
     .expect("curl runs");
-    assert_eq!(codes, vec!["200", "422", "200", "409", "404"]);
+    assert_eq!(codes, vec!["200", "422", "422", "200", "409", "404"]);
     let (state, note): (String, Option<String>) = sqlx::query_as(
         "SELECT a.state, e.note FROM alerts a JOIN alert_events e ON e.alert_id = a.id AND e.version = a.version \
          WHERE a.id = $1",
