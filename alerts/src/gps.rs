@@ -150,4 +150,16 @@ mod tests {
             })
         ));
     }
+
+    #[test]
+    fn a_device_marked_failing_is_restored_by_its_next_fix() {
+        let mut w = GpsWatch::new(600);
+        w.start(2, 1_000);
+        w.mark_failing(2);
+        assert_eq!(w.report(2, 5_000, false, true), None, "not raised again");
+        assert_eq!(
+            w.report(2, 5_100, true, false),
+            Some(GpsEvent::Restored { device: 2 })
+        );
+    }
 }

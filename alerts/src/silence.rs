@@ -272,5 +272,26 @@ mod tests {
         assert!(w.seen(1, 5).is_none(), "an unwatched device is ignored");
     }
 
+    /// A device restored as silent (an open alert after a restart) does not
+    /// fire again, and its next message is `BackOnline`.
+    #[test]
+    fn a_device_marked_silent_fires_back_online_only() {
+        let mut w = SilenceWheel::new(64, 0);
+        w.watch(4, 10, 0);
+        w.mark_silent(4);
+        let mut out = Vec::new();
+        w.poll(100, &mut out);
+        assert!(out.is_empty(), "already reported");
+        assert_eq!(
+            w.seen(4, 101),
+            Some(SilenceEvent::BackOnline {
+                device: 4,
+                at_s: 101
+            })
+        );
+        w.poll(111, &mut out);
+        assert_eq!(silent(&out), vec![4], "and watched again");
+    }
+
     // 100,000 devices on tokio's paused clock: tests/paused_time.rs.
 }
