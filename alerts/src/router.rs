@@ -83,6 +83,22 @@ pub enum DeviceEvent {
     ChargerDisconnected,
 }
 
+impl DeviceEvent {
+    /// The alert-worthy device event of a protocol event kind, if it is one.
+    pub fn of(k: protocol::EventKind) -> Option<DeviceEvent> {
+        use protocol::EventKind as K;
+        Some(match k {
+            K::StrapOpened => DeviceEvent::StrapOpened,
+            K::CaseOpened => DeviceEvent::CaseOpened,
+            K::BatteryLow => DeviceEvent::BatteryLow,
+            K::BatteryCritical => DeviceEvent::BatteryCritical,
+            K::ChargerConnected => DeviceEvent::ChargerConnected,
+            K::ChargerDisconnected => DeviceEvent::ChargerDisconnected,
+            _ => return None,
+        })
+    }
+}
+
 /// One thing that happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Input {

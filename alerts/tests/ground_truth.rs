@@ -18,7 +18,7 @@ use device_sim::stream::{Scenario, ScenarioConfig};
 use device_sim::truth::{EpisodeKind, Record};
 use device_sim::world::{World, WorldConfig};
 use geofence::{Outcome, Position, SubjectId};
-use protocol::{Body, EventKind};
+use protocol::Body;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -157,14 +157,8 @@ fn a_scenario_gives_exactly_the_alerts_its_ground_truth_implies() {
             Body::Events(events) => {
                 let Some(s) = subject else { continue };
                 for e in events {
-                    let event = match e.kind {
-                        EventKind::StrapOpened => DeviceEvent::StrapOpened,
-                        EventKind::CaseOpened => DeviceEvent::CaseOpened,
-                        EventKind::BatteryLow => DeviceEvent::BatteryLow,
-                        EventKind::BatteryCritical => DeviceEvent::BatteryCritical,
-                        EventKind::ChargerConnected => DeviceEvent::ChargerConnected,
-                        EventKind::ChargerDisconnected => DeviceEvent::ChargerDisconnected,
-                        _ => continue,
+                    let Some(event) = DeviceEvent::of(e.kind) else {
+                        continue;
                     };
                     router.handle(
                         Input::Event {

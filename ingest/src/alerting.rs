@@ -98,18 +98,6 @@ fn transition_kind(s: &str) -> Option<TransitionKind> {
     .find(|k| k.as_str() == s)
 }
 
-fn device_event(k: EventKind) -> Option<DeviceEvent> {
-    Some(match k {
-        EventKind::StrapOpened => DeviceEvent::StrapOpened,
-        EventKind::CaseOpened => DeviceEvent::CaseOpened,
-        EventKind::BatteryLow => DeviceEvent::BatteryLow,
-        EventKind::BatteryCritical => DeviceEvent::BatteryCritical,
-        EventKind::ChargerConnected => DeviceEvent::ChargerConnected,
-        EventKind::ChargerDisconnected => DeviceEvent::ChargerDisconnected,
-        _ => return None,
-    })
-}
-
 fn alert_type(s: &str) -> Option<AlertType> {
     AlertType::ALL.into_iter().find(|t| t.as_str() == s)
 }
@@ -625,7 +613,7 @@ impl Alerter {
             }
         }
         for (device, subject, kind, at, late) in events {
-            let Some(ev) = device_event(event_kind(&kind)) else {
+            let Some(ev) = DeviceEvent::of(event_kind(&kind)) else {
                 continue;
             };
             let r = self.router.handle(
@@ -730,7 +718,7 @@ impl Alerter {
             }
         }
         for e in &o.events {
-            let Some(ev) = device_event(e.kind) else {
+            let Some(ev) = DeviceEvent::of(e.kind) else {
                 continue;
             };
             let r = self.router.handle(
