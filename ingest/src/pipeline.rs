@@ -488,6 +488,8 @@ struct Checked {
     device: String,
     dev: crate::reference::DeviceRef,
     body: Body,
+    /// Its newest record time (ms).
+    newest_ms: i64,
 }
 
 /// A fix row to store.
@@ -674,6 +676,7 @@ async fn process(shared: &Shared, states: &mut FxHashMap<String, DevState>, batc
                 device: device.to_owned(),
                 dev: dev.clone(),
                 body: msg.uplink.body,
+                newest_ms: newest.unwrap_or(0),
             });
         }
     }
@@ -822,26 +825,15 @@ async fn process(shared: &Shared, states: &mut FxHashMap<String, DevState>, batc
                 }
             }
         }
-        if let (DeviceKind::Bracelet, Some(subject)) = (c.dev.kind, c.dev.subject) {
-            let (time_ms, fix, motion) = match &c.body {
-                Body::Fixes(v) => (v.iter().map(|f| f.time.as_millisecond()).max(), true, false),
-                Body::Events(v) => (
-                    v.iter().map(|e| e.time.as_millisecond()).max(),
-                    false,
-                    false,
-                ),
-                Body::Heartbeats(v) => (
-                    v.iter().map(|h| h.time.as_millisecond()).max(),
-                    false,
-                    v.iter().any(|h| h.flags.motion),
-                ),
-            };
+        if let (DeviceKind::Bracelet, Some(subject), Ok(device)) =
+            (c.dev.kind, c.dev.subject, u32::try_from(c.dev.engine.0))
+        {
             rows.reports.push(Report {
-                device: u32::try_from(c.dev.engine.0).unwrap_or(u32::MAX),
+                device,
                 subject: subject.0,
-                time_ms: time_ms.unwrap_or(0),
-                fix,
-                motion,
+                time_ms: c.newest_ms,
+                fix: matches!(c.body, Body::Fixes(_)),
+                motion: matches!(&c.body, Body::Heartbeats(v) if v.iter().any(|h| h.flags.motion)),
             });
         }
     }
