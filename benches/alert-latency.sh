@@ -21,22 +21,7 @@ cd "$(dirname "$0")/.."
 . benches/lib.sh
 SECS=${1:-30}
 SUBJECTS=20000
-cargo build --release -q -p device-sim -p ingest
-SIM=target/release/device-sim
-EMT=target/release/emtrack
-PG="psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -qAt"
-DB=emtrack_bench_alerts
-URL=postgres://postgres@127.0.0.1:5432/$DB
-HTTP=$(free_port)
-DIR=$(mktemp -d)
-EMTRACK=
-cleanup() {
-  [ -n "$EMTRACK" ] && kill "$EMTRACK" 2>/dev/null || true
-  kill ${BROKER:-} 2>/dev/null || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-start_broker "$DIR"
+bench_setup emtrack_bench_alerts
 # wait_delivered DEADLINE_S: until no alert notification is pending.
 wait_delivered() {
   local end=$(( $(date +%s) + $1 ))
@@ -50,13 +35,7 @@ $PG -d postgres -c "DROP DATABASE IF EXISTS $DB"
 $SIM world --subjects $SUBJECTS --skew-share 0 --out "$DIR/world" > /dev/null
 $EMT --database-url "$URL" migrate > /dev/null
 $EMT --database-url "$URL" import-world "$DIR/world" > /dev/null
-$EMT --database-url "$URL" --mqtt-port "$PORT" --http-listen "127.0.0.1:$HTTP" \
-  --mqtt-client-id emtrack-bench-alerts run 2> "$DIR/emtrack.log" &
-EMTRACK=$!
-for _ in $(seq 600); do
-  curl -sf "http://127.0.0.1:$HTTP/readyz" > /dev/null && break
-  sleep 0.1
-done
+run_emtrack emtrack-bench-alerts
 
 # Each phase plays its own stretch of time (from 3, 2 and 1 days back, 20
 # hours each): a phase replaying what an earlier one stored would measure

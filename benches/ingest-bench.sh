@@ -24,35 +24,11 @@ cd "$(dirname "$0")/.."
 . benches/lib.sh
 FIXES=${1:-500000}
 SUBJECTS=20000
-cargo build --release -q -p device-sim -p ingest
-SIM=target/release/device-sim
-EMT=target/release/emtrack
-PG="psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -qAt"
-DB=emtrack_bench
-URL=postgres://postgres@127.0.0.1:5432/$DB
-HTTP=$(free_port)
-DIR=$(mktemp -d)
-EMTRACK=
-cleanup() {
-  [ -n "$EMTRACK" ] && kill "$EMTRACK" 2>/dev/null || true
-  kill ${BROKER:-} 2>/dev/null || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-start_broker "$DIR"
+bench_setup emtrack_bench
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
-start_emtrack() {
-  $EMT --database-url "$URL" --mqtt-port "$PORT" --http-listen "127.0.0.1:$HTTP" \
-    --mqtt-client-id emtrack-bench run 2> "$DIR/emtrack.log" &
-  EMTRACK=$!
-  for _ in $(seq 600); do
-    curl -sf "http://127.0.0.1:$HTTP/readyz" > /dev/null && return 0
-    sleep 0.1
-  done
-  echo "emtrack did not become ready:" >&2; tail "$DIR/emtrack.log" >&2; exit 1
-}
+start_emtrack() { run_emtrack emtrack-bench; }
 # Stop emtrack, then end its persistent session (a clean-session connect under
 # the same client id), so the broker stops queueing for it in later phases.
 stop_emtrack() {

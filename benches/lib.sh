@@ -1,5 +1,5 @@
-# Sourced by the benches/*.sh scripts: reading a running emtrack's metrics.
-# Needs HTTP (its metrics port).
+# Sourced by the benches/*.sh scripts: the common set-up (bench_setup) and
+# reading a running emtrack's metrics (needs HTTP, its metrics port).
 
 # metric NAME: the value of an unlabelled metric.
 metric() { curl -s "http://127.0.0.1:$HTTP/metrics" | awk -v n="$1" '$1 == n { print $2 }'; }
@@ -16,4 +16,45 @@ wait_acked() {
     [ "$(date +%s)" -ge $end ] && { echo "only ${a:-0} of $1 acked" >&2; return 1; }
     sleep 0.05
   done
+}
+
+# bench_setup DATABASE: what every bench script starts with: the release
+# binaries built (SIM, EMT), psql on the local server (PG), the bench's
+# database (DB, URL; dropped and recreated by the script), a free HTTP port
+# (HTTP), a scratch directory (DIR) and a private broker in it (PORT,
+# BROKER); emtrack (EMTRACK, once started) and the broker are stopped and
+# DIR removed on exit.
+bench_setup() {
+  cargo build --release -q -p device-sim -p emtrack
+  SIM=target/release/device-sim
+  EMT=target/release/emtrack
+  PG="psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -qAt"
+  DB=$1
+  URL=postgres://postgres@127.0.0.1:5432/$DB
+  HTTP=$(free_port)
+  DIR=$(mktemp -d)
+  EMTRACK=
+  trap bench_cleanup EXIT
+  start_broker "$DIR"
+}
+
+bench_cleanup() {
+  [ -n "${EMTRACK:-}" ] && kill "$EMTRACK" 2>/dev/null || true
+  kill ${BROKER:-} 2>/dev/null || true
+  rm -rf "$DIR"
+}
+
+# run_emtrack CLIENT_ID [PREFIX...]: starts `$EMT run` (behind PREFIX, such as
+# valgrind) on the bench's database and broker, and waits until /readyz says
+# ready (up to 10 minutes: under valgrind, startup is slow).
+run_emtrack() {
+  local client=$1; shift
+  "$@" "$EMT" --database-url "$URL" --mqtt-port "$PORT" --http-listen "127.0.0.1:$HTTP" \
+    --mqtt-client-id "$client" run 2> "$DIR/emtrack.log" &
+  EMTRACK=$!
+  for _ in $(seq 6000); do
+    curl -sf "http://127.0.0.1:$HTTP/readyz" > /dev/null && return 0
+    sleep 0.1
+  done
+  echo "emtrack did not become ready:" >&2; tail "$DIR/emtrack.log" >&2; exit 1
 }

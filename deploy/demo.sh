@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 SUBJECTS=${1:-600}
 SECS=${2:-60}
 HOURS=24
-cargo build --release -q -p device-sim -p ingest
+cargo build --release -q -p device-sim -p emtrack
 SIM=target/release/device-sim
 EMT=target/release/emtrack
 DB=emtrack_demo

@@ -51,6 +51,29 @@ pub enum AlertState {
     Resolved,
 }
 
+impl AlertState {
+    /// Every state.
+    pub const ALL: [AlertState; 3] = [
+        AlertState::Open,
+        AlertState::Acknowledged,
+        AlertState::Resolved,
+    ];
+
+    /// Stable label, for storage and payloads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Open => "open",
+            AlertState::Acknowledged => "acknowledged",
+            AlertState::Resolved => "resolved",
+        }
+    }
+
+    /// The state whose [`AlertState::as_str`] label is `name`.
+    pub fn from_name(name: &str) -> Option<AlertState> {
+        AlertState::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
 /// Who escalation has reached: 0 the officer, 1 the supervisor, 2 the duty desk.
 pub type Level = u8;
 
@@ -110,6 +133,19 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// Stable label, for storage and payloads (`change`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Change::Raised => "raised",
+            Change::Repeated => "repeated",
+            Change::Acknowledged => "acknowledged",
+            Change::Escalated(_) => "escalated",
+            Change::Resolved { .. } => "resolved",
+        }
+    }
+}
+
 /// One line of the alert log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AlertEvent {
@@ -148,6 +184,20 @@ pub enum BookError {
     Resolved(AlertId),
     /// Tamper alerts (and manual resolutions in general) need a note.
     NoteRequired(AlertId),
+    /// A note over [`MAX_NOTE_BYTES`] or with a NUL character.
+    BadNote(AlertId),
+}
+
+/// Longest officer's note taken, in bytes.
+pub const MAX_NOTE_BYTES: usize = 4_096;
+
+/// What an officer does to an alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OfficerAction {
+    /// Take it: escalation stops ([`AlertBook::acknowledge`]).
+    Acknowledge,
+    /// Close it, with a note ([`AlertBook::resolve`]).
+    Resolve,
 }
 
 impl fmt::Display for BookError {
@@ -158,6 +208,11 @@ impl fmt::Display for BookError {
             BookError::NoteRequired(id) => {
                 write!(f, "alert {} can only be resolved with a note", id.0)
             }
+            BookError::BadNote(id) => write!(
+                f,
+                "the note on alert {} must be text of at most {MAX_NOTE_BYTES} bytes, without NUL characters",
+                id.0
+            ),
         }
     }
 }
@@ -309,6 +364,7 @@ impl AlertBook {
         note: Option<String>,
         now_ms: i64,
     ) -> Result<(), BookError> {
+        check_note(id, note.as_deref())?;
         let a = self.alerts.get_mut(&id).ok_or(BookError::Unknown(id))?;
         match a.state {
             AlertState::Resolved => return Err(BookError::Resolved(id)),
@@ -336,6 +392,7 @@ impl AlertBook {
         note: Option<String>,
         now_ms: i64,
     ) -> Result<(), BookError> {
+        check_note(id, note.as_deref())?;
         let a = self.alerts.get(&id).ok_or(BookError::Unknown(id))?;
         if a.state == AlertState::Resolved {
             return Err(BookError::Resolved(id));
@@ -464,6 +521,15 @@ impl AlertBook {
     /// Drains the log lines written since the last call.
     pub fn take_events(&mut self) -> Vec<AlertEvent> {
         std::mem::take(&mut self.events)
+    }
+}
+
+/// An officer's note is bounded text: it goes to every recipient and into
+/// `alert_events`.
+fn check_note(id: AlertId, note: Option<&str>) -> Result<(), BookError> {
+    match note {
+        Some(n) if n.len() > MAX_NOTE_BYTES || n.contains('\0') => Err(BookError::BadNote(id)),
+        _ => Ok(()),
     }
 }
 

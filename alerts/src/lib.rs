@@ -13,9 +13,9 @@
 //! - `router`: violation transitions, device events, silences and location
 //!   failures to raises and resolutions.
 //!
-//! The runtime around it (persistence, the input from the pipeline, delivery
-//! over MQTT, webhooks and the in-process broadcast) lives in
-//! `ingest::alerting`, beside the database and broker it needs.
+//! The runtime around it (persistence, the input from ingest, delivery over
+//! MQTT, webhooks and the in-process broadcast) is the `alert-service` crate,
+//! beside the database and broker it needs.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -28,7 +28,7 @@ pub mod silence;
 
 pub use book::{
     Actor, Alert, AlertBook, AlertEvent, AlertId, AlertKey, AlertState, BookError, Change, Level,
-    Raised,
+    MAX_NOTE_BYTES, OfficerAction, Raised,
 };
 pub use gps::{GpsEvent, GpsWatch};
 pub use policy::{AlertType, Policy, Severity};

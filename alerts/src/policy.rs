@@ -47,6 +47,11 @@ impl AlertType {
         AlertType::ChargerDisconnected,
     ];
 
+    /// The type whose [`AlertType::as_str`] label is `name`.
+    pub fn from_name(name: &str) -> Option<AlertType> {
+        AlertType::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
     /// Stable snake_case label, for storage, payloads and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -102,6 +107,14 @@ pub enum Severity {
 }
 
 impl Severity {
+    /// Every severity, most urgent first.
+    pub const ALL: [Severity; 3] = [Severity::Critical, Severity::Serious, Severity::Info];
+
+    /// The severity whose [`Severity::as_str`] label is `name`.
+    pub fn from_name(name: &str) -> Option<Severity> {
+        Severity::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     /// Stable label.
     pub fn as_str(self) -> &'static str {
         match self {

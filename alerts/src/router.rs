@@ -16,7 +16,10 @@
 //! Historical transitions (from late store-and-forward uploads) raise alerts
 //! marked `historical` with their true time; their ends resolve them.
 
-use crate::book::{Alert, AlertBook, AlertKey, AlertState, Raised};
+use crate::book::{
+    Alert, AlertBook, AlertEvent, AlertId, AlertKey, AlertState, BookError, Level, OfficerAction,
+    Raised,
+};
 use crate::policy::AlertType;
 use std::collections::HashMap;
 
@@ -189,15 +192,60 @@ impl Router {
         }
     }
 
-    /// The alert book.
-    pub fn book(&mut self) -> &mut AlertBook {
-        &mut self.book
+    /// The alert book, to read. Changes go through the router, so that its
+    /// episodes and conditions always match the book.
+    pub fn book(&self) -> &AlertBook {
+        &self.book
     }
 
-    /// Takes back an unresolved alert restored from the store (after a
-    /// restart), so that the end of its episode, a charger or the device
-    /// speaking again resolves it, and a repeat of its condition updates it.
-    pub fn adopt(&mut self, alert: &Alert) {
+    /// Puts back an alert read from the store (after a restart): the book
+    /// keeps it (dedup, escalation deadline), and, if unresolved, the end of
+    /// its episode, a charger or the device speaking again resolves it, and a
+    /// repeat of its condition updates it.
+    pub fn restore(&mut self, alert: Alert) {
+        self.adopt(&alert);
+        self.book.restore(alert);
+    }
+
+    /// An officer acknowledges ([`AlertBook::acknowledge`]) or resolves
+    /// ([`AlertBook::resolve`]) an alert.
+    pub fn act(
+        &mut self,
+        id: AlertId,
+        officer: u64,
+        action: OfficerAction,
+        note: Option<String>,
+        now_ms: i64,
+    ) -> Result<(), BookError> {
+        match action {
+            OfficerAction::Acknowledge => self.book.acknowledge(id, officer, note, now_ms),
+            OfficerAction::Resolve => self.book.resolve(id, officer, note, now_ms),
+        }
+    }
+
+    /// Escalates what is due at `now_ms` ([`AlertBook::escalate_due`]).
+    pub fn escalate_due(&mut self, now_ms: i64) -> Vec<(AlertId, Level)> {
+        self.book.escalate_due(now_ms)
+    }
+
+    /// Drains the book's log lines ([`AlertBook::take_events`]).
+    pub fn take_events(&mut self) -> Vec<AlertEvent> {
+        self.book.take_events()
+    }
+
+    /// Drops an alert the store refused or already has under another id
+    /// ([`AlertBook::forget`]).
+    pub fn forget(&mut self, id: AlertId) {
+        self.book.forget(id);
+    }
+
+    /// Drops alerts resolved before `before_ms` from memory
+    /// ([`AlertBook::forget_resolved`]).
+    pub fn forget_resolved(&mut self, before_ms: i64) -> usize {
+        self.book.forget_resolved(before_ms)
+    }
+
+    fn adopt(&mut self, alert: &Alert) {
         if alert.state == AlertState::Resolved {
             return;
         }
@@ -265,23 +313,7 @@ impl Router {
             } => {
                 let slot = (subject, kind, scope, historical);
                 if start {
-                    // A start while the slot's episode is still open (the
-                    // engine lost track of it, e.g. a rebuild that did not
-                    // reach back to its start) continues that episode.
-                    if let Some(open) = self.episodes.get(&slot).copied()
-                        && open.episode_ms != at_ms
-                        && self.is_open(&open)
-                    {
-                        return Some(self.book.raise(open, at_ms, historical, now_ms));
-                    }
-                    let key = AlertKey {
-                        subject,
-                        kind: kind.alert(),
-                        scope,
-                        episode_ms: at_ms,
-                    };
-                    self.episodes.insert(slot, key);
-                    Some(self.book.raise(key, at_ms, historical, now_ms))
+                    Some(self.start_episode(slot, at_ms, now_ms))
                 } else {
                     if let Some(key) = self.episodes.remove(&slot) {
                         self.book.end_episode(&key, now_ms);
@@ -294,50 +326,7 @@ impl Router {
                 event,
                 at_ms,
                 historical,
-            } => {
-                let key = |kind| AlertKey {
-                    subject,
-                    kind,
-                    scope: 0,
-                    episode_ms: at_ms,
-                };
-                match event {
-                    DeviceEvent::StrapOpened => Some(self.book.raise(
-                        key(AlertType::StrapTamper),
-                        at_ms,
-                        historical,
-                        now_ms,
-                    )),
-                    DeviceEvent::CaseOpened => {
-                        Some(
-                            self.book
-                                .raise(key(AlertType::CaseTamper), at_ms, historical, now_ms),
-                        )
-                    }
-                    DeviceEvent::BatteryLow | DeviceEvent::BatteryCritical => {
-                        let kind = if event == DeviceEvent::BatteryLow {
-                            AlertType::BatteryLow
-                        } else {
-                            AlertType::BatteryCritical
-                        };
-                        Some(self.condition(subject, kind, at_ms, at_ms, now_ms))
-                    }
-                    DeviceEvent::ChargerConnected | DeviceEvent::ChargerDisconnected => {
-                        let kind = if event == DeviceEvent::ChargerConnected {
-                            for b in [AlertType::BatteryLow, AlertType::BatteryCritical] {
-                                self.end_condition(subject, b, now_ms);
-                            }
-                            AlertType::ChargerConnected
-                        } else {
-                            AlertType::ChargerDisconnected
-                        };
-                        let k = key(kind);
-                        let r = self.book.raise(k, at_ms, historical, now_ms);
-                        self.book.end_episode(&k, now_ms);
-                        Some(r)
-                    }
-                }
-            }
+            } => Some(self.event(subject, event, at_ms, historical, now_ms)),
             Input::Silent {
                 subject,
                 last_seen_ms,
@@ -366,6 +355,81 @@ impl Router {
             Input::LocationRestored { subject } => {
                 self.end_condition(subject, AlertType::LocationFailure, now_ms);
                 None
+            }
+        }
+    }
+
+    /// A violation episode starts in `slot` (subject, kind, scope, historical).
+    fn start_episode(
+        &mut self,
+        slot: (u64, ViolationKind, u64, bool),
+        at_ms: i64,
+        now_ms: i64,
+    ) -> Raised {
+        let (subject, kind, scope, historical) = slot;
+        // A start while the slot's episode is still open (the engine lost
+        // track of it, e.g. a rebuild that did not reach back to its start)
+        // continues that episode.
+        if let Some(open) = self.episodes.get(&slot).copied()
+            && open.episode_ms != at_ms
+            && self.is_open(&open)
+        {
+            return self.book.raise(open, at_ms, historical, now_ms);
+        }
+        let key = AlertKey {
+            subject,
+            kind: kind.alert(),
+            scope,
+            episode_ms: at_ms,
+        };
+        self.episodes.insert(slot, key);
+        self.book.raise(key, at_ms, historical, now_ms)
+    }
+
+    /// A device event: tamper opens an alert of its own, battery a condition
+    /// (ended by the charger), charger events are records (resolved at once).
+    fn event(
+        &mut self,
+        subject: u64,
+        event: DeviceEvent,
+        at_ms: i64,
+        historical: bool,
+        now_ms: i64,
+    ) -> Raised {
+        let key = |kind| AlertKey {
+            subject,
+            kind,
+            scope: 0,
+            episode_ms: at_ms,
+        };
+        match event {
+            DeviceEvent::StrapOpened => {
+                self.book
+                    .raise(key(AlertType::StrapTamper), at_ms, historical, now_ms)
+            }
+            DeviceEvent::CaseOpened => {
+                self.book
+                    .raise(key(AlertType::CaseTamper), at_ms, historical, now_ms)
+            }
+            DeviceEvent::BatteryLow => {
+                self.condition(subject, AlertType::BatteryLow, at_ms, at_ms, now_ms)
+            }
+            DeviceEvent::BatteryCritical => {
+                self.condition(subject, AlertType::BatteryCritical, at_ms, at_ms, now_ms)
+            }
+            DeviceEvent::ChargerConnected | DeviceEvent::ChargerDisconnected => {
+                let kind = if event == DeviceEvent::ChargerConnected {
+                    for b in [AlertType::BatteryLow, AlertType::BatteryCritical] {
+                        self.end_condition(subject, b, now_ms);
+                    }
+                    AlertType::ChargerConnected
+                } else {
+                    AlertType::ChargerDisconnected
+                };
+                let k = key(kind);
+                let r = self.book.raise(k, at_ms, historical, now_ms);
+                self.book.end_episode(&k, now_ms);
+                r
             }
         }
     }
@@ -500,8 +564,7 @@ mod tests {
         let stored: Vec<_> = before.book().alerts().cloned().collect();
         let mut after = Router::new(AlertBook::new(Policy::default(), 0));
         for a in stored {
-            after.adopt(&a);
-            after.book().restore(a);
+            after.restore(a);
         }
         assert!(matches!(
             after.handle(
@@ -531,15 +594,13 @@ mod tests {
                 .alerts()
                 .all(|a| a.state == AlertState::Resolved)
         );
-        let Raised::New(next) = after.book().raise(
-            AlertKey {
+        let Some(Raised::New(next)) = after.handle(
+            Input::Event {
                 subject: 3,
-                kind: AlertType::StrapTamper,
-                scope: 0,
-                episode_ms: 0,
+                event: DeviceEvent::StrapOpened,
+                at_ms: 0,
+                historical: false,
             },
-            0,
-            false,
             900,
         ) else {
             panic!("new")
@@ -561,9 +622,14 @@ mod tests {
         let Some(Raised::New(first)) = r.handle(low(1_000), 1_100) else {
             panic!("new")
         };
-        r.book()
-            .resolve(first, 3, Some("spoke to the subject".into()), 2_000)
-            .expect("resolved");
+        r.act(
+            first,
+            3,
+            OfficerAction::Resolve,
+            Some("spoke to the subject".into()),
+            2_000,
+        )
+        .expect("resolved");
         let Some(Raised::New(second)) = r.handle(low(3_000), 3_100) else {
             panic!("a new alert, not suppressed by the resolved one")
         };

@@ -13,41 +13,19 @@ use alerts::{
     AlertBook, AlertState, AlertType, DeviceEvent, Input, Policy, Router, SilenceEvent,
     SilenceWheel,
 };
-use device_sim::plan::Rates;
-use device_sim::stream::{Scenario, ScenarioConfig};
+use device_sim::testbed::{Screen, busy_scenario, busy_start};
 use device_sim::truth::{EpisodeKind, Record};
-use device_sim::world::{World, WorldConfig};
-use geofence::{Outcome, Position, SubjectId};
+use geofence::{Source, SubjectId};
 use protocol::Body;
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 /// Bracelets send a fix a minute, and a heartbeat every 5 minutes while they
 /// have no GPS (indoors); silent past 10 minutes is `no_communication`.
 const ALLOWANCE_S: u32 = 600;
-const MAX_SPEED_M_S: f64 = 300.0 / 3.6;
 
 #[test]
 fn a_scenario_gives_exactly_the_alerts_its_ground_truth_implies() {
-    let world = Arc::new(World::generate(WorldConfig {
-        seed: 31,
-        subjects: 150,
-        victim_share: 0.4,
-        ..WorldConfig::default()
-    }));
-    let start = "2026-11-23T00:00:00+05:00[Asia/Almaty]"
-        .parse::<jiff::Zoned>()
-        .expect("start")
-        .timestamp();
-    let mut stream = Scenario::new(
-        world.clone(),
-        ScenarioConfig {
-            start,
-            span_ms: 48 * 3_600_000,
-            rates: Rates::busy(),
-            batch: 1,
-        },
-    );
+    let (world, mut stream) = busy_scenario(31, 150, 48, 1);
+    let start = busy_start();
     let mut engine = world.engine().expect("engine");
     let mut router = Router::new(AlertBook::new(Policy::default(), 0));
     let mut wheel = SilenceWheel::new(4_096, (start.as_millisecond() / 1000) as u64);
@@ -73,8 +51,7 @@ fn a_scenario_gives_exactly_the_alerts_its_ground_truth_implies() {
     }
     let mut out = Vec::new();
     let mut silences = Vec::new();
-    let mut seen: HashSet<(u32, i64)> = HashSet::new();
-    let mut last_good: HashMap<u32, (Position, i64)> = HashMap::new();
+    let mut screen = Screen::new(300.0);
     let mut last_at = start.as_millisecond();
     for msg in stream.by_ref() {
         let now = msg.at;
@@ -113,43 +90,16 @@ fn a_scenario_gives_exactly_the_alerts_its_ground_truth_implies() {
                 let dev = world
                     .engine_device(decoded.uplink.device.as_str())
                     .expect("known device");
-                let handle = engine.subject_handle(SubjectId(dev.0));
-                let mut any_late = false;
+                let source = match engine.subject_handle(SubjectId(dev.0)) {
+                    Some(h) => Source::Subject(h),
+                    None => Source::Watched(dev),
+                };
                 out.clear();
-                for f in fixes {
-                    let t = f.time.as_millisecond();
-                    if !seen.insert((msg.device, t)) {
-                        continue;
-                    }
-                    let pos = Position::new(f.lon(), f.lat()).expect("valid");
-                    let suspect = last_good.get(&msg.device).is_some_and(|(p, gt)| {
-                        let dt = (t - gt).abs().max(1) as f64 / 1000.0;
-                        p.distance_m(pos) / dt > MAX_SPEED_M_S
-                    });
-                    if !suspect {
-                        last_good.insert(msg.device, (pos, t));
-                    }
-                    let fix = geofence::Fix {
-                        time: f.time,
-                        position: pos,
-                        accuracy_m: f64::from(f.accuracy_m),
-                        suspect,
-                    };
-                    match handle {
-                        Some(h) => {
-                            any_late |= engine.evaluate(h, &fix, &mut out).expect("evaluates")
-                                == Outcome::Late;
-                        }
-                        None => {
-                            engine
-                                .observe_device(dev, &fix, &mut out)
-                                .expect("observes");
-                        }
-                    }
-                }
-                if any_late && let Some(h) = handle {
-                    engine.close_late_run(h, &mut out).expect("closes");
-                }
+                let judged = screen.fixes(decoded.uplink.device.as_str(), &fixes);
+                // The same per-message judging as ingest's.
+                engine.judge_message(source, &judged, &mut out, |_, o| {
+                    o.expect("judges");
+                });
                 for t in &out {
                     router.handle(Input::violation(t), now);
                 }

@@ -182,6 +182,9 @@ impl SubjectWorld {
     /// fix every minute for `minutes` minutes from 21:45 local time; the run
     /// crosses the curfew start. Between 21:30 and 22:30 each subject leaves home
     /// for a place 1–6 km away at 15–50 km/h and comes back some time later.
+    // Over 80 lines: it draws from a seeded random stream in one fixed order, and
+    // the same seed must give the same bytes (ARCHITECTURE.md). One straight
+    // function keeps that order visible; split, a reordered draw would hide in a call.
     pub fn generate(subjects: usize, minutes: usize) -> SubjectWorld {
         let mut rng = StdRng::seed_from_u64(SEED ^ 0x5EED);
         let globals = GlobalZones::generate(10_000, 0);

@@ -364,129 +364,20 @@ fn write_truth(path: &std::path::Path, scenario: Scenario) -> std::io::Result<()
 }
 
 fn run() -> Result<(), String> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::World { out, world } => {
-            let w = world.build()?;
-            w.write_dir(&out)
-                .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
-            println!(
-                "wrote {} zones, {} subjects, {} victims, {} officers to {}",
-                w.zones().count(),
-                w.subjects.len(),
-                w.victims.len(),
-                w.officers.len(),
-                out.display()
-            );
-        }
+    match Cli::parse().command {
+        Command::World { out, world } => world_cmd(out, world),
         Command::Gen {
             out,
             no_messages,
             world,
             scenario,
-        } => {
-            let w = Arc::new(world.build()?);
-            let cfg = scenario.build()?;
-            let io = |e: std::io::Error| format!("cannot write to {}: {e}", out.display());
-            w.write_dir(&out).map_err(io)?;
-            let mut sc = Scenario::new(w, cfg);
-            let mut msgs = (!no_messages)
-                .then(|| {
-                    std::fs::File::create(out.join("messages.jsonl")).map(std::io::BufWriter::new)
-                })
-                .transpose()
-                .map_err(io)?;
-            let mut n = 0u64;
-            for m in sc.by_ref() {
-                n += 1;
-                if let Some(f) = &mut msgs {
-                    let hex: String = m.payload.iter().map(|b| format!("{b:02x}")).collect();
-                    let at = Timestamp::from_millisecond(m.at).unwrap_or(Timestamp::UNIX_EPOCH);
-                    writeln!(
-                        f,
-                        r#"{{"at":"{at:.3}","topic":"{}","payload_hex":"{hex}"}}"#,
-                        m.topic
-                    )
-                    .map_err(io)?;
-                }
-            }
-            if let Some(mut f) = msgs {
-                f.flush().map_err(io)?;
-            }
-            write_truth(&out.join("truth.jsonl"), sc).map_err(io)?;
-            println!(
-                "wrote {n} messages and the ground truth to {}",
-                out.display()
-            );
-        }
+        } => gen_cmd(out, no_messages, world, scenario),
         Command::Run {
             world,
             scenario,
             mqtt,
             truth,
-        } => {
-            let w = Arc::new(world.build()?);
-            let scenario_now = scenario.start == "now";
-            let cfg = scenario.build()?;
-            let pace = match (mqtt.rate, mqtt.speedup, mqtt.max) {
-                (Some(r), _, _) if r > 0.0 => Pace::Rate(r),
-                (_, Some(x), _) if x > 0.0 => Pace::Speedup(x),
-                (None, None, true) => Pace::Max,
-                (None, None, false) => Pace::Speedup(60.0),
-                _ => return Err("--rate and --speedup must be positive".into()),
-            };
-            for (name, v) in [
-                ("--duration", mqtt.duration),
-                ("--progress-secs", mqtt.progress_secs),
-            ] {
-                if !(v.is_finite() && v > 0.0 && v <= 1e9) {
-                    return Err(format!(
-                        "{name} must be a positive number of seconds, not {v}"
-                    ));
-                }
-            }
-            let pcfg = PublishConfig {
-                host: mqtt.broker.host,
-                port: mqtt.broker.port,
-                qos: mqtt.broker.qos.into(),
-                connections: mqtt.connections,
-                conn_per_device: mqtt.conn_per_device,
-                client_id_prefix: mqtt.client_id_prefix,
-                pace,
-                duration: Duration::from_secs_f64(mqtt.duration),
-                max_fixes: mqtt.fixes,
-                progress_every: Duration::from_secs_f64(mqtt.progress_secs.max(0.1)),
-                inflight: mqtt.inflight,
-                wall_clock: scenario_now,
-            };
-            let start_ms = cfg.start.as_millisecond();
-            let mut sc = Scenario::new(w, cfg);
-            let devices = sc.device_count();
-            let connections = if pcfg.conn_per_device {
-                devices
-            } else {
-                pcfg.connections.clamp(1, devices.max(1))
-            };
-            println!(
-                "device-sim: {devices} devices, pace {pace:?}, QoS {:?}, {connections} connection(s)",
-                pcfg.qos
-            );
-            let rt = runtime()?;
-            let report = rt
-                .block_on(publish(&mut sc, devices, &pcfg, start_ms))
-                .map_err(|e| e.to_string())?;
-            println!("{report}");
-            write_truth(&truth, sc)
-                .map_err(|e| format!("cannot write {}: {e}", truth.display()))?;
-            println!("ground truth: {}", truth.display());
-            if pcfg.qos == QoS::AtLeastOnce && report.acked < report.messages {
-                return Err(format!(
-                    "{} of {} QoS 1 publishes were never acknowledged",
-                    report.messages - report.acked,
-                    report.messages
-                ));
-            }
-        }
+        } => run_cmd(world, scenario, mqtt, truth),
         Command::Probe {
             world,
             broker,
@@ -494,87 +385,235 @@ fn run() -> Result<(), String> {
             secs,
             count,
             client_id,
-        } => {
-            let w = world.build()?;
-            let devices: Vec<(String, u64)> = w
-                .subjects
-                .iter()
-                .rev()
-                .filter(|s| !s.device.starts_with("ot:"))
-                .take(count)
-                .map(|s| (s.device.clone(), s.id))
-                .collect();
-            let rt = runtime()?;
-            let r = rt.block_on(device_sim::probe::run(
-                &broker.host,
-                broker.port,
-                &client_id,
-                &devices,
-                rate,
-                secs,
-                Duration::from_secs(10),
-            ))?;
-            let q = |x| r.quantile(x).map_or("-".into(), |v| v.to_string());
-            println!(
-                "probe: sent {} strap-opened events, received {} alerts; latency ms p50 {} p99 {} max {}",
-                r.sent,
-                r.received,
-                q(0.5),
-                q(0.99),
-                q(1.0)
-            );
-        }
+        } => probe_cmd(world, broker, rate, secs, count, client_id),
         Command::Sink {
-            broker: BrokerArgs { host, port, qos },
+            broker,
             expect,
             idle_secs,
             max_secs,
             client_id,
-        } => {
-            let rt = runtime()?;
-            rt.block_on(async {
-                let sink = Sink::start(&host, port, qos.into(), &client_id, false)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                println!(
-                    "sink: subscribed to {:?} at {host}:{port}",
-                    protocol::SUBSCRIPTIONS
-                );
-                let start = std::time::Instant::now();
-                // Wait for the first message, then until idle or expected.
-                let first = tokio::time::timeout(Duration::from_secs_f64(max_secs), async {
-                    while sink.received() == 0 {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                })
-                .await;
-                let t0 = std::time::Instant::now();
-                let n = if first.is_ok() {
-                    tokio::time::timeout(
-                        Duration::from_secs_f64(max_secs).saturating_sub(start.elapsed()),
-                        sink.wait_for(expect, Duration::from_secs_f64(idle_secs)),
-                    )
-                    .await
-                    .unwrap_or_else(|_| sink.received())
-                } else {
-                    0
-                };
-                let active = t0.elapsed().as_secs_f64()
-                    - if expect.is_some_and(|e| n >= e) {
-                        0.0
-                    } else {
-                        idle_secs
-                    };
-                println!(
-                    "sink: received {n} messages, {} payload bytes, {:.0} msg/s while active",
-                    sink.bytes(),
-                    n as f64 / active.max(1e-3)
-                );
-                sink.stop().await;
-                Ok::<(), String>(())
-            })?;
+        } => sink_cmd(broker, expect, idle_secs, max_secs, client_id),
+    }
+}
+
+/// `device-sim world`: the world, exported.
+fn world_cmd(out: PathBuf, world: WorldArgs) -> Result<(), String> {
+    let w = world.build()?;
+    w.write_dir(&out)
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    println!(
+        "wrote {} zones, {} subjects, {} victims, {} officers to {}",
+        w.zones().count(),
+        w.subjects.len(),
+        w.victims.len(),
+        w.officers.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `device-sim gen`: the world, the messages and the ground truth, to files.
+fn gen_cmd(
+    out: PathBuf,
+    no_messages: bool,
+    world: WorldArgs,
+    scenario: ScenarioArgs,
+) -> Result<(), String> {
+    let w = Arc::new(world.build()?);
+    let cfg = scenario.build()?;
+    let io = |e: std::io::Error| format!("cannot write to {}: {e}", out.display());
+    w.write_dir(&out).map_err(io)?;
+    let mut sc = Scenario::new(w, cfg);
+    let mut msgs = (!no_messages)
+        .then(|| std::fs::File::create(out.join("messages.jsonl")).map(std::io::BufWriter::new))
+        .transpose()
+        .map_err(io)?;
+    let mut n = 0u64;
+    for m in sc.by_ref() {
+        n += 1;
+        if let Some(f) = &mut msgs {
+            let hex: String = m.payload.iter().map(|b| format!("{b:02x}")).collect();
+            let at = Timestamp::from_millisecond(m.at).unwrap_or(Timestamp::UNIX_EPOCH);
+            writeln!(
+                f,
+                r#"{{"at":"{at:.3}","topic":"{}","payload_hex":"{hex}"}}"#,
+                m.topic
+            )
+            .map_err(io)?;
         }
     }
+    if let Some(mut f) = msgs {
+        f.flush().map_err(io)?;
+    }
+    write_truth(&out.join("truth.jsonl"), sc).map_err(io)?;
+    println!(
+        "wrote {n} messages and the ground truth to {}",
+        out.display()
+    );
+    Ok(())
+}
+
+/// `device-sim run`: the scenario published to a broker, then its ground truth.
+fn run_cmd(
+    world: WorldArgs,
+    scenario: ScenarioArgs,
+    mqtt: MqttArgs,
+    truth: PathBuf,
+) -> Result<(), String> {
+    let w = Arc::new(world.build()?);
+    let scenario_now = scenario.start == "now";
+    let cfg = scenario.build()?;
+    let pace = match (mqtt.rate, mqtt.speedup, mqtt.max) {
+        (Some(r), _, _) if r > 0.0 => Pace::Rate(r),
+        (_, Some(x), _) if x > 0.0 => Pace::Speedup(x),
+        (None, None, true) => Pace::Max,
+        (None, None, false) => Pace::Speedup(60.0),
+        _ => return Err("--rate and --speedup must be positive".into()),
+    };
+    for (name, v) in [
+        ("--duration", mqtt.duration),
+        ("--progress-secs", mqtt.progress_secs),
+    ] {
+        if !(v.is_finite() && v > 0.0 && v <= 1e9) {
+            return Err(format!(
+                "{name} must be a positive number of seconds, not {v}"
+            ));
+        }
+    }
+    let pcfg = PublishConfig {
+        host: mqtt.broker.host,
+        port: mqtt.broker.port,
+        qos: mqtt.broker.qos.into(),
+        connections: mqtt.connections,
+        conn_per_device: mqtt.conn_per_device,
+        client_id_prefix: mqtt.client_id_prefix,
+        pace,
+        duration: Duration::from_secs_f64(mqtt.duration),
+        max_fixes: mqtt.fixes,
+        progress_every: Duration::from_secs_f64(mqtt.progress_secs.max(0.1)),
+        inflight: mqtt.inflight,
+        wall_clock: scenario_now,
+    };
+    let start_ms = cfg.start.as_millisecond();
+    let mut sc = Scenario::new(w, cfg);
+    let devices = sc.device_count();
+    let connections = if pcfg.conn_per_device {
+        devices
+    } else {
+        pcfg.connections.clamp(1, devices.max(1))
+    };
+    println!(
+        "device-sim: {devices} devices, pace {pace:?}, QoS {:?}, {connections} connection(s)",
+        pcfg.qos
+    );
+    let rt = runtime()?;
+    let report = rt
+        .block_on(publish(&mut sc, devices, &pcfg, start_ms))
+        .map_err(|e| e.to_string())?;
+    println!("{report}");
+    write_truth(&truth, sc).map_err(|e| format!("cannot write {}: {e}", truth.display()))?;
+    println!("ground truth: {}", truth.display());
+    if pcfg.qos == QoS::AtLeastOnce && report.acked < report.messages {
+        return Err(format!(
+            "{} of {} QoS 1 publishes were never acknowledged",
+            report.messages - report.acked,
+            report.messages
+        ));
+    }
+    Ok(())
+}
+
+/// `device-sim probe`: alert latency, strap-opened events to their alerts.
+fn probe_cmd(
+    world: WorldArgs,
+    broker: BrokerArgs,
+    rate: f64,
+    secs: f64,
+    count: usize,
+    client_id: String,
+) -> Result<(), String> {
+    let w = world.build()?;
+    let devices: Vec<(String, u64)> = w
+        .subjects
+        .iter()
+        .rev()
+        .filter(|s| !s.device.starts_with("ot:"))
+        .take(count)
+        .map(|s| (s.device.clone(), s.id))
+        .collect();
+    let rt = runtime()?;
+    let r = rt.block_on(device_sim::probe::run(
+        &broker.host,
+        broker.port,
+        &client_id,
+        &devices,
+        rate,
+        secs,
+        Duration::from_secs(10),
+    ))?;
+    let q = |x| r.quantile(x).map_or("-".into(), |v| v.to_string());
+    println!(
+        "probe: sent {} strap-opened events, received {} alerts; latency ms p50 {} p99 {} max {}",
+        r.sent,
+        r.received,
+        q(0.5),
+        q(0.99),
+        q(1.0)
+    );
+    Ok(())
+}
+
+/// `device-sim sink`: a null subscriber that counts.
+fn sink_cmd(
+    broker: BrokerArgs,
+    expect: Option<u64>,
+    idle_secs: f64,
+    max_secs: f64,
+    client_id: String,
+) -> Result<(), String> {
+    let BrokerArgs { host, port, qos } = broker;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let sink = Sink::start(&host, port, qos.into(), &client_id, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        println!(
+            "sink: subscribed to {:?} at {host}:{port}",
+            protocol::SUBSCRIPTIONS
+        );
+        let start = std::time::Instant::now();
+        // Wait for the first message, then until idle or expected.
+        let first = tokio::time::timeout(Duration::from_secs_f64(max_secs), async {
+            while sink.received() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        let t0 = std::time::Instant::now();
+        let n = if first.is_ok() {
+            tokio::time::timeout(
+                Duration::from_secs_f64(max_secs).saturating_sub(start.elapsed()),
+                sink.wait_for(expect, Duration::from_secs_f64(idle_secs)),
+            )
+            .await
+            .unwrap_or_else(|_| sink.received())
+        } else {
+            0
+        };
+        let active = t0.elapsed().as_secs_f64()
+            - if expect.is_some_and(|e| n >= e) {
+                0.0
+            } else {
+                idle_secs
+            };
+        println!(
+            "sink: received {n} messages, {} payload bytes, {:.0} msg/s while active",
+            sink.bytes(),
+            n as f64 / active.max(1e-3)
+        );
+        sink.stop().await;
+        Ok::<(), String>(())
+    })?;
     Ok(())
 }
 

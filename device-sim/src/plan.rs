@@ -428,6 +428,9 @@ struct Trip {
 /// A subject's day. Nothing may begin before `not_before` (the start of the
 /// run): a behaviour already under way at the start could not be told apart
 /// from one that began then.
+// Over 80 lines: it draws from a seeded random stream in one fixed order, and
+// the same seed must give the same bytes (ARCHITECTURE.md). One straight
+// function keeps that order visible; split, a reordered draw would hide in a call.
 pub fn subject_day(
     world: &World,
     clock: &Clock,
@@ -659,6 +662,9 @@ fn inside_city(world: &World, a: Xy, b: Xy) -> bool {
     (0..=n).all(|i| world.city.contains(a.lerp(b, i as f64 / n as f64)))
 }
 
+// Over 80 lines: it draws from a seeded random stream in one fixed order, and
+// the same seed must give the same bytes (ARCHITECTURE.md). One straight
+// function keeps that order visible; split, a reordered draw would hide in a call.
 fn plan_trip(
     world: &World,
     clock: &Clock,
@@ -799,6 +805,8 @@ struct Check<'a> {
 /// Samples the behaviour window every second and turns every violation
 /// interval into an episode; `None` if any interval is neither clearly long
 /// nor (for a short step) clearly short.
+// Over 80 lines: one pass over the behaviour window, a second at a time; the
+// open interval and its streak are locals of that pass.
 #[allow(clippy::too_many_arguments)]
 fn truth_of(
     world: &World,

@@ -40,6 +40,8 @@ type Seen = (HashSet<(u64, i64)>, Vec<i64>);
 /// Runs the probe: `rate` events per second for `secs`, round robin over
 /// `devices` (bracelet id, subject id), then waits up to `drain` for the
 /// last alerts.
+// Over 80 lines: one loop sends on a schedule and matches answers as they
+// come; the two share its locals.
 pub async fn run(
     host: &str,
     port: u16,

@@ -41,6 +41,19 @@ pub struct ScenarioConfig {
     pub batch: usize,
 }
 
+impl ScenarioConfig {
+    /// `hours` of a busy fleet ([`Rates::busy`]) from `start`, `batch` fixes
+    /// per live message: the scenario the ground-truth tests play.
+    pub fn busy(start: Timestamp, hours: i64, batch: usize) -> ScenarioConfig {
+        ScenarioConfig {
+            start,
+            span_ms: hours * 3_600_000,
+            rates: Rates::busy(),
+            batch,
+        }
+    }
+}
+
 /// One message to publish.
 #[derive(Clone, Debug)]
 pub struct Outgoing {
@@ -516,6 +529,10 @@ impl Bracelet {
     }
 
     /// Produces the messages of the next moment; false when past `end`.
+    // Over 80 lines: one moment of one device's state machine. Its updates
+    // (battery, GPS, store-and-forward, events, fixes) run in the order a
+    // bracelet acts, and the ground truth is counted as messages are taken;
+    // the order is the specification, so it reads top to bottom.
     fn step(
         &mut self,
         world: &World,
@@ -794,6 +811,9 @@ impl Bracelet {
         self.send(world, idx, t, Body::Events(recs), truth, out);
     }
 
+    // Over 80 lines: it draws from a seeded random stream in one fixed order, and
+    // the same seed must give the same bytes (ARCHITECTURE.md). One straight
+    // function keeps that order visible; split, a reordered draw would hide in a call.
     fn emit_hostile(
         &mut self,
         world: &World,

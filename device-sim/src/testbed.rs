@@ -1,11 +1,17 @@
-//! Test and benchmark fixtures shared by `device-sim` and `ingest`: a
-//! Mosquitto started from `deploy/mosquitto/emtrack.conf` on a free loopback
-//! port, and the check of observed rule transitions against the ground truth.
+//! Test and benchmark fixtures shared by `device-sim`, `alerts` and the
+//! service's tests: a Mosquitto started from `deploy/mosquitto/emtrack.conf`
+//! on a free loopback port, the screening of fixes as ingest does it before
+//! judging, and the check of observed rule transitions against the ground
+//! truth.
 
+use crate::stream::{Scenario, ScenarioConfig};
 use crate::truth::Record;
+use crate::world::{World, WorldConfig};
+use geofence::Position;
 use jiff::Timestamp;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A private Mosquitto with the deployed (tuned) configuration. Killed and
@@ -184,4 +190,87 @@ pub fn check_episodes(truth: &[Record], seen: &[SeenTransition]) -> Result<usize
         return Err(format!("episodes not in the ground truth: {unlisted:?}"));
     }
     Ok(matched)
+}
+
+/// Screens a message's fixes the way ingest does before judging them: a
+/// (device, fix time) already seen is dropped, and a fix implying a move
+/// faster than the limit from the device's last good fix, or with an
+/// accuracy radius the engine refuses, is flagged suspect (stored as
+/// evidence, never judged).
+#[derive(Debug)]
+pub struct Screen {
+    max_speed_m_s: f64,
+    seen: HashSet<(String, i64)>,
+    last_good: HashMap<String, (Position, i64)>,
+}
+
+impl Screen {
+    /// A screen with ingest's speed limit in km/h (`max_speed_kmh`, 300 by default).
+    pub fn new(max_speed_kmh: f64) -> Screen {
+        Screen {
+            max_speed_m_s: max_speed_kmh / 3.6,
+            seen: HashSet::new(),
+            last_good: HashMap::new(),
+        }
+    }
+
+    /// The fixes of one message of `device` to judge, in order.
+    pub fn fixes(&mut self, device: &str, fixes: &[protocol::Fix]) -> Vec<geofence::Fix> {
+        let mut out = Vec::with_capacity(fixes.len());
+        for f in fixes {
+            let t = f.time.as_millisecond();
+            if !self.seen.insert((device.to_owned(), t)) {
+                continue;
+            }
+            // The protocol bounds coordinates: a decoded fix always has a position.
+            let Ok(position) = Position::new(f.lon(), f.lat()) else {
+                continue;
+            };
+            let jump = self.last_good.get(device).is_some_and(|(p, gt)| {
+                let dt = (t - gt).abs().max(1) as f64 / 1000.0;
+                p.distance_m(position) / dt > self.max_speed_m_s
+            });
+            let suspect = jump || f64::from(f.accuracy_m) > geofence::MAX_ACCURACY_M;
+            if !suspect {
+                self.last_good.insert(device.to_owned(), (position, t));
+            }
+            out.push(geofence::Fix {
+                time: f.time,
+                position,
+                accuracy_m: f64::from(f.accuracy_m),
+                suspect,
+            });
+        }
+        out
+    }
+}
+
+/// Where the ground-truth tests' scenarios start: 2026-11-23, midnight in Almaty.
+pub fn busy_start() -> Timestamp {
+    // A fixed, valid civil time in a bundled zone: parsing cannot fail.
+    "2026-11-23T00:00:00+05:00[Asia/Almaty]"
+        .parse::<jiff::Zoned>()
+        .map_or(Timestamp::UNIX_EPOCH, |z| z.timestamp())
+}
+
+/// The ground-truth tests' fleet: `subjects` subjects from `seed`, 40 % of
+/// them with a protected victim, playing `hours` of busy days from
+/// [`busy_start`], `batch` fixes per live message.
+pub fn busy_scenario(
+    seed: u64,
+    subjects: usize,
+    hours: i64,
+    batch: usize,
+) -> (Arc<World>, Scenario) {
+    let world = Arc::new(World::generate(WorldConfig {
+        seed,
+        subjects,
+        victim_share: 0.4,
+        ..WorldConfig::default()
+    }));
+    let scenario = Scenario::new(
+        world.clone(),
+        ScenarioConfig::busy(busy_start(), hours, batch),
+    );
+    (world, scenario)
 }

@@ -452,6 +452,9 @@ fn city_point(rng: &mut StdRng, city: &ZoneDef, ring: &[Xy], margin: f64) -> Xy 
 
 impl World {
     /// Generates the world.
+    // Over 80 lines: it draws from a seeded random stream in one fixed order, and
+    // the same seed must give the same bytes (ARCHITECTURE.md). One straight
+    // function keeps that order visible; split, a reordered draw would hide in a call.
     pub fn generate(config: WorldConfig) -> World {
         let ring = city_ring();
         let city = ZoneDef::new(
@@ -533,6 +536,9 @@ impl World {
         world
     }
 
+    // Over 80 lines: it draws from a seeded random stream in one fixed order, and
+    // the same seed must give the same bytes (ARCHITECTURE.md). One straight
+    // function keeps that order visible; split, a reordered draw would hide in a call.
     fn add_subject(&mut self, id: u64, ring: &[Xy]) {
         let cfg = &self.config;
         let mut r = rng(cfg.seed, Stream::Subject, id, 0);

@@ -4,44 +4,19 @@
 //! with `protocol`, refuse what the ground truth says is malformed, flag
 //! implausible jumps as suspect, drop duplicate (device, fix time) pairs, feed
 //! fixes to the engine in arrival order (victims' phones through
-//! `observe_device`), and close a late run after each backlog message. Then:
+//! `observe_device`), and close a late run after each backlog message
+//! (`Engine::judge_message`, as ingest does). Then:
 //! - every listed episode appears, within its window, with its `historical` flag;
 //! - no episode appears that is not listed;
 //! - every malformed message is refused with the listed reason;
 //! - valid fix counts per device are exact.
 
-use device_sim::plan::Rates;
-use device_sim::stream::{Scenario, ScenarioConfig};
-use device_sim::testbed::{SeenTransition, check_episodes};
+use device_sim::testbed::{Screen, SeenTransition, busy_scenario, check_episodes};
 use device_sim::truth::{EpisodeKind, Record};
-use device_sim::world::{World, WorldConfig};
-use geofence::{Engine, Outcome, Position, SubjectId, Transition};
+use geofence::{Engine, Source, SubjectId, Transition};
 use jiff::Timestamp;
 use protocol::Body;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-
-fn scenario(seed: u64, subjects: usize, hours: i64, batch: usize) -> (Arc<World>, Scenario) {
-    let world = Arc::new(World::generate(WorldConfig {
-        seed,
-        subjects,
-        victim_share: 0.4,
-        ..WorldConfig::default()
-    }));
-    let cfg = ScenarioConfig {
-        start: "2026-11-23T00:00:00+05:00[Asia/Almaty]"
-            .parse::<jiff::Zoned>()
-            .expect("start")
-            .timestamp(),
-        span_ms: hours * 3_600_000,
-        rates: Rates::busy(),
-        batch,
-    };
-    (world.clone(), Scenario::new(world, cfg))
-}
-
-/// Above this speed between two fixes, a fix is suspect (as ingest flags it).
-const MAX_SPEED_M_S: f64 = 300.0 / 3.6;
 
 /// What a verification saw.
 struct Stats {
@@ -59,13 +34,12 @@ fn verify(
     batch: usize,
     limit: usize,
 ) -> (Vec<Record>, Stats) {
-    let (world, mut stream) = scenario(seed, subjects, hours, batch);
+    let (world, mut stream) = busy_scenario(seed, subjects, hours, batch);
     let mut engine: Engine = world.engine().expect("world loads into the engine");
     let mut out: Vec<Transition> = Vec::new();
     let mut refused: Vec<(String, String)> = Vec::new();
     let mut valid: HashMap<String, u64> = HashMap::new();
-    let mut seen_times: HashSet<(String, i64)> = HashSet::new();
-    let mut last_good: HashMap<String, (Position, Timestamp)> = HashMap::new();
+    let mut screen = Screen::new(300.0);
     let mut suspects = 0u64;
     let mut late_batches = 0u64;
     let mut sent_events: Vec<(String, &'static str, Timestamp)> = Vec::new();
@@ -101,46 +75,18 @@ fn verify(
             }
         };
         let engine_dev = world.engine_device(&dev).expect("known device");
-        let handle = engine.subject_handle(SubjectId(engine_dev.0));
-        let mut any_late = false;
-        for f in fixes {
-            if !seen_times.insert((dev.clone(), f.time.as_millisecond())) {
-                continue;
-            }
-            *valid.entry(dev.clone()).or_default() += 1;
-            let pos = Position::new(f.lon(), f.lat()).expect("valid coordinates");
-            let suspect = last_good.get(&dev).is_some_and(|(p, t)| {
-                let dt =
-                    (f.time.as_millisecond() - t.as_millisecond()).abs().max(1) as f64 / 1000.0;
-                p.distance_m(pos) / dt > MAX_SPEED_M_S
-            });
-            if suspect {
-                suspects += 1;
-            } else {
-                last_good.insert(dev.clone(), (pos, f.time));
-            }
-            let fix = geofence::Fix {
-                time: f.time,
-                position: pos,
-                accuracy_m: f64::from(f.accuracy_m),
-                suspect,
-            };
-            match handle {
-                Some(h) => {
-                    if engine.evaluate(h, &fix, &mut out).expect("evaluates") == Outcome::Late {
-                        any_late = true;
-                    }
-                }
-                None => {
-                    engine
-                        .observe_device(engine_dev, &fix, &mut out)
-                        .expect("observes");
-                }
-            }
-        }
-        if any_late && let Some(h) = handle {
+        let source = match engine.subject_handle(SubjectId(engine_dev.0)) {
+            Some(h) => Source::Subject(h),
+            None => Source::Watched(engine_dev),
+        };
+        let judged = screen.fixes(&dev, &fixes);
+        *valid.entry(dev.clone()).or_default() += judged.len() as u64;
+        suspects += judged.iter().filter(|f| f.suspect).count() as u64;
+        // The same per-message judging as ingest's (`Engine::judge_message`).
+        if engine.judge_message(source, &judged, &mut out, |_, o| {
+            o.expect("judges");
+        }) {
             late_batches += 1;
-            engine.close_late_run(h, &mut out).expect("closes the run");
         }
     }
     let truth = stream.finish();
@@ -304,7 +250,7 @@ fn ground_truth_matches_the_engine() {
 #[test]
 fn ground_truth_of_a_cut_run() {
     const BATCH: usize = 3;
-    let (world, stream) = scenario(8, 120, 30, BATCH);
+    let (world, stream) = busy_scenario(8, 120, 30, BATCH);
     let times: Vec<i64> = stream.map(|m| m.at).collect();
     let (full, _) = verify(8, 120, 30, BATCH, usize::MAX);
     // A live episode of a device with an exact clock (device time = true

@@ -55,6 +55,23 @@ pub enum TransitionKind {
 }
 
 impl TransitionKind {
+    /// Every kind.
+    pub const ALL: [TransitionKind; 8] = [
+        TransitionKind::ExclusionEntered,
+        TransitionKind::ExclusionLeft,
+        TransitionKind::InclusionLeft,
+        TransitionKind::InclusionReturned,
+        TransitionKind::CurfewViolationStarted,
+        TransitionKind::CurfewViolationEnded,
+        TransitionKind::ProximityEntered,
+        TransitionKind::ProximityLeft,
+    ];
+
+    /// The kind whose [`TransitionKind::as_str`] label is `name`.
+    pub fn from_name(name: &str) -> Option<TransitionKind> {
+        TransitionKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     /// A stable snake_case label, for storage and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -104,6 +121,18 @@ pub struct Transition {
     pub historical: bool,
     /// Why it ended (ends only).
     pub end_cause: Option<EndCause>,
+}
+
+/// Whose fixes a message carries, for [`Engine::judge_message`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A subject's own device: judged against the subject's rules.
+    Subject(SubjectHandle),
+    /// A watched device (a victim's phone): feeds the proximity rules that
+    /// name it.
+    Watched(DeviceId),
+    /// Neither (a device whose subject has no rules loaded): stored, not judged.
+    Unjudged,
 }
 
 /// What `evaluate` did with a fix.
@@ -517,6 +546,8 @@ fn step_one(
     }
 }
 
+// Over 80 lines: the hot path of category zones; one function keeps the
+// cell lookup, the per-zone streaks and the edges in one place for the compiler.
 fn step_category(
     rule: &mut RuleState,
     cat: CategoryId,
@@ -810,6 +841,8 @@ impl Engine {
     /// even if its schedule or hysteresis changed. Rules that disappear, or whose
     /// kind changed, close their open episodes with [`EndCause::RuleRemoved`];
     /// those transitions are appended to `out`.
+    // Over 80 lines: one diff of old rules against new, keeping each kept
+    // rule's state; the matching and the closing share its locals.
     pub fn upsert_subject(
         &mut self,
         id: SubjectId,
@@ -1052,6 +1085,8 @@ impl Engine {
     ///
     /// A fix newer than the subject's newest is *live*; an older one is *late* and
     /// goes to the historical track (see the crate docs for the exact semantics).
+    // Over 80 lines: the per-fix hot path (live or late, every rule, the
+    // newest fix), kept in one function so the steady path allocates nothing.
     pub fn evaluate(
         &mut self,
         handle: SubjectHandle,
@@ -1141,8 +1176,12 @@ impl Engine {
     /// Before judging each group of fixes it reads the state those subjects will
     /// need. The reads are independent of one another, so their cache misses
     /// overlap instead of queueing one per fix. With 100k subjects the state is far
-    /// larger than the cache, and that wait is most of a fix's cost. Ingest hands
-    /// the engine the fixes of a message batch at a time.
+    /// larger than the cache, and that wait is most of a fix's cost.
+    ///
+    /// The benches measure it (`benches/`, `geofence-report`) against
+    /// [`Engine::evaluate`] one by one. Ingest does not use it: it judges a
+    /// message at a time with [`Engine::judge_message`], and a message's fixes
+    /// are one subject's, so there are no independent reads to overlap.
     pub fn evaluate_batch(
         &mut self,
         fixes: &[(SubjectHandle, Fix)],
@@ -1186,6 +1225,36 @@ impl Engine {
             close_runs(subject, out);
         }
         Ok(())
+    }
+
+    /// Judges one message's fixes in order, the way ingest does live and on a
+    /// restart replay: a subject's own fixes with [`Engine::evaluate`], a
+    /// watched device's with [`Engine::observe_device`]; then, if any fix was
+    /// late, [`Engine::close_late_run`] (a message is one upload, so its late
+    /// fixes are one run). `each` sees every fix with its outcome, in order.
+    /// Returns whether a late run was closed.
+    pub fn judge_message<'f>(
+        &mut self,
+        source: Source,
+        fixes: impl IntoIterator<Item = &'f Fix>,
+        out: &mut Vec<Transition>,
+        mut each: impl FnMut(&'f Fix, Result<Outcome, EngineError>),
+    ) -> bool {
+        let mut any_late = false;
+        for fix in fixes {
+            let outcome = match source {
+                Source::Subject(h) => self.evaluate(h, fix, out),
+                Source::Watched(d) => self.observe_device(d, fix, out),
+                Source::Unjudged => Ok(Outcome::Skipped),
+            };
+            any_late |= matches!(outcome, Ok(Outcome::Late));
+            each(fix, outcome);
+        }
+        match source {
+            // The handle judged these fixes a moment ago: it cannot be stale.
+            Source::Subject(h) if any_late => self.close_late_run(h, out).is_ok(),
+            _ => false,
+        }
     }
 
     /// Whether `device` is the other party of any proximity rule.

@@ -100,7 +100,7 @@ mod track;
 mod zone;
 
 pub use coord::{EARTH_RADIUS_M, Position};
-pub use engine::{Engine, Fix, MAX_ACCURACY_M, Outcome, Transition, TransitionKind};
+pub use engine::{Engine, Fix, MAX_ACCURACY_M, Outcome, Source, Transition, TransitionKind};
 pub use error::{CoordError, EngineError, ScheduleError, ZoneError};
 pub use id::{CategoryId, DeviceId, RuleId, SubjectHandle, SubjectId, ZoneId};
 pub use rule::{Hysteresis, RuleKind, RuleSpec};

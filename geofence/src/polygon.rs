@@ -311,6 +311,8 @@ impl PreparedPolygon {
 impl GridPolygon {
     /// Builds the grid; `None` when a reference point falls on an edge (then the
     /// caller retries with a shifted grid).
+    // Over 80 lines: one construction pass over the edges; the grid's
+    // buffers are locals of that pass.
     fn build(
         segments: &[Segment],
         env: Envelope,

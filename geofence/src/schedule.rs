@@ -280,6 +280,8 @@ impl Schedule {
 
 impl WindowSchedule {
     /// Computes the constant segment containing `t`.
+    // Over 80 lines: one scan of the windows around `t` in local time,
+    // DST gaps and folds included; its bounds are locals of that scan.
     fn segment(&self, t: i64) -> ScheduleCursor {
         let lo = t.saturating_sub(HORIZON_DAYS * DAY_MS);
         let hi = t.saturating_add(HORIZON_DAYS * DAY_MS);

@@ -1,372 +1,65 @@
-//! Configuration: defaults that work with the local services, overridden by a
-//! TOML file, then by `EMTRACK_*` environment variables, then by flags.
+//! Ingest's settings (from the service's configuration) and its MQTT
+//! session options.
 
-use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::path::Path;
+use rumqttc::MqttOptions;
+use std::time::Duration;
 
-/// The whole configuration.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// PostgreSQL connection URL. The database is created if it is missing.
-    pub database_url: String,
-    /// MQTT broker host.
+/// Tuning of the pipeline.
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    /// Broker host.
     pub mqtt_host: String,
-    /// MQTT broker port.
+    /// Broker port.
     pub mqtt_port: u16,
-    /// Stable MQTT client id (the broker keeps its session across restarts).
-    pub mqtt_client_id: String,
-    /// HTTP listen address for `/metrics`, `/healthz`, `/readyz`.
-    pub http_listen: String,
-    /// How long evidence (fixes, device events) is kept, in days. The default
-    /// follows UK practice: 6 years.
-    pub retention_days: u32,
-    /// Daily partitions created ahead of today.
-    pub partitions_ahead_days: u32,
-    /// How often partition maintenance runs, in seconds.
-    pub maintenance_interval_s: u64,
-    /// Worker tasks; devices are sharded across them.
+    /// Stable client id: the broker keeps the session (subscriptions and
+    /// unacked messages) across restarts.
+    pub client_id: String,
+    /// Worker tasks (device shards).
     pub workers: usize,
-    /// Messages received and not yet acked, at most. Keep the broker's
-    /// `max_inflight_messages` at or below this.
+    /// Messages received and not yet acked, at most.
     pub max_in_flight: usize,
-    /// Messages per database transaction, at most (at most `max_in_flight`).
+    /// Messages per batch, at most.
     pub max_batch: usize,
-    /// How long a batch waits for more messages after its first, in ms.
-    pub linger_ms: u64,
-    /// Records dated more than this far ahead of the server clock are refused
-    /// (`future_timestamp`), in seconds.
-    pub future_skew_s: u64,
-    /// A fix implying a faster move from the last good fix is stored as
-    /// `suspect` and not judged, in km/h.
+    /// How long a batch waits for more messages after its first.
+    pub linger: Duration,
+    /// Fixes and events dated further ahead than this are refused.
+    pub future_skew: Duration,
+    /// Records older than this are refused (`timestamp_too_old`): their
+    /// day's partition is past retention, or about to be dropped.
+    pub max_age: Duration,
+    /// Above this speed from the last good fix, a fix is suspect.
     pub max_speed_kmh: f64,
-    /// On restart, fixes this far before each device's newest are replayed
-    /// into the engine (plus all fixes of open episodes), in seconds.
-    pub rebuild_lookback_s: u64,
-    /// `text` or `json` log lines.
-    pub log_format: String,
-    /// The `[alerts]` table.
-    pub alerts: AlertConfig,
+    /// On restart, fixes this far before each device's newest are replayed.
+    pub rebuild_lookback: Duration,
 }
 
-/// Alerts: detection limits, escalation and delivery (`[alerts]` in the file).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AlertConfig {
-    /// `no_communication` when a bracelet sends nothing for its
-    /// `report_interval_s` plus this, in seconds. The default covers a
-    /// bracelet at rest indoors (a heartbeat every 5 minutes) and one lost
-    /// message.
-    pub silence_buffer_s: u32,
-    /// `location_failure` when a bracelet reports motion with no fix for this
-    /// long, in seconds (Attenti's "Motion No GPS": 10 minutes).
-    pub location_failure_after_s: u32,
-    /// Unacknowledged critical alerts escalate after this, in seconds (0: never).
-    pub escalate_critical_s: u32,
-    /// Unacknowledged serious alerts escalate after this, in seconds (0: never).
-    pub escalate_serious_s: u32,
-    /// Unacknowledged info alerts escalate after this, in seconds (0: never).
-    pub escalate_info_s: u32,
-    /// Severity overrides: alert type → `critical`, `serious` or `info`.
-    pub severity: std::collections::BTreeMap<String, String>,
-    /// On restart, transitions and events stored this long before the last
-    /// processed point are read again (idempotent), in seconds.
-    pub replay_s: u32,
-    /// Deliveries queued in memory per channel; beyond it they wait in the
-    /// database and are sent by the sweeper (counted, never dropped).
-    pub delivery_queue: usize,
-    /// A delivery a sender holds is not re-sent by the sweeper for this long,
-    /// in seconds.
-    pub delivery_lease_s: u32,
-    /// Webhook requests in flight at once.
-    pub webhook_concurrency: usize,
-    /// First retry delay of a failed webhook, in ms; it doubles per attempt.
-    pub webhook_backoff_ms: u64,
-    /// Longest retry delay, in seconds.
-    pub webhook_backoff_max_s: u64,
-    /// Webhook request timeout, in seconds.
-    pub webhook_timeout_s: u64,
-}
+/// Largest MQTT packet taken from the broker (4 MiB).
+pub const MAX_PACKET_BYTES: usize = 4 << 20;
 
-impl Default for AlertConfig {
-    fn default() -> Self {
-        AlertConfig {
-            silence_buffer_s: 540,
-            location_failure_after_s: 600,
-            escalate_critical_s: 300,
-            escalate_serious_s: 900,
-            escalate_info_s: 0,
-            severity: Default::default(),
-            replay_s: 600,
-            delivery_queue: 10_000,
-            delivery_lease_s: 30,
-            webhook_concurrency: 16,
-            webhook_backoff_ms: 1_000,
-            webhook_backoff_max_s: 600,
-            webhook_timeout_s: 10,
-        }
-    }
-}
-
-impl AlertConfig {
-    /// The alert policy this configures.
-    pub fn policy(&self) -> Result<alerts::Policy, ConfigError> {
-        let never = |s: u32| (s > 0).then_some(s);
-        let mut p = alerts::Policy::default();
-        p.escalate_after_s = [
-            never(self.escalate_critical_s),
-            never(self.escalate_serious_s),
-            never(self.escalate_info_s),
-        ];
-        for (t, sev) in &self.severity {
-            let kind = alerts::AlertType::ALL
-                .into_iter()
-                .find(|k| k.as_str() == t)
-                .ok_or_else(|| {
-                    ConfigError::Invalid(format!("[alerts.severity]: no alert type {t:?}"))
-                })?;
-            let s = [
-                alerts::Severity::Critical,
-                alerts::Severity::Serious,
-                alerts::Severity::Info,
-            ]
-            .into_iter()
-            .find(|s| s.as_str() == sev)
-            .ok_or_else(|| {
-                ConfigError::Invalid(format!(
-                    "[alerts.severity] {t}: {sev:?} is not critical, serious or info"
-                ))
-            })?;
-            p = p.with_severity(kind, s);
-        }
-        Ok(p)
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            database_url: "postgres://postgres@127.0.0.1/emtrack".into(),
-            mqtt_host: "127.0.0.1".into(),
-            mqtt_port: 1883,
-            mqtt_client_id: "emtrack-ingest".into(),
-            http_listen: "127.0.0.1:9480".into(),
-            retention_days: 6 * 365 + 2,
-            partitions_ahead_days: 7,
-            maintenance_interval_s: 3600,
-            workers: 2,
-            max_in_flight: 1000,
-            max_batch: 250,
-            linger_ms: 5,
-            future_skew_s: 300,
-            max_speed_kmh: 300.0,
-            rebuild_lookback_s: 3600,
-            log_format: "text".into(),
-            alerts: AlertConfig::default(),
-        }
-    }
-}
-
-/// Why the configuration is unusable.
-#[derive(Debug)]
-pub enum ConfigError {
-    /// The file could not be read.
-    Read {
-        /// The file.
-        path: String,
-        /// The I/O error.
-        error: std::io::Error,
-    },
-    /// The file is not valid TOML for this configuration.
-    Parse {
-        /// The file.
-        path: String,
-        /// The parser's message (it names the line and the key).
-        error: String,
-    },
-    /// An `EMTRACK_*` variable has a value of the wrong type.
-    Env {
-        /// The variable.
-        var: &'static str,
-        /// Its value.
-        value: String,
-    },
-    /// A value is out of range.
-    Invalid(String),
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::Read { path, error } => {
-                write!(f, "cannot read config file {path}: {error}")
-            }
-            ConfigError::Parse { path, error } => {
-                write!(f, "config file {path} is invalid: {error}")
-            }
-            ConfigError::Env { var, value } => {
-                write!(
-                    f,
-                    "environment variable {var}={value:?} does not have the right type"
-                )
-            }
-            ConfigError::Invalid(msg) => write!(f, "invalid configuration: {msg}"),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Values given on the command line; `None` leaves the lower layers' value.
-#[derive(Clone, Debug, Default)]
-pub struct Overrides {
-    /// `--database-url`.
-    pub database_url: Option<String>,
-    /// `--mqtt-host`.
-    pub mqtt_host: Option<String>,
-    /// `--mqtt-port`.
-    pub mqtt_port: Option<u16>,
-    /// `--retention-days`.
-    pub retention_days: Option<u32>,
-    /// `--http-listen`.
-    pub http_listen: Option<String>,
-    /// `--mqtt-client-id`.
-    pub mqtt_client_id: Option<String>,
-}
-
-impl Config {
-    /// Builds the configuration: defaults, then `file` (if given), then the
-    /// environment (through `env`, so tests need not touch the process's), then
-    /// `flags`.
-    pub fn load(
-        file: Option<&Path>,
-        env: impl Fn(&str) -> Option<String>,
-        flags: &Overrides,
-    ) -> Result<Config, ConfigError> {
-        let mut c = match file {
-            Some(path) => {
-                let p = path.display().to_string();
-                let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-                    path: p.clone(),
-                    error,
-                })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: p,
-                    error: e.to_string(),
-                })?
-            }
-            None => Config::default(),
-        };
-        fn parsed<T: std::str::FromStr>(var: &'static str, v: String) -> Result<T, ConfigError> {
-            v.parse().map_err(|_| ConfigError::Env { var, value: v })
-        }
-        if let Some(v) = env("EMTRACK_DATABASE_URL") {
-            c.database_url = v;
-        }
-        if let Some(v) = env("EMTRACK_MQTT_HOST") {
-            c.mqtt_host = v;
-        }
-        if let Some(v) = env("EMTRACK_MQTT_PORT") {
-            c.mqtt_port = parsed("EMTRACK_MQTT_PORT", v)?;
-        }
-        if let Some(v) = env("EMTRACK_MQTT_CLIENT_ID") {
-            c.mqtt_client_id = v;
-        }
-        if let Some(v) = env("EMTRACK_HTTP_LISTEN") {
-            c.http_listen = v;
-        }
-        if let Some(v) = env("EMTRACK_RETENTION_DAYS") {
-            c.retention_days = parsed("EMTRACK_RETENTION_DAYS", v)?;
-        }
-        if let Some(v) = env("EMTRACK_LOG_FORMAT") {
-            c.log_format = v;
-        }
-        if let Some(v) = env("EMTRACK_WORKERS") {
-            c.workers = parsed("EMTRACK_WORKERS", v)?;
-        }
-        if let Some(v) = &flags.database_url {
-            c.database_url = v.clone();
-        }
-        if let Some(v) = &flags.mqtt_host {
-            c.mqtt_host = v.clone();
-        }
-        if let Some(v) = flags.mqtt_port {
-            c.mqtt_port = v;
-        }
-        if let Some(v) = flags.retention_days {
-            c.retention_days = v;
-        }
-        if let Some(v) = &flags.http_listen {
-            c.http_listen = v.clone();
-        }
-        if let Some(v) = &flags.mqtt_client_id {
-            c.mqtt_client_id = v.clone();
-        }
-        c.validate()?;
-        Ok(c)
+impl IngestConfig {
+    /// The MQTT options of the ingest session: persistent (the broker keeps
+    /// unacked messages across restarts), manual acks.
+    pub fn mqtt_options(&self) -> MqttOptions {
+        let mut o = MqttOptions::new(
+            self.client_id.clone(),
+            self.mqtt_host.clone(),
+            self.mqtt_port,
+        );
+        o.set_keep_alive(Duration::from_secs(15));
+        o.set_clean_session(false);
+        o.set_manual_acks(true);
+        // Far above what the protocol accepts: an oversized payload must reach the
+        // decoder and be refused (`payload_too_large`). A packet over rumqttc's
+        // limit would drop the connection, and the broker would redeliver it
+        // forever. Keep the broker's `max_packet_size` below this.
+        o.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+        o.set_request_channel_capacity(self.request_capacity());
+        o
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        if !self.database_url.starts_with("postgres://")
-            && !self.database_url.starts_with("postgresql://")
-        {
-            return Err(ConfigError::Invalid(format!(
-                "database_url must be a postgres:// URL, not {:?}",
-                self.database_url
-            )));
-        }
-        if self.retention_days < 1 {
-            return Err(ConfigError::Invalid(
-                "retention_days must be at least 1".into(),
-            ));
-        }
-        if self.partitions_ahead_days < 1 {
-            return Err(ConfigError::Invalid(
-                "partitions_ahead_days must be at least 1 (tomorrow's partition must exist before midnight)".into(),
-            ));
-        }
-        if self.mqtt_client_id.is_empty() || self.mqtt_client_id.len() > 64 {
-            return Err(ConfigError::Invalid(
-                "mqtt_client_id must be 1..=64 bytes".into(),
-            ));
-        }
-        if !(1..=256).contains(&self.workers) {
-            return Err(ConfigError::Invalid("workers must be 1..=256".into()));
-        }
-        if self.max_in_flight < 1 || self.max_in_flight > 65_535 {
-            return Err(ConfigError::Invalid(
-                "max_in_flight must be 1..=65535".into(),
-            ));
-        }
-        if self.max_batch < 1 || self.max_batch > self.max_in_flight {
-            return Err(ConfigError::Invalid(format!(
-                "max_batch must be 1..=max_in_flight ({}): a batch is acked only once committed",
-                self.max_in_flight
-            )));
-        }
-        if self.max_speed_kmh.is_nan() || self.max_speed_kmh <= 0.0 {
-            return Err(ConfigError::Invalid(
-                "max_speed_kmh must be positive".into(),
-            ));
-        }
-        self.alerts.policy()?;
-        if self.alerts.delivery_queue < 1 || self.alerts.webhook_concurrency < 1 {
-            return Err(ConfigError::Invalid(
-                "alerts.delivery_queue and alerts.webhook_concurrency must be at least 1".into(),
-            ));
-        }
-        if self.log_format != "text" && self.log_format != "json" {
-            return Err(ConfigError::Invalid(format!(
-                "log_format must be \"text\" or \"json\", not {:?}",
-                self.log_format
-            )));
-        }
-        Ok(())
-    }
-
-    /// The configuration as TOML (for `emtrack check-config`).
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_default()
+    /// rumqttc's request channel: every ack that may be pending, and room
+    /// for a subscribe.
+    pub(crate) fn request_capacity(&self) -> usize {
+        self.max_in_flight * 2 + 64
     }
 }

@@ -1,38 +1,49 @@
-//! `emtrack`, the ingest service: MQTT → validate → evaluate → durable store →
-//! ack.
+//! `ingest`: bracelet messages from MQTT to committed evidence, judged, then
+//! acknowledged.
 //!
-//! See `ARCHITECTURE.md` for the invariants (ack after commit, idempotent
-//! storage, one device's messages in order).
+//! # Layout (in the order a batch goes through it)
+//! - `consumer`: the poll task. It owns the MQTT event loop, shards messages
+//!   to workers by device, and acks what they committed.
+//! - `worker`: one shard of devices; closes batches (size or linger) and
+//!   takes each through the stages below.
+//! - `check`: decode ([`protocol::decode`]) and check the device and the
+//!   clock; refusals are kept raw with their reason.
+//! - `device_state`: what a worker remembers of each device (newest fix,
+//!   last good position), read back from `device_state` once per process.
+//! - `rows`: drop fixes already stored, flag implausible jumps, build the
+//!   rows and the reports for the alert service.
+//! - `judge`: the engine's verdict on a message's fixes; the one function
+//!   live processing and the restart replay share.
+//! - `writer`: everything a batch produced in one transaction; transient
+//!   errors retried with acks held; refused batches quarantined.
+//! - then the worker publishes what was stored on the [`bus`] and hands the
+//!   batch back for acking.
+//! - `rebuild`: the engine's state after a restart, replayed from stored
+//!   fixes through `judge`.
+//! - `closures`: episodes closed by reference changes, stored and published
+//!   the same way.
+//! - `pipeline`: [`Ingest`], the handle that starts, runs and drains it all.
+//! - `config`, `metrics`.
 //!
-//! # Layout
-//! - `config`: defaults ← TOML file ← `EMTRACK_*` environment ← flags.
-//! - `db`: connect (creating the database if missing), migrate, and keep the
-//!   daily partitions of `fixes` and `device_events` (or the TimescaleDB
-//!   retention policy).
-//! - `world`: `import-world`, upserting a `device-sim world` export.
-//! - `reference`: zones, subjects, rules and devices into the engine, at
-//!   startup and on `NOTIFY`.
-//! - `rebuild`: per-device engine state after a restart, replayed from fixes.
-//! - `pipeline`: the MQTT consumer, workers, batching, storage and acks.
-//! - `alerting`: the alert service (the `alerts` core on what the pipeline
-//!   committed, persisted with its outbox, restart-safe).
-//! - `delivery`: MQTT, webhook and sweeper senders of the outbox.
-//! - `metrics`, `http`: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
-//! - `service`: `emtrack run`, wiring and graceful shutdown.
+//! **Architecture Invariant:** nothing here knows about alerts beyond the
+//! bus it publishes on: this crate does not depend on the alert service.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod alerting;
-pub mod config;
-pub mod db;
-pub mod delivery;
-pub mod http;
-pub mod metrics;
-pub mod pipeline;
+mod check;
+mod closures;
+mod config;
+mod consumer;
+mod device_state;
+mod judge;
+mod metrics;
+mod pipeline;
 pub mod rebuild;
-pub mod reference;
-pub mod service;
-pub mod world;
+mod rows;
+mod worker;
+mod writer;
 
-pub use db::MIGRATOR;
+pub use config::{IngestConfig, MAX_PACKET_BYTES};
+pub use metrics::Metrics;
+pub use pipeline::{Ingest, IngestError};

@@ -3,7 +3,8 @@
 //! The engine's state (streaks, open episodes, the newest fix, late runs) is
 //! a function of the fixes it was fed, in order. So a restart replays stored
 //! fixes in their original arrival order (`received_at`, then `seq`, which
-//! also marks message boundaries for `close_late_run`), per device from
+//! also marks message boundaries), through the same [`judge::message`] as
+//! live processing, per device from
 //! - the start of the subject's oldest open live episode (its first fix
 //!   re-opens it with the same key), or
 //! - `lookback` before the device's newest fix (longer than any rule's
@@ -15,14 +16,14 @@
 //! the fixes that caused them (same transaction), so they are discarded, not
 //! stored or sent again: a restart neither drops nor duplicates a transition.
 
-use crate::pipeline::SEQ_PER_MESSAGE;
-use crate::reference::{Core, DeviceKind};
-use geofence::{Outcome, Position, SubjectId};
-use jiff::Timestamp;
+use crate::judge;
+use crate::rows::SEQ_PER_MESSAGE;
+use geofence::Position;
+use reference::SharedCore;
 use rustc_hash::FxHashMap;
 use sqlx::PgPool;
-use std::sync::Mutex;
 use std::time::Duration;
+use store::{Millis, Stamp};
 
 /// What the replay did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -35,18 +36,85 @@ pub struct Rebuilt {
     pub fixes: u64,
 }
 
-type ReplayRow = (String, i64, f64, f64, f32, bool, i64, i32);
+/// A stored fix, as replayed.
+#[derive(sqlx::FromRow)]
+struct ReplayRow {
+    device_id: String,
+    fix_time: Millis,
+    lat: f64,
+    lon: f64,
+    accuracy_m: f32,
+    suspect: bool,
+    received_at: Stamp,
+    seq: i32,
+}
+
+impl ReplayRow {
+    /// Whether `other` came in the same original message: same commit,
+    /// same message index, same device.
+    fn same_message(&self, other: &ReplayRow) -> bool {
+        other.received_at == self.received_at
+            && other.seq / SEQ_PER_MESSAGE == self.seq / SEQ_PER_MESSAGE
+            && other.device_id == self.device_id
+    }
+
+    fn fix(&self) -> Option<geofence::Fix> {
+        Some(geofence::Fix {
+            time: geofence::jiff::Timestamp::from_millisecond(self.fix_time.0).ok()?,
+            position: Position::new(self.lon, self.lat).ok()?,
+            accuracy_m: f64::from(self.accuracy_m),
+            suspect: self.suspect,
+        })
+    }
+}
 
 /// Replays recent fixes into `core` (see the module docs).
 pub async fn rebuild(
     pool: &PgPool,
-    core: &Mutex<Core>,
+    core: &SharedCore,
     lookback: Duration,
 ) -> Result<Rebuilt, sqlx::Error> {
-    let open: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT subject_id, min(at_ms)::int8 FROM ( \
-             SELECT DISTINCT ON (subject_id, rule_id, zone_id) subject_id, kind, \
-                    (extract(epoch FROM at) * 1000)::int8 AS at_ms \
+    let open = open_episodes(pool).await?;
+    let (devices, from) = replay_starts(pool, core, &open, lookback).await?;
+    let mut done = Rebuilt {
+        devices: devices.len(),
+        open_subjects: open.len(),
+        fixes: 0,
+    };
+    if devices.is_empty() {
+        return Ok(done);
+    }
+    let rows: Vec<ReplayRow> = sqlx::query_as(
+        "SELECT f.device_id, f.fix_time, f.lat, f.lon, f.accuracy_m, f.suspect, f.received_at, f.seq \
+         FROM UNNEST($1::text[], $2::timestamptz[]) AS u(d, f0) \
+         JOIN fixes f ON f.device_id = u.d AND f.fix_time >= u.f0 \
+         ORDER BY f.received_at, f.seq",
+    )
+    .bind(&devices)
+    .bind(&from)
+    .fetch_all(pool)
+    .await?;
+    let mut core = core.lock();
+    let mut out = Vec::new();
+    let mut fixes = Vec::new();
+    for message in rows.chunk_by(ReplayRow::same_message) {
+        let Some(dev) = core.registry.get(&message[0].device_id).cloned() else {
+            continue;
+        };
+        fixes.clear();
+        fixes.extend(message.iter().filter_map(ReplayRow::fix));
+        done.fixes += fixes.len() as u64;
+        judge::message(&mut core, &dev, &fixes, &mut out, |_| {});
+        out.clear();
+    }
+    Ok(done)
+}
+
+/// The start of each subject's oldest open live episode (ms).
+async fn open_episodes(pool: &PgPool) -> Result<FxHashMap<u64, i64>, sqlx::Error> {
+    let open: Vec<(i64, Millis)> = sqlx::query_as(
+        "SELECT subject_id, min(at) FROM ( \
+             SELECT DISTINCT ON (subject_id, rule_id, zone_id) subject_id, kind, at \
              FROM rule_transitions WHERE NOT historical \
              ORDER BY subject_id, rule_id, zone_id, at DESC, confirmed_at DESC \
          ) last \
@@ -55,13 +123,20 @@ pub async fn rebuild(
     )
     .fetch_all(pool)
     .await?;
-    let open: FxHashMap<u64, i64> = open.into_iter().map(|(s, t)| (s as u64, t)).collect();
-    let heads: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT device_id, (extract(epoch FROM head_time) * 1000)::int8 FROM device_state \
-         WHERE head_time IS NOT NULL",
-    )
-    .fetch_all(pool)
-    .await?;
+    Ok(open.into_iter().map(|(s, t)| (s as u64, t.0)).collect())
+}
+
+/// The devices to replay and the fix time each replay starts from.
+async fn replay_starts(
+    pool: &PgPool,
+    core: &SharedCore,
+    open: &FxHashMap<u64, i64>,
+    lookback: Duration,
+) -> Result<(Vec<String>, Vec<Millis>), sqlx::Error> {
+    let heads: Vec<(String, Millis)> =
+        sqlx::query_as("SELECT device_id, head_time FROM device_state WHERE head_time IS NOT NULL")
+            .fetch_all(pool)
+            .await?;
     // A phone's fixes matter to the proximity rules that name it: replay them
     // from the oldest open episode of those subjects too.
     let watchers: Vec<(String, i64)> = sqlx::query_as(
@@ -77,97 +152,19 @@ pub async fn rebuild(
         }
     }
     let lookback_ms = lookback.as_millis() as i64;
-    let (devices, from): (Vec<String>, Vec<i64>) = {
-        let core = core.lock().unwrap_or_else(|e| e.into_inner());
-        heads
-            .into_iter()
-            .filter_map(|(d, head)| {
-                let dev = core.registry.get(&d)?;
-                let mut from = head.saturating_sub(lookback_ms);
-                if let Some(s) = dev.subject
-                    && let Some(t) = open.get(&s.0)
-                {
-                    from = from.min(*t);
-                }
-                if let Some(t) = phone_open.get(&d) {
-                    from = from.min(*t);
-                }
-                Some((d, from))
-            })
-            .unzip()
-    };
-    let mut done = Rebuilt {
-        devices: devices.len(),
-        open_subjects: open.len(),
-        fixes: 0,
-    };
-    if devices.is_empty() {
-        return Ok(done);
-    }
-    let rows: Vec<ReplayRow> = sqlx::query_as(
-        "SELECT f.device_id, (extract(epoch FROM f.fix_time) * 1000)::int8, f.lat, f.lon, f.accuracy_m, \
-                f.suspect, (extract(epoch FROM f.received_at) * 1000000)::int8, f.seq \
-         FROM UNNEST($1::text[], $2::int8[]) AS u(d, f0) \
-         JOIN fixes f ON f.device_id = u.d AND f.fix_time >= 'epoch'::timestamptz + u.f0 * interval '1 millisecond' \
-         ORDER BY f.received_at, f.seq",
-    )
-    .bind(&devices)
-    .bind(&from)
-    .fetch_all(pool)
-    .await?;
-
-    let mut guard = core.lock().unwrap_or_else(|e| e.into_inner());
-    let core = &mut *guard;
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < rows.len() {
-        // One original message: same commit, same message index, same device.
-        let (dev, _, _, _, _, _, recv, seq) = &rows[i];
-        let msg = seq / SEQ_PER_MESSAGE;
-        let mut j = i;
-        while j < rows.len()
-            && rows[j].6 == *recv
-            && rows[j].7 / SEQ_PER_MESSAGE == msg
-            && rows[j].0 == *dev
-        {
-            j += 1;
-        }
-        let Some(d) = core.registry.get(dev).cloned() else {
-            i = j;
-            continue;
-        };
-        let handle = match (d.kind, d.subject) {
-            (DeviceKind::Bracelet, Some(SubjectId(s))) => core.engine.subject_handle(SubjectId(s)),
-            _ => None,
-        };
-        let mut any_late = false;
-        for (_, t, lat, lon, acc, suspect, _, _) in &rows[i..j] {
-            let (Ok(position), Ok(time)) =
-                (Position::new(*lon, *lat), Timestamp::from_millisecond(*t))
-            else {
-                continue;
-            };
-            let fix = geofence::Fix {
-                time,
-                position,
-                accuracy_m: f64::from(*acc),
-                suspect: *suspect,
-            };
-            done.fixes += 1;
-            let outcome = match (handle, d.kind) {
-                (Some(h), _) => core.engine.evaluate(h, &fix, &mut out),
-                (None, DeviceKind::VictimPhone) => {
-                    core.engine.observe_device(d.engine, &fix, &mut out)
-                }
-                (None, DeviceKind::Bracelet) => Ok(Outcome::Skipped),
-            };
-            any_late |= matches!(outcome, Ok(Outcome::Late));
-        }
-        if any_late && let Some(h) = handle {
-            let _ = core.engine.close_late_run(h, &mut out);
-        }
-        out.clear();
-        i = j;
-    }
-    Ok(done)
+    let core = core.lock();
+    Ok(heads
+        .into_iter()
+        .filter_map(|(d, head)| {
+            let dev = core.registry.get(&d)?;
+            let mut from = head.0.saturating_sub(lookback_ms);
+            if let Some(t) = dev.subject.and_then(|s| open.get(&s.0)) {
+                from = from.min(*t);
+            }
+            if let Some(t) = phone_open.get(&d) {
+                from = from.min(*t);
+            }
+            Some((d, Millis(from)))
+        })
+        .unzip())
 }

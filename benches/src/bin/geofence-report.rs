@@ -7,6 +7,7 @@ use benches::{BigPolygon, GlobalZones, SubjectWorld};
 use std::process::ExitCode;
 use std::time::Instant;
 
+// Over 80 lines: a script, one scenario after another, printing as it goes.
 fn main() -> ExitCode {
     let mut ok = true;
 

@@ -1,0 +1,111 @@
+//! The alert service's settings: the `[alerts]` table of the configuration.
+
+use alerts::{AlertType, Policy, Severity};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Alerts: detection limits, escalation and delivery (`[alerts]` in the file).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertConfig {
+    /// `no_communication` when a bracelet sends nothing for its
+    /// `report_interval_s` plus this, in seconds. The default covers a
+    /// bracelet at rest indoors (a heartbeat every 5 minutes) and one lost
+    /// message.
+    pub silence_buffer_s: u32,
+    /// `location_failure` when a bracelet reports motion with no fix for this
+    /// long, in seconds (Attenti's "Motion No GPS": 10 minutes).
+    pub location_failure_after_s: u32,
+    /// Unacknowledged critical alerts escalate after this, in seconds (0: never).
+    pub escalate_critical_s: u32,
+    /// Unacknowledged serious alerts escalate after this, in seconds (0: never).
+    pub escalate_serious_s: u32,
+    /// Unacknowledged info alerts escalate after this, in seconds (0: never).
+    pub escalate_info_s: u32,
+    /// Severity overrides: alert type → `critical`, `serious` or `info`.
+    pub severity: std::collections::BTreeMap<String, String>,
+    /// On restart, transitions and events stored this long before the last
+    /// processed point are read again (idempotent), in seconds.
+    pub replay_s: u32,
+    /// Deliveries queued in memory per channel; beyond it they wait in the
+    /// database and are sent by the sweeper (counted, never dropped).
+    pub delivery_queue: usize,
+    /// A delivery a sender holds is not re-sent by the sweeper for this long,
+    /// in seconds.
+    pub delivery_lease_s: u32,
+    /// Webhook requests in flight at once.
+    pub webhook_concurrency: usize,
+    /// First retry delay of a failed webhook, in ms; it doubles per attempt.
+    pub webhook_backoff_ms: u64,
+    /// Longest retry delay, in seconds.
+    pub webhook_backoff_max_s: u64,
+    /// Webhook request timeout, in seconds.
+    pub webhook_timeout_s: u64,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        AlertConfig {
+            silence_buffer_s: 540,
+            location_failure_after_s: 600,
+            escalate_critical_s: 300,
+            escalate_serious_s: 900,
+            escalate_info_s: 0,
+            severity: Default::default(),
+            replay_s: 600,
+            delivery_queue: 10_000,
+            delivery_lease_s: 30,
+            webhook_concurrency: 16,
+            webhook_backoff_ms: 1_000,
+            webhook_backoff_max_s: 600,
+            webhook_timeout_s: 10,
+        }
+    }
+}
+
+/// An `[alerts]` setting that does not make a policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyError(pub String);
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+impl AlertConfig {
+    /// The alert policy this configures.
+    pub fn policy(&self) -> Result<Policy, PolicyError> {
+        let never = |s: u32| (s > 0).then_some(s);
+        let mut p = Policy::default();
+        p.escalate_after_s = [
+            never(self.escalate_critical_s),
+            never(self.escalate_serious_s),
+            never(self.escalate_info_s),
+        ];
+        for (t, sev) in &self.severity {
+            let kind = AlertType::from_name(t)
+                .ok_or_else(|| PolicyError(format!("[alerts.severity]: no alert type {t:?}")))?;
+            let s = Severity::from_name(sev).ok_or_else(|| {
+                PolicyError(format!(
+                    "[alerts.severity] {t}: {sev:?} is not critical, serious or info"
+                ))
+            })?;
+            p = p.with_severity(kind, s);
+        }
+        Ok(p)
+    }
+
+    /// Checks everything `start` relies on.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        self.policy()?;
+        if self.delivery_queue < 1 || self.webhook_concurrency < 1 {
+            return Err(PolicyError(
+                "alerts.delivery_queue and alerts.webhook_concurrency must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,77 @@
+//! The sweeper: sends again what no sender holds once its lease has ended
+//! (a crash, a lost connection, a queue that was full), every second or when
+//! woken, per channel. Each send takes a new lease.
+
+use super::{Channel, Delivery, DeliveryRow, Queues, Senders};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// Sweeps every channel until `stop` (or a sender is gone).
+pub(crate) async fn run(s: Senders, queues: Queues, wake: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = wake.notified() => {}
+            _ = stop.cancelled() => return,
+        }
+        for channel in Channel::ALL {
+            if !sweep(&s, channel, queues.of(channel)).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Sends what is due on one channel, as much as its queue has room for (a
+/// lease runs while queued). False when the sender is gone.
+async fn sweep(s: &Senders, channel: Channel, q: &mpsc::Sender<Delivery>) -> bool {
+    loop {
+        let room = q.capacity().min(1_000) as i64;
+        if room == 0 {
+            return true;
+        }
+        let rows: Result<Vec<DeliveryRow>, _> = sqlx::query_as(
+            "UPDATE alert_deliveries d SET next_attempt_at = now() + $1 * interval '1 second' \
+             FROM (SELECT id FROM alert_deliveries WHERE state = 'pending' AND next_attempt_at <= now() \
+                   AND channel = $3 ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) due \
+             WHERE d.id = due.id \
+             RETURNING d.id, d.alert_id, d.version, d.channel, d.target, d.payload, d.attempts, d.live_event_at",
+        )
+        .bind(i64::from(s.cfg.delivery_lease_s))
+        .bind(room)
+        .bind(channel.as_str())
+        .fetch_all(&s.pool)
+        .await;
+        let rows = match rows {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, channel = channel.as_str(), "delivery sweep failed; will retry");
+                return true;
+            }
+        };
+        let n = rows.len();
+        for row in rows {
+            let d = match Delivery::try_from(row) {
+                Ok(d) => d,
+                Err(e) => {
+                    // Not ours to send: its lease keeps it from every sweep
+                    // for a while, and the error says which value is wrong.
+                    tracing::error!(error = %e, "delivery skipped");
+                    continue;
+                }
+            };
+            // Still with a sender (slow, not lost): its lease was just renewed.
+            if !s.held.hold(d.id) {
+                continue;
+            }
+            if q.send(d).await.is_err() {
+                return false;
+            }
+        }
+        if (n as i64) < room {
+            return true;
+        }
+    }
+}

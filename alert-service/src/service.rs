@@ -1,0 +1,631 @@
+//! The alert service's task: it owns the `alerts` core (router and book,
+//! silence wheel, GPS watch). Each step:
+//! 1. takes what ingest committed ([`bus::Observed`]: transitions, device
+//!    events, one report per message), officers' commands, the watched
+//!    fleet ([`bus::Fleet`]) and the clock (silence wheel, escalation
+//!    deadlines);
+//! 2. writes every alert change, its `alert_events` line and its deliveries
+//!    (the outbox) in one transaction, and advances `alert_progress`
+//!    ([`crate::outbox`]);
+//! 3. only then hands the deliveries to the senders ([`crate::delivery`])
+//!    and the in-process broadcast (for SSE).
+
+use crate::config::AlertConfig;
+use crate::delivery::{Channel, Delivery, Held, Queues};
+use crate::handle::{ActionError, Command, Reply};
+use crate::metrics::Metrics;
+use crate::outbox::{self, Changes, Stored};
+use crate::restore;
+use alerts::{
+    Actor, Alert, AlertEvent, AlertId, AlertState, AlertType, Change, DeviceEvent, GpsEvent,
+    GpsWatch, Input, Raised, Router, Severity, SilenceEvent, SilenceWheel,
+};
+use bus::{Fleet, FleetRx, Observed, ObservedRx, Report};
+use rustc_hash::{FxHashMap, FxHashSet};
+use sqlx::{PgConnection, PgPool};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::{Backoff, Millis, now_ms, retry_transient};
+use tokio::sync::{Notify, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// Why the alert service stopped other than by being asked to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertError {
+    /// It lost its database lock and another emtrack holds it now: two
+    /// services would assign the same alert ids.
+    LockLost,
+}
+
+impl fmt::Display for AlertError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AlertError::LockLost => write!(
+                f,
+                "the alert service lost its database lock and another emtrack holds it"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for AlertError {}
+
+/// The bracelets watched for silence, by engine id.
+#[derive(Default)]
+struct Watchlist {
+    /// Engine id → subject (0: none).
+    subject_of: Vec<u64>,
+    /// Engine id → protocol id.
+    names: FxHashMap<u32, Arc<str>>,
+    watched: FxHashSet<u32>,
+}
+
+impl Watchlist {
+    fn set_subject(&mut self, device: u32, subject: u64) {
+        let i = device as usize;
+        if self.subject_of.len() <= i {
+            self.subject_of.resize(i + 1, 0);
+        }
+        self.subject_of[i] = subject;
+    }
+
+    fn subject(&self, device: u32) -> Option<u64> {
+        self.subject_of
+            .get(device as usize)
+            .copied()
+            .filter(|s| *s != 0)
+    }
+}
+
+/// Where stored deliveries go.
+pub(crate) struct Outlets {
+    pub(crate) queues: Queues,
+    pub(crate) sweep: Arc<Notify>,
+    pub(crate) broadcast: broadcast::Sender<Arc<str>>,
+    pub(crate) held: Held,
+}
+
+/// The task's state.
+pub(crate) struct Alerter {
+    pub(crate) pool: PgPool,
+    pub(crate) metrics: Metrics,
+    pub(crate) cfg: AlertConfig,
+    pub(crate) router: Router,
+    wheel: SilenceWheel,
+    gps: GpsWatch,
+    watch: Watchlist,
+    fleet: FleetRx,
+    /// The bracelet each alert is about (for notifications).
+    devices: FxHashMap<AlertId, String>,
+    /// The fix or event that confirmed each live alert (ms): its latency
+    /// is measured from here.
+    triggers: FxHashMap<AlertId, i64>,
+    /// Everything committed up to here is in the book.
+    watermark: i64,
+    stored_watermark: i64,
+    out: Outlets,
+    open: FxHashMap<AlertId, Severity>,
+    replies: Vec<(Reply, Result<(), ActionError>)>,
+    /// A change the database refused: `alert_progress` stays where it is, so
+    /// that a restart re-reads from before it.
+    refused: bool,
+    /// Holds [`restore::ALERT_LOCK`] while the service runs.
+    lock: Option<PgConnection>,
+}
+
+impl Alerter {
+    /// The service on a restored book; watching starts from the fleet as it
+    /// is now (see [`Alerter::start_watching`]).
+    pub(crate) fn new(
+        pool: PgPool,
+        metrics: Metrics,
+        cfg: AlertConfig,
+        restored: restore::Restored,
+        fleet: FleetRx,
+        out: Outlets,
+        lock: PgConnection,
+    ) -> Alerter {
+        let now = now_ms();
+        let open: FxHashMap<AlertId, Severity> = restored
+            .router
+            .book()
+            .alerts()
+            .filter(|a| a.state != AlertState::Resolved)
+            .map(|a| (a.id, a.severity))
+            .collect();
+        let a = Alerter {
+            wheel: SilenceWheel::new(4_096, (now / 1000) as u64),
+            gps: GpsWatch::new(cfg.location_failure_after_s),
+            router: restored.router,
+            devices: restored.devices,
+            watermark: restored.processed_to,
+            stored_watermark: restored.processed_to,
+            pool,
+            metrics,
+            cfg,
+            watch: Watchlist::default(),
+            fleet,
+            triggers: FxHashMap::default(),
+            out,
+            open,
+            replies: Vec::new(),
+            refused: false,
+            lock: Some(lock),
+        };
+        a.count_open();
+        a
+    }
+
+    /// Watches every assigned bracelet from now: after an outage of emtrack,
+    /// a device gets one allowance to be heard (its backlog is still in the
+    /// broker) before it counts as silent. Each device's location-failure
+    /// clock starts from its last stored fix. Devices with an open
+    /// `no_communication` or `location_failure` alert are marked, so that
+    /// their next message or fix resolves it.
+    pub(crate) fn start_watching(&mut self, last_fixes: Vec<(String, Option<Millis>)>) {
+        let fleet = self.fleet.borrow_and_update().clone();
+        self.sync_fleet(&fleet);
+        let by_name: FxHashMap<&str, u32> = fleet
+            .bracelets
+            .iter()
+            .map(|w| (&*w.name, w.device))
+            .collect();
+        for (d, last_fix) in last_fixes {
+            if let (Some(id), Some(f)) = (by_name.get(d.as_str()), last_fix) {
+                self.gps.start(*id, (f.0 / 1000).max(0) as u64);
+            }
+        }
+        // The subject's bracelet now, for alerts stored without a device.
+        let bracelet: FxHashMap<u64, u32> = fleet
+            .bracelets
+            .iter()
+            .map(|w| (w.subject, w.device))
+            .collect();
+        for (kind, silence) in [
+            (AlertType::NoCommunication, true),
+            (AlertType::LocationFailure, false),
+        ] {
+            for id in self.router.book().ids_of(kind) {
+                let Some(a) = self.router.book().get(id) else {
+                    continue;
+                };
+                if a.state == AlertState::Resolved {
+                    continue;
+                }
+                // The alert's own bracelet if it named one (it may be
+                // retired or reassigned since: then nothing is marked), else
+                // the subject's bracelet now.
+                let dev = match self.devices.get(&id) {
+                    Some(d) => by_name.get(d.as_str()).copied(),
+                    None => bracelet.get(&a.key.subject).copied(),
+                };
+                match (dev, silence) {
+                    (Some(d), true) => self.wheel.mark_silent(d),
+                    (Some(d), false) => self.gps.mark_failing(d),
+                    (None, _) => {}
+                }
+            }
+        }
+    }
+
+    /// Follows the fleet: newly assigned bracelets are watched from now,
+    /// unassigned or retired ones no longer.
+    fn sync_fleet(&mut self, fleet: &Fleet) {
+        let now_s = (now_ms() / 1000) as u64;
+        let mut now_watched = FxHashSet::default();
+        for w in &fleet.bracelets {
+            let allowance = w
+                .report_interval_s
+                .saturating_add(self.cfg.silence_buffer_s);
+            let from = if self.watch.watched.contains(&w.device) {
+                0
+            } else {
+                now_s
+            };
+            self.wheel.watch(w.device, allowance, from);
+            self.watch.set_subject(w.device, w.subject);
+            self.watch.names.insert(w.device, w.name.clone());
+            now_watched.insert(w.device);
+        }
+        for id in self.watch.watched.difference(&now_watched) {
+            self.wheel.unwatch(*id);
+        }
+        self.watch.watched = now_watched;
+    }
+
+    /// Runs until `stop` or the end of the commit stream; stores what it
+    /// took, then releases the lock.
+    pub(crate) async fn run(
+        mut self,
+        mut rx: ObservedRx,
+        mut commands: mpsc::Receiver<Command>,
+        stop: CancellationToken,
+    ) -> Result<(), AlertError> {
+        let mut buf = Vec::with_capacity(256);
+        let mut last_evict = Instant::now();
+        let mut last_lock_check = Instant::now();
+        let mut result = Ok(());
+        loop {
+            let now = now_ms();
+            // Wake at the next second (silence wheel) or escalation deadline.
+            let next = self
+                .router
+                .book()
+                .next_deadline()
+                .unwrap_or(i64::MAX)
+                .min((now / 1000 + 1) * 1000);
+            let wait = Duration::from_millis((next - now).clamp(1, 1000) as u64);
+            tokio::select! {
+                n = rx.recv_many(&mut buf, 256) => {
+                    if n == 0 {
+                        break;
+                    }
+                    let now = now_ms();
+                    for o in buf.drain(..) {
+                        self.apply(o, now);
+                    }
+                }
+                c = commands.recv() => {
+                    if let Some(c) = c {
+                        self.command(c, now_ms());
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => break,
+            }
+            self.tick(now_ms());
+            self.flush().await;
+            if last_lock_check.elapsed() > Duration::from_secs(30) {
+                last_lock_check = Instant::now();
+                if !self.keep_lock().await {
+                    tracing::error!(
+                        "the alert service lost its database lock and another emtrack holds it; stopping"
+                    );
+                    result = Err(AlertError::LockLost);
+                    break;
+                }
+            }
+            if last_evict.elapsed() > Duration::from_secs(600) {
+                last_evict = Instant::now();
+                self.evict(now_ms());
+            }
+        }
+        // What was received but not stored is re-read after a restart.
+        self.flush().await;
+        if let Some(c) = self.lock.take() {
+            // Closing the connection releases the lock.
+            let _ = sqlx::Connection::close(c).await;
+        }
+        result
+    }
+
+    /// Drops long-resolved alerts from memory (the store keeps them).
+    fn evict(&mut self, now: i64) {
+        let before = now - 3_600_000 - i64::from(self.cfg.replay_s) * 1000;
+        if self.router.forget_resolved(before) > 0 {
+            let book = self.router.book();
+            self.devices.retain(|id, _| book.get(*id).is_some());
+            self.triggers.retain(|id, _| book.get(*id).is_some());
+        }
+    }
+
+    /// Takes what one commit stored.
+    pub(crate) fn apply(&mut self, o: Observed, now: i64) {
+        for t in &o.transitions {
+            let tr = t.transition;
+            let raised = self.router.handle(Input::violation(&tr), now);
+            self.note(
+                raised,
+                t.device.as_deref(),
+                Some(tr.confirmed_at.as_millisecond()),
+            );
+        }
+        for e in &o.events {
+            let Some(event) = DeviceEvent::of(e.kind) else {
+                continue;
+            };
+            let input = Input::Event {
+                subject: e.subject,
+                event,
+                at_ms: e.at_ms,
+                historical: e.late,
+            };
+            let raised = self.router.handle(input, now);
+            self.note(raised, Some(&e.device), Some(e.at_ms));
+        }
+        let arrived_s = (o.committed_ms / 1000).max(0) as u64;
+        for r in &o.reports {
+            self.report(r, arrived_s, now);
+        }
+        self.watermark = self.watermark.max(o.committed_ms);
+    }
+
+    /// One message of a bracelet: it is alive, and it did or did not fix.
+    fn report(&mut self, r: &Report, arrived_s: u64, now: i64) {
+        self.watch.set_subject(r.device, r.subject);
+        if let Some(SilenceEvent::BackOnline { .. }) = self.wheel.seen(r.device, arrived_s) {
+            self.router
+                .handle(Input::BackOnline { subject: r.subject }, now);
+        }
+        let at_s = (r.time_ms / 1000).max(0) as u64;
+        match self.gps.report(r.device, at_s, r.fix, r.motion) {
+            Some(GpsEvent::Failure {
+                last_fix_s, at_s, ..
+            }) => {
+                let input = Input::LocationFailure {
+                    subject: r.subject,
+                    last_fix_ms: last_fix_s as i64 * 1000,
+                    at_ms: at_s as i64 * 1000,
+                };
+                let raised = self.router.handle(input, now);
+                self.note(raised, Some(&r.name), None);
+            }
+            Some(GpsEvent::Restored { .. }) => {
+                self.router
+                    .handle(Input::LocationRestored { subject: r.subject }, now);
+            }
+            None => {}
+        }
+    }
+
+    /// Remembers the bracelet of a new alert (the notification names it, and
+    /// a restart marks it) and what confirmed it.
+    fn note(&mut self, raised: Option<Raised>, device: Option<&str>, trigger_ms: Option<i64>) {
+        if let Some(Raised::New(id)) = raised {
+            if let Some(d) = device {
+                self.devices.insert(id, d.to_owned());
+            }
+            if let Some(t) = trigger_ms {
+                self.triggers.insert(id, t);
+            }
+        }
+    }
+
+    /// Checks that the lock's connection is alive; if it is gone, takes the
+    /// lock again on a new one. False if another process has it.
+    async fn keep_lock(&mut self) -> bool {
+        if let Some(c) = self.lock.as_mut()
+            && sqlx::query("SELECT 1").execute(&mut *c).await.is_ok()
+        {
+            return true;
+        }
+        tracing::warn!("the alert lock's connection was lost; taking the lock again");
+        match restore::lock(&self.pool).await {
+            Ok(c) => {
+                self.lock = Some(c);
+                true
+            }
+            Err(restore::AlertStartError::Locked) => false,
+            // The database is unreachable: nobody else can take the lock
+            // through it either; try again at the next check.
+            Err(_) => true,
+        }
+    }
+
+    fn command(&mut self, c: Command, now: i64) {
+        let result = self
+            .router
+            .act(c.alert, c.officer, c.action, c.note, now)
+            .map_err(ActionError::Book);
+        self.replies.push((c.reply, result));
+    }
+
+    fn tick(&mut self, now: i64) {
+        if self.fleet.has_changed().unwrap_or(false) {
+            let fleet = self.fleet.borrow_and_update().clone();
+            self.sync_fleet(&fleet);
+        }
+        let mut silent = Vec::new();
+        self.wheel.poll((now / 1000).max(0) as u64, &mut silent);
+        for s in silent {
+            let SilenceEvent::NoCommunication {
+                device,
+                last_seen_s,
+                ..
+            } = s
+            else {
+                continue;
+            };
+            let Some(subject) = self.watch.subject(device) else {
+                continue;
+            };
+            let input = Input::Silent {
+                subject,
+                last_seen_ms: last_seen_s as i64 * 1000,
+            };
+            let raised = self.router.handle(input, now);
+            let name = self.watch.names.get(&device).cloned();
+            self.note(raised, name.as_deref(), None);
+        }
+        self.router.escalate_due(now);
+    }
+
+    /// Stores the book's new events with their deliveries, then sends.
+    pub(crate) async fn flush(&mut self) {
+        let events = self.router.take_events();
+        let replies = std::mem::take(&mut self.replies);
+        if events.is_empty() {
+            self.advance_idle().await;
+            answer(replies, Ok(()));
+            return;
+        }
+        let alerts: FxHashMap<AlertId, Alert> = events
+            .iter()
+            .filter_map(|e| {
+                self.router
+                    .book()
+                    .get(e.alert)
+                    .cloned()
+                    .map(|a| (e.alert, a))
+            })
+            .collect();
+        let Some(stored) = self.store(&events, &alerts).await else {
+            self.refuse(&events);
+            answer(replies, Err(ActionError::NotStored));
+            return;
+        };
+        if !self.refused {
+            self.stored_watermark = self.stored_watermark.max(self.watermark);
+        }
+        for id in &stored.conflicts {
+            self.metrics.alert_key_conflicts.inc();
+            self.forget(*id);
+        }
+        self.count(&events, &alerts, &stored.conflicts);
+        answer(replies, Ok(()));
+        self.send(stored.deliveries).await;
+    }
+
+    /// Moves the re-read point along now and then even when nothing happens.
+    async fn advance_idle(&mut self) {
+        if !self.refused
+            && self.watermark > self.stored_watermark + 10_000
+            && outbox::advance(&self.pool, self.watermark).await.is_ok()
+        {
+            self.stored_watermark = self.watermark;
+        }
+    }
+
+    /// Stores the changes, retrying transient errors; `None` if the
+    /// database refused them.
+    async fn store(
+        &self,
+        events: &[AlertEvent],
+        alerts: &FxHashMap<AlertId, Alert>,
+    ) -> Option<Stored> {
+        let changes = Changes {
+            events,
+            alerts,
+            devices: &self.devices,
+            triggers: &self.triggers,
+            processed_to: (!self.refused).then_some(self.watermark),
+            lease_s: self.cfg.delivery_lease_s,
+        };
+        let r = retry_transient(
+            Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+            || outbox::store(&self.pool, &changes),
+            |e, _| {
+                self.metrics.alert_store_retries.inc();
+                tracing::warn!(error = %e, "cannot store alerts; retrying");
+            },
+        )
+        .await;
+        match r {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, alerts = alerts.len(), "the database refused alert changes; they are not stored and not sent");
+                None
+            }
+        }
+    }
+
+    /// Not stored, so not sent. New alerts leave the book (a later change of
+    /// theirs would refer to nothing); the re-read point stays, so a restart
+    /// raises them again.
+    fn refuse(&mut self, events: &[AlertEvent]) {
+        self.refused = true;
+        for e in events.iter().filter(|e| e.what == Change::Raised) {
+            self.forget(e.alert);
+        }
+    }
+
+    fn forget(&mut self, id: AlertId) {
+        self.router.forget(id);
+        self.devices.remove(&id);
+        self.triggers.remove(&id);
+    }
+
+    /// Counts what was stored (raised, open, escalated, acknowledged).
+    fn count(
+        &mut self,
+        events: &[AlertEvent],
+        alerts: &FxHashMap<AlertId, Alert>,
+        conflicts: &[AlertId],
+    ) {
+        let m = &self.metrics;
+        for e in events.iter().filter(|e| !conflicts.contains(&e.alert)) {
+            let Some(a) = alerts.get(&e.alert) else {
+                continue;
+            };
+            match e.what {
+                Change::Raised => {
+                    m.alerts_raised
+                        .with_label_values(&[a.key.kind.as_str(), a.severity.as_str()])
+                        .inc();
+                    self.open.insert(a.id, a.severity);
+                }
+                Change::Resolved { .. } => {
+                    self.open.remove(&a.id);
+                }
+                Change::Escalated(l) => {
+                    m.alert_escalations
+                        .with_label_values(&[&l.to_string()])
+                        .inc();
+                }
+                Change::Acknowledged if e.who != Actor::System => {
+                    m.alert_ack_seconds
+                        .observe((e.at_ms - a.raised_ms).max(0) as f64 / 1000.0);
+                }
+                Change::Acknowledged | Change::Repeated => {}
+            }
+        }
+        self.count_open();
+    }
+
+    fn count_open(&self) {
+        for s in Severity::ALL {
+            let n = self.open.values().filter(|v| **v == s).count();
+            self.metrics
+                .alerts_open
+                .with_label_values(&[s.as_str()])
+                .set(n as i64);
+        }
+    }
+
+    /// Hands stored deliveries to their senders and the broadcast. A full
+    /// queue leaves the delivery to the sweeper (counted, never dropped).
+    pub(crate) async fn send(&mut self, deliveries: Vec<Delivery>) {
+        let mut spilled: Vec<i64> = Vec::new();
+        // One broadcast per change (an MQTT change may go to several topics).
+        let mut told: FxHashSet<(i64, i32)> = FxHashSet::default();
+        for d in deliveries {
+            if d.channel == Channel::Mqtt && told.insert((d.alert, d.version)) {
+                let _ = self
+                    .out
+                    .broadcast
+                    .send(Arc::from(String::from_utf8_lossy(&d.payload).into_owned()));
+            }
+            let channel = d.channel;
+            let id = d.id;
+            self.out.held.hold(id);
+            match self.out.queues.of(channel).try_send(d) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.out.held.release(&[id]);
+                    self.metrics
+                        .delivery_overflow
+                        .with_label_values(&[channel.as_str()])
+                        .inc();
+                    spilled.push(id);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.out.held.release(&[id]);
+                }
+            }
+        }
+        if !spilled.is_empty() {
+            // The sweeper sends them as soon as the queue has room.
+            if let Err(e) = crate::delivery::due_in(&self.pool, &spilled, Duration::ZERO).await {
+                tracing::warn!(error = %e, n = spilled.len(), "overflowed deliveries wait for their lease to end");
+            }
+            self.out.sweep.notify_one();
+        }
+    }
+}
+
+fn answer(replies: Vec<(Reply, Result<(), ActionError>)>, stored: Result<(), ActionError>) {
+    for (reply, result) in replies {
+        let _ = reply.send(result.and(stored.clone()));
+    }
+}

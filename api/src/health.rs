@@ -1,0 +1,49 @@
+//! Liveness, readiness and metrics.
+
+use crate::HttpState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use prometheus::TextEncoder;
+use std::time::Duration;
+
+/// `GET /metrics`: the Prometheus text format.
+pub(crate) async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    let body = TextEncoder::new()
+        .encode_to_string(&s.metrics.gather())
+        .unwrap_or_else(|e| format!("# encoding failed: {e}\n"));
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+}
+
+/// `GET /readyz`: one line per probe and one for the database; 200 only
+/// when every one is ok.
+pub(crate) async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
+    let db = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&s.pool),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    let mut all = db;
+    let mut body = String::new();
+    for (name, probe) in &s.probes {
+        let ok = probe();
+        all &= ok;
+        body.push_str(&format!("{name} {}\n", word(ok)));
+    }
+    body.push_str(&format!("database {}\n", word(db)));
+    let status = if all {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body)
+}
+
+fn word(ok: bool) -> &'static str {
+    if ok { "ok" } else { "not ready" }
+}

@@ -1,0 +1,24 @@
+//! `emtrack`: the service's glue. It reads the configuration, starts each
+//! concern's crate in order, wires them together with typed channels, and
+//! stops them on one signal. It holds no logic of its own; `main.rs` is the
+//! command line over it.
+//!
+//! # Layout
+//! - `config`: defaults ← TOML file ← `EMTRACK_*` environment ← flags, and
+//!   each service's part of it.
+//! - `service`: [`service::start`] wires `reference` → `ingest` → `bus` →
+//!   `alert-service`, and `api` over their handles; [`service::run`] runs
+//!   until a signal.
+//! - `shutdown`: the one stop signal and the one failure path.
+//!
+//! The crates it wires, upstream first: `store` (the database), `reference`
+//! (reference data into the engine), `ingest` (messages to evidence),
+//! `bus` (what ingest tells the alert service), `alert-service` (alerts and
+//! their delivery), `api` (HTTP). See ARCHITECTURE.md.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod service;
+pub mod shutdown;

@@ -1,0 +1,333 @@
+//! `emtrack run`: the services wired together, started in order, stopped in
+//! order.
+//!
+//! Startup: LISTEN for reference changes, load the reference data into the
+//! engine, rebuild per-device state from stored fixes, start the alert
+//! service (lock, restore, re-read), then serve HTTP, apply reference
+//! changes, keep partitions, and consume MQTT. Shutdown (SIGTERM, Ctrl-C, or
+//! a task that failed): stop consuming, let the workers commit and ack what
+//! they hold, store the alert service's last changes and release its lock,
+//! disconnect; bounded by 10 s.
+
+use crate::config::Config;
+use crate::shutdown::{self, Supervisor};
+use alert_service::{AlertHandle, AlertStartError};
+use ingest::Ingest;
+use reference::{Scope, SharedCore};
+use sqlx::PgPool;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The running service's handles.
+#[derive(Debug)]
+pub struct Service {
+    /// The HTTP address actually bound.
+    pub http: SocketAddr,
+    /// Every metric (what `/metrics` renders).
+    pub registry: prometheus::Registry,
+    /// Ingest's metrics.
+    pub ingest: ingest::Metrics,
+    /// The reference loader's metrics.
+    pub reference: reference::Metrics,
+    /// The alert service.
+    pub alerts: AlertHandle,
+    /// Connected to the broker and subscribed.
+    pub subscribed: Arc<AtomicBool>,
+    tasks: Supervisor,
+}
+
+impl Service {
+    /// Waits until every task has ended; returns the failures.
+    pub async fn stopped(self) -> Vec<String> {
+        self.tasks.wait().await
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+/// Why the service could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The database step named failed.
+    Db(&'static str, sqlx::Error),
+    /// The alert service could not start (its lock, its state).
+    Alerts(AlertStartError),
+    /// The HTTP listener could not bind.
+    Http(String, std::io::Error),
+    /// The configuration is unusable.
+    Config(String),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Db(what, e) => write!(f, "cannot {what}: {e}"),
+            StartError::Alerts(e) => e.fmt(f),
+            StartError::Http(addr, e) => write!(
+                f,
+                "cannot listen on {addr} for HTTP: {e} (set http_listen / EMTRACK_HTTP_LISTEN)"
+            ),
+            StartError::Config(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Why `emtrack run` ended other than by a signal.
+#[derive(Debug)]
+pub enum RunError {
+    /// It could not start.
+    Start(StartError),
+    /// A task failed while running (each named with why); unacked messages
+    /// are redelivered to the next start.
+    Failed(Vec<String>),
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Start(e) => e.fmt(f),
+            RunError::Failed(failures) => write!(
+                f,
+                "stopped after a failure ({}); unacked messages will be redelivered",
+                failures.join("; ")
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// Starts everything on an already migrated pool; returns once consuming
+/// has begun. Everything stops when `stop` is cancelled (or a task fails).
+pub async fn start(
+    config: &Config,
+    pool: PgPool,
+    stop: CancellationToken,
+) -> Result<Service, StartError> {
+    let registry = prometheus::Registry::new();
+    let (loaded, alert_inputs) = load(config, &pool, &registry).await?;
+    let ref_metrics = loaded.reference.clone();
+    let policy = config
+        .alerts
+        .policy()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let (alerts, alert_service) = alert_service::start(
+        pool.clone(),
+        config.alerts.clone(),
+        policy,
+        config.alert_mqtt(),
+        alert_service::Metrics::new(&registry),
+        alert_inputs,
+        stop.clone(),
+    )
+    .await
+    .map_err(StartError::Alerts)?;
+    let listener = tokio::net::TcpListener::bind(&config.http_listen)
+        .await
+        .map_err(|e| StartError::Http(config.http_listen.clone(), e))?;
+    let http = listener
+        .local_addr()
+        .map_err(|e| StartError::Http(config.http_listen.clone(), e))?;
+    let mut tasks = Supervisor::new(stop.clone());
+    // Current: the initial load ran after LISTEN began.
+    let reference_current = Arc::new(AtomicBool::new(true));
+    let ingest = loaded.ingest.clone();
+    spawn_background(
+        &mut tasks,
+        config,
+        &pool,
+        loaded,
+        reference_current.clone(),
+        &stop,
+    );
+    tasks.spawn("alerts", alert_service.run(stop.clone()));
+    let probes: Vec<(&'static str, api::Probe)> = vec![
+        ("broker", flag(ingest.subscribed())),
+        ("reference", flag(reference_current)),
+        ("alerts", running(alerts.stopped())),
+    ];
+    let app = api::router(api::HttpState {
+        metrics: registry.clone(),
+        probes,
+        pool,
+        alerts: alerts.clone(),
+    });
+    // HTTP stays up until the pipeline has drained.
+    let drained = CancellationToken::new();
+    let http_stop = drained.clone();
+    tasks.spawn("http", async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await
+    });
+    let (subscribed, metrics) = (ingest.subscribed(), ingest.metrics().clone());
+    tasks.spawn("ingest", async move {
+        let r = ingest.run(stop).await;
+        drained.cancel();
+        r
+    });
+    Ok(Service {
+        http,
+        registry,
+        ingest: metrics,
+        reference: ref_metrics,
+        alerts,
+        subscribed,
+        tasks,
+    })
+}
+
+/// The reference listener, the recorder of the episodes it closes, and
+/// partition maintenance.
+fn spawn_background(
+    tasks: &mut Supervisor,
+    config: &Config,
+    pool: &PgPool,
+    loaded: Loaded,
+    current: Arc<AtomicBool>,
+    stop: &CancellationToken,
+) {
+    let (closures_tx, closures_rx) = tokio::sync::mpsc::channel(64);
+    let outputs = reference::listen::Outputs {
+        closures: closures_tx,
+        fleet: loaded.fleet,
+        metrics: loaded.reference,
+        current,
+    };
+    tasks.spawn_endless(
+        "reference",
+        reference::listen::run(
+            pool.clone(),
+            loaded.core,
+            loaded.changes,
+            outputs,
+            stop.clone(),
+        ),
+    );
+    let (ingest, s) = (loaded.ingest, stop.clone());
+    tasks.spawn_endless("closures", async move {
+        ingest.record_closures(closures_rx, s).await
+    });
+    tasks.spawn_endless(
+        "partitions",
+        store::keep_partitions(
+            pool.clone(),
+            config.partitions_ahead_days,
+            config.retention_days,
+            Duration::from_secs(config.maintenance_interval_s),
+            stop.clone(),
+        ),
+    );
+}
+
+/// What the background tasks take over once the alert service has started.
+struct Loaded {
+    core: SharedCore,
+    /// Listening for reference changes since before the load.
+    changes: sqlx::postgres::PgListener,
+    reference: reference::Metrics,
+    fleet: bus::FleetTx,
+    ingest: Ingest,
+}
+
+/// Loads the reference data into the engine (listening for changes first,
+/// so that none made in between is missed), and rebuilds the engine's state
+/// from stored fixes.
+async fn load(
+    config: &Config,
+    pool: &PgPool,
+    registry: &prometheus::Registry,
+) -> Result<(Loaded, alert_service::Inputs), StartError> {
+    let reference = reference::Metrics::new(registry);
+    let core = SharedCore::default();
+    let changes = reference::listen::listen(pool)
+        .await
+        .map_err(|e| StartError::Db("LISTEN for reference changes", e))?;
+    let synced = reference::sync(pool, &core, &Scope::all())
+        .await
+        .map_err(|e| StartError::Db("load zones, subjects and devices", e))?;
+    reference.record(&synced.errors);
+    let (observed_tx, observed_rx) = bus::observed();
+    let (fleet_tx, fleet_rx) = bus::fleet(synced.fleet.unwrap_or_default());
+    let ingest = Ingest::new(
+        config.ingest(),
+        pool.clone(),
+        core.clone(),
+        ingest::Metrics::new(registry),
+        observed_tx,
+    );
+    let rebuilt = ingest
+        .rebuild()
+        .await
+        .map_err(|e| StartError::Db("rebuild device state", e))?;
+    tracing::info!(
+        zones = synced.zones,
+        subjects = synced.subjects,
+        devices = synced.devices,
+        replayed_fixes = rebuilt.fixes,
+        open_subjects = rebuilt.open_subjects,
+        "engine loaded"
+    );
+    let loaded = Loaded {
+        core,
+        changes,
+        reference,
+        fleet: fleet_tx,
+        ingest,
+    };
+    let inputs = alert_service::Inputs {
+        observed: observed_rx,
+        fleet: fleet_rx,
+    };
+    Ok((loaded, inputs))
+}
+
+fn flag(f: Arc<AtomicBool>) -> api::Probe {
+    Arc::new(move || f.load(Ordering::Relaxed))
+}
+
+fn running(stopped: CancellationToken) -> api::Probe {
+    Arc::new(move || !stopped.is_cancelled())
+}
+
+/// Runs until SIGTERM or Ctrl-C (or a task fails), then shuts down within
+/// 10 s.
+pub async fn run(config: &Config, pool: PgPool) -> Result<(), RunError> {
+    let stop = CancellationToken::new();
+    let svc = start(config, pool, stop.clone())
+        .await
+        .map_err(RunError::Start)?;
+    tracing::info!(http = %svc.http, broker = %format!("{}:{}", config.mqtt_host, config.mqtt_port), "emtrack running");
+    tokio::select! {
+        _ = shutdown::signal() => tracing::info!("signal received; stopping"),
+        _ = stop.cancelled() => {}
+    }
+    stop.cancel();
+    let failures = svc.tasks.failures();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), svc.stopped()).await;
+    let failures = match stopped {
+        Ok(failures) => failures,
+        Err(_) => {
+            tracing::error!(
+                "shutdown took longer than 10 s; exiting with messages unacked (the broker redelivers them)"
+            );
+            failures.snapshot()
+        }
+    };
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(RunError::Failed(failures))
+    }
+}

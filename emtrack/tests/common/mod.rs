@@ -1,0 +1,505 @@
+//! Fixtures for the service tests: a world imported into the test database,
+//! a scenario, an in-process service, and the checks against ground truth.
+
+#![allow(dead_code, unreachable_pub)]
+
+use device_sim::publish::{Pace, PublishConfig, PublishReport, publish};
+use device_sim::stream::{Outgoing, Scenario, ScenarioConfig};
+use device_sim::testbed::SeenTransition;
+use device_sim::truth::Record;
+use device_sim::world::{World, WorldConfig};
+use emtrack::config::Config;
+use jiff::Timestamp;
+use rumqttc::QoS;
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A seeded world with victims, imported into `pool`.
+pub async fn world(pool: &PgPool, seed: u64, subjects: usize) -> Arc<World> {
+    let world = Arc::new(World::generate(WorldConfig {
+        seed,
+        subjects,
+        victim_share: 0.4,
+        ..WorldConfig::default()
+    }));
+    let dir = std::env::temp_dir().join(format!("emtrack-world-{seed}-{}", std::process::id()));
+    world.write_dir(&dir).expect("world export");
+    reference::world::import(pool, &dir).await.expect("imports");
+    let _ = std::fs::remove_dir_all(&dir);
+    world
+}
+
+/// A scenario three weeks before the session date (all fixes in the past,
+/// whatever the day: the start is fixed for determinism).
+pub fn scenario(world: &Arc<World>, hours: i64, batch: usize) -> Scenario {
+    Scenario::new(
+        world.clone(),
+        ScenarioConfig::busy(
+            "2026-11-01T00:00:00+05:00[Asia/Almaty]"
+                .parse::<jiff::Zoned>()
+                .expect("start")
+                .timestamp(),
+            hours,
+            batch,
+        ),
+    )
+}
+
+/// The service's configuration for a test broker, with one worker.
+///
+/// A scenario published at full speed plays a simulated day in seconds, so
+/// one 250-message batch spans minutes of simulated time. With several
+/// workers, a victim's phone and the bracelet it is protected from sit on
+/// different shards and their fixes can be judged minutes (simulated) apart,
+/// which moves proximity episodes; at real pace the skew is milliseconds.
+/// One worker keeps the stream's order, so the ground truth holds exactly.
+pub fn config(broker_port: u16, client_id: &str) -> Config {
+    Config {
+        mqtt_port: broker_port,
+        mqtt_client_id: client_id.into(),
+        http_listen: "127.0.0.1:0".into(),
+        workers: 1,
+        ..Config::default()
+    }
+}
+
+/// Polls `f` every 20 ms until it is true; false if `limit` passes first.
+pub async fn poll_until<F, Fut>(limit: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !f().await {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// Polls `f` every 20 ms until it is true; panics with `what` after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    assert!(poll_until(limit, f).await, "timed out waiting until {what}");
+}
+
+/// Waits until the service has acked `n` messages; on timeout, panics with
+/// its ingest counters.
+pub async fn wait_acked(m: &ingest::Metrics, n: u64, limit: Duration) {
+    let ok = poll_until(limit, || {
+        let m = m.clone();
+        async move { m.messages_acked.get() >= n }
+    })
+    .await;
+    if !ok {
+        panic!(
+            "{n} messages not acked in {limit:?}: received {}, acked {}, queue depth {}, commit retries {}, fixes stored {}",
+            m.messages_received.get(),
+            m.messages_acked.get(),
+            m.queue_depth.get(),
+            m.commit_retries.get(),
+            m.fixes_accepted.get(),
+        );
+    }
+}
+
+/// Publishes every message of `stream` at full speed with QoS 1, over one
+/// connection: the broker then delivers them in stream order.
+pub async fn publish_all(
+    port: u16,
+    stream: &mut dyn Iterator<Item = Outgoing>,
+    devices: usize,
+    prefix: &str,
+) -> PublishReport {
+    let cfg = PublishConfig {
+        host: "127.0.0.1".into(),
+        port,
+        qos: QoS::AtLeastOnce,
+        connections: 1,
+        conn_per_device: false,
+        client_id_prefix: prefix.into(),
+        pace: Pace::Max,
+        duration: Duration::from_secs(300),
+        max_fixes: None,
+        progress_every: Duration::from_secs(3600),
+        inflight: 100,
+        wall_clock: false,
+    };
+    publish(stream, devices, &cfg, 0).await.expect("publishes")
+}
+
+/// A stored rule transition.
+#[derive(sqlx::FromRow)]
+pub struct TransitionRow {
+    pub subject_id: i64,
+    pub rule_id: i64,
+    pub zone_id: i64,
+    pub kind: String,
+    pub at: store::Millis,
+    pub historical: bool,
+}
+
+impl TransitionRow {
+    /// Whether it opens an episode.
+    pub fn starts(&self) -> bool {
+        geofence::TransitionKind::from_name(&self.kind)
+            .unwrap_or_else(|| panic!("unknown transition kind {:?}", self.kind))
+            .is_start()
+    }
+}
+
+/// Rule transitions in the database, in the order they happened per key.
+pub async fn transition_rows(pool: &PgPool) -> Vec<TransitionRow> {
+    sqlx::query_as(
+        "SELECT subject_id, rule_id, zone_id, kind, at, historical \
+         FROM rule_transitions ORDER BY subject_id, rule_id, zone_id, historical, at",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("transitions")
+}
+
+/// Rule transitions in the database, as the ground-truth check takes them.
+pub async fn transitions(pool: &PgPool) -> Vec<SeenTransition> {
+    transition_rows(pool)
+        .await
+        .into_iter()
+        .map(|r| SeenTransition {
+            subject: r.subject_id as u64,
+            rule: r.rule_id as u64,
+            zone: (r.zone_id != 0).then_some(r.zone_id as u64),
+            start: r.starts(),
+            at: Timestamp::from_millisecond(r.at.0).expect("timestamp"),
+            historical: r.historical,
+        })
+        .collect()
+}
+
+/// Stored fixes per device.
+pub async fn fixes_per_device(pool: &PgPool) -> BTreeMap<String, u64> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT device_id, count(*) FROM fixes GROUP BY device_id")
+            .fetch_all(pool)
+            .await
+            .expect("fix counts");
+    rows.into_iter().map(|(d, n)| (d, n as u64)).collect()
+}
+
+/// Valid fixes per device, by the ground truth (devices with none omitted).
+pub fn truth_fixes(truth: &[Record]) -> BTreeMap<String, u64> {
+    truth
+        .iter()
+        .filter_map(|r| match r {
+            Record::Device {
+                device,
+                valid_fixes,
+                ..
+            } if *valid_fixes > 0 => Some((device.clone(), *valid_fixes)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Everything stored matches the ground truth: fixes per device, suspect
+/// fixes, events, refused messages with their reasons, and the episodes.
+/// Returns the number of episodes matched.
+pub async fn check_against_truth(pool: &PgPool, truth: &[Record]) -> usize {
+    assert_eq!(
+        fixes_per_device(pool).await,
+        truth_fixes(truth),
+        "stored fixes per device equal the ground truth's valid fixes"
+    );
+    let suspects: i64 = sqlx::query_scalar("SELECT count(*) FROM fixes WHERE suspect")
+        .fetch_one(pool)
+        .await
+        .expect("suspects");
+    let mut expected_rejected = Vec::new();
+    let mut expected_suspects = 0;
+    let mut expected_events = 0u64;
+    for r in truth {
+        match r {
+            Record::Malformed { reason, .. } if *reason == "suspect_jump" => expected_suspects += 1,
+            Record::Malformed { topic, reason, .. } => {
+                expected_rejected.push((topic.clone(), (*reason).to_owned()))
+            }
+            Record::Device { events, .. } => expected_events += events,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        suspects, expected_suspects,
+        "every teleport, and only they, is suspect"
+    );
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM device_events")
+        .fetch_one(pool)
+        .await
+        .expect("events");
+    assert_eq!(events as u64, expected_events, "device events stored");
+    let mut rejected: Vec<(String, String)> =
+        sqlx::query_as("SELECT topic, reason FROM rejected_messages")
+            .fetch_all(pool)
+            .await
+            .expect("rejected");
+    rejected.sort();
+    expected_rejected.sort();
+    assert_eq!(
+        rejected, expected_rejected,
+        "refused messages and their reasons"
+    );
+    match device_sim::testbed::check_episodes(truth, &transitions(pool).await) {
+        Ok(n) => n,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// `postgres://` URL of the test database behind `pool`, optionally via
+/// another port (a proxy).
+pub fn database_url(pool: &PgPool, port: u16) -> String {
+    let db = pool
+        .connect_options()
+        .get_database()
+        .expect("sqlx::test names its database")
+        .to_owned();
+    format!("postgres://postgres@127.0.0.1:{port}/{db}")
+}
+
+/// `GET path` on a loopback HTTP port: (status, body), or `None` if nothing listens.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// The value of an unlabelled metric in a `/metrics` body.
+pub fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// An `emtrack run` child process, killed on drop.
+pub struct Emtrack {
+    pub child: std::process::Child,
+    pub http: u16,
+}
+
+impl Drop for Emtrack {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Emtrack {
+    /// Starts `emtrack run` (one worker) and waits until `/readyz` says ready.
+    pub async fn start(
+        db_url: &str,
+        broker_port: u16,
+        client_id: &str,
+        log: &std::path::Path,
+    ) -> Emtrack {
+        let http = device_sim::testbed::free_port().expect("free port");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_emtrack"))
+            .args([
+                "run",
+                "--database-url",
+                db_url,
+                "--mqtt-client-id",
+                client_id,
+            ])
+            .args(["--mqtt-port", &broker_port.to_string()])
+            .args(["--http-listen", &format!("127.0.0.1:{http}")])
+            .env("EMTRACK_WORKERS", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("emtrack runs");
+        let e = Emtrack { child, http };
+        wait_until(Duration::from_secs(30), "emtrack is ready", || async move {
+            http_get(http, "/readyz").is_some_and(|(s, _)| s == 200)
+        })
+        .await;
+        e
+    }
+
+    /// A metric's current value.
+    pub fn metric(&self, name: &str) -> f64 {
+        http_get(self.http, "/metrics")
+            .and_then(|(_, b)| metric(&b, name))
+            .unwrap_or(f64::NAN)
+    }
+}
+
+/// Total stored fixes.
+pub async fn fix_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM fixes")
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+/// A TCP proxy on loopback that can cut every connection and refuse new
+/// ones, to make the database unreachable without stopping the shared server.
+pub struct Proxy {
+    pub port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut_all();
+    }
+}
+
+impl Proxy {
+    /// Forwards a free loopback port to `127.0.0.1:target`.
+    pub async fn start(target: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (c, k) = (cut.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection close
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                k.lock().expect("lock").push(task.abort_handle());
+            }
+        });
+        Proxy {
+            port,
+            cut,
+            conns,
+            accept,
+        }
+    }
+
+    fn cut_all(&self) {
+        for c in self.conns.lock().expect("lock").drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Closes every connection and refuses new ones until [`Proxy::restore`].
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut_all();
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `emtrack` running in this process (one worker), subscribed to the broker.
+pub struct Running {
+    pub svc: emtrack::service::Service,
+    pub metrics: ingest::Metrics,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Running {
+    /// Starts the service on `pool` and waits until it is subscribed.
+    pub async fn start(pool: PgPool, broker_port: u16, client_id: &str) -> Running {
+        Running::start_with(pool, config(broker_port, client_id)).await
+    }
+
+    /// Starts the service on `pool` with `cfg` and waits until it is subscribed.
+    pub async fn start_with(pool: PgPool, cfg: Config) -> Running {
+        // The service's warnings show with a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_test_writer()
+            .try_init();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let svc = emtrack::service::start(&cfg, pool, stop.clone())
+            .await
+            .expect("service starts");
+        let subscribed = svc.subscribed.clone();
+        wait_until(Duration::from_secs(10), "subscribed", || {
+            let s = subscribed.clone();
+            async move { s.load(std::sync::atomic::Ordering::Relaxed) }
+        })
+        .await;
+        let metrics = svc.ingest.clone();
+        Running { svc, metrics, stop }
+    }
+
+    /// SIGTERM's path: stop consuming, commit and ack what is held, store the
+    /// alert service's last changes, disconnect; panics unless that takes
+    /// under 10 s and every task ends without a failure.
+    pub async fn shut_down(self) {
+        self.stop.cancel();
+        let failures = tokio::time::timeout(Duration::from_secs(10), self.svc.stopped())
+            .await
+            .expect("drains within 10 s");
+        assert!(failures.is_empty(), "tasks failed: {failures:?}");
+    }
+}
+
+/// Publishes `messages` with QoS 1 and waits for the broker's acks.
+pub async fn publish_raw(port: u16, id: &str, messages: &[(String, Vec<u8>)]) {
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut el) = AsyncClient::new(opts, messages.len() + 8);
+    for (topic, payload) in messages {
+        client
+            .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .expect("queued");
+    }
+    let mut acked = 0;
+    while acked < messages.len() {
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("publisher failed: {other:?}"),
+        }
+    }
+}
+
+/// Publishes `uplinks` as emtrack JSON on their devices' topics (QoS 1).
+pub async fn publish_uplinks(port: u16, id: &str, uplinks: &[protocol::Uplink]) {
+    let messages: Vec<(String, Vec<u8>)> = uplinks
+        .iter()
+        .map(|u| {
+            (
+                protocol::Topic::for_device(&u.device, u.body.kind()),
+                protocol::json::encode(u),
+            )
+        })
+        .collect();
+    publish_raw(port, id, &messages).await;
+}

@@ -1,0 +1,96 @@
+//! Configuration layering and its error messages.
+
+use emtrack::config::{Config, ConfigError, Overrides};
+use std::collections::HashMap;
+
+fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).into(), (*v).into()))
+        .collect();
+    move |k| map.get(k).cloned()
+}
+
+/// A file in the temp directory, removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn file(contents: &str) -> TempFile {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let p = std::env::temp_dir().join(format!(
+        "emtrack-config-{}-{}.toml",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&p, contents).expect("temp file");
+    TempFile(p)
+}
+
+#[test]
+fn defaults_work_with_the_local_services() {
+    let c = Config::load(None, env(&[]), &Overrides::default()).expect("defaults are valid");
+    assert_eq!(c.database_url, "postgres://postgres@127.0.0.1/emtrack");
+    assert_eq!((c.mqtt_host.as_str(), c.mqtt_port), ("127.0.0.1", 1883));
+    assert_eq!(c.retention_days, 2192, "six years");
+}
+
+#[test]
+fn file_then_environment_then_flags() {
+    let f = file("mqtt_host = \"broker.example\"\nmqtt_port = 1884\nretention_days = 30\n");
+    let e = env(&[
+        ("EMTRACK_MQTT_PORT", "1885"),
+        ("EMTRACK_DATABASE_URL", "postgres://u@db/x"),
+    ]);
+    let c = Config::load(Some(&f.0), &e, &Overrides::default()).expect("valid");
+    assert_eq!(c.mqtt_host, "broker.example", "from the file");
+    assert_eq!(c.mqtt_port, 1885, "the environment beats the file");
+    assert_eq!(c.retention_days, 30);
+    assert_eq!(c.database_url, "postgres://u@db/x");
+    let flags = Overrides {
+        mqtt_port: Some(1886),
+        ..Overrides::default()
+    };
+    let c = Config::load(Some(&f.0), &e, &flags).expect("valid");
+    assert_eq!(c.mqtt_port, 1886, "flags beat the environment");
+    // The printed TOML reads back to the same configuration.
+    let again = file(&c.to_toml());
+    assert_eq!(
+        Config::load(Some(&again.0), env(&[]), &Overrides::default()).expect("valid"),
+        c
+    );
+}
+
+#[test]
+fn errors_say_what_is_wrong() {
+    let typo = file("mqtt_hots = \"x\"\n");
+    let e = Config::load(Some(&typo.0), env(&[]), &Overrides::default()).expect_err("unknown key");
+    assert!(matches!(e, ConfigError::Parse { .. }));
+    assert!(e.to_string().contains("mqtt_hots"), "{e}");
+
+    let e = Config::load(
+        None,
+        env(&[("EMTRACK_MQTT_PORT", "abc")]),
+        &Overrides::default(),
+    )
+    .expect_err("bad port");
+    assert!(e.to_string().contains("EMTRACK_MQTT_PORT"), "{e}");
+
+    let e = Config::load(
+        None,
+        env(&[("EMTRACK_DATABASE_URL", "mysql://x")]),
+        &Overrides::default(),
+    )
+    .expect_err("not postgres");
+    assert!(e.to_string().contains("postgres://"), "{e}");
+
+    let missing = std::env::temp_dir().join("emtrack-no-such-config.toml");
+    let e =
+        Config::load(Some(&missing), env(&[]), &Overrides::default()).expect_err("missing file");
+    assert!(e.to_string().contains("emtrack-no-such-config.toml"), "{e}");
+}

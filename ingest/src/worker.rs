@@ -1,0 +1,200 @@
+//! A worker: one shard of devices, so one device's messages are handled in
+//! the order the broker delivered them. It closes a batch on `max_batch`
+//! messages or a `linger` that starts at the batch's first message, then
+//! takes it through the stages: [`check`] → [`rows`] → [`judge`] →
+//! [`writer`] → the bus, and hands it back for acking.
+
+use crate::check;
+use crate::device_state::{self, DevState};
+use crate::judge;
+use crate::pipeline::Context;
+use crate::rows::{self, Rows, States};
+use bus::Observed;
+use rumqttc::Publish;
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::now_ms;
+use tokio::sync::mpsc;
+
+/// Batches until the queue closes; each committed batch goes to `done`.
+pub(crate) async fn run(
+    mut rx: mpsc::Receiver<Publish>,
+    ctx: Arc<Context>,
+    done: mpsc::UnboundedSender<Vec<Publish>>,
+) {
+    let mut states = States::default();
+    let mut last_census = Instant::now();
+    // This worker's share of the devices-seen gauge.
+    let mut counted = 0i64;
+    while let Some(batch) = next_batch(&mut rx, &ctx).await {
+        process(&ctx, &mut states, &batch).await;
+        // Committed: the poll task acks them.
+        if done.send(batch).is_err() {
+            break;
+        }
+        if last_census.elapsed() > Duration::from_secs(10) {
+            last_census = Instant::now();
+            let n = device_state::census(&states);
+            ctx.metrics.devices_seen_5m.add(n - counted);
+            counted = n;
+        }
+    }
+    ctx.metrics.devices_seen_5m.sub(counted);
+}
+
+/// The next batch: up to `max_batch` messages, waiting at most `linger`
+/// after the first. `None` once the queue is closed and empty.
+async fn next_batch(rx: &mut mpsc::Receiver<Publish>, ctx: &Context) -> Option<Vec<Publish>> {
+    let first = rx.recv().await?;
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + ctx.cfg.linger;
+    while batch.len() < ctx.cfg.max_batch {
+        match rx.try_recv() {
+            Ok(m) => {
+                batch.push(m);
+                continue;
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(m)) => batch.push(m),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// One batch, from payloads to committed rows and the bus.
+async fn process(ctx: &Context, states: &mut States, batch: &[Publish]) {
+    let mut refused = Vec::new();
+    let decoded = check::decode(batch, &mut refused);
+    let checked = {
+        let core = ctx.core.lock();
+        check::check(
+            &ctx.cfg,
+            &core.registry,
+            batch,
+            decoded,
+            now_ms(),
+            &mut refused,
+        )
+    };
+    load_unseen(ctx, states, &checked).await;
+    let maybe = rows::maybe_stored(&checked, states);
+    let stored = if maybe.is_empty() {
+        FxHashSet::default()
+    } else {
+        ctx.writer
+            .held("look up duplicates", || {
+                rows::stored_among(&ctx.writer.pool, &maybe)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                // Storage still refuses duplicate rows; only the judging may see them.
+                tracing::error!(error = %e, "cannot look up duplicates");
+                FxHashSet::default()
+            })
+    };
+    let mut rows = rows::build(&checked, states, &stored, ctx.cfg.max_speed_kmh, refused);
+    let eval_start = Instant::now();
+    if !rows.messages.is_empty() {
+        judge::batch(&mut ctx.core.lock(), &checked, &mut rows);
+    }
+    ctx.metrics
+        .evaluation_seconds
+        .observe(eval_start.elapsed().as_secs_f64());
+    let commit_start = Instant::now();
+    let written = match ctx.writer.commit(&rows).await {
+        Ok(w) => w,
+        Err(e) => {
+            ctx.writer.quarantine(batch, &e).await;
+            return;
+        }
+    };
+    ctx.metrics
+        .commit_seconds
+        .observe(commit_start.elapsed().as_secs_f64());
+    let committed = now_ms();
+    record(ctx, batch.len(), &rows, written, committed);
+    publish(ctx, rows, committed).await;
+}
+
+/// Loads the stored state of devices this worker has not seen yet in this
+/// process.
+async fn load_unseen(ctx: &Context, states: &mut States, checked: &[check::Checked]) {
+    let unseen: Vec<String> = checked
+        .iter()
+        .filter(|c| !states.contains_key(&*c.dev.name))
+        .map(|c| c.dev.name.to_string())
+        .collect::<FxHashSet<_>>()
+        .into_iter()
+        .collect();
+    if unseen.is_empty() {
+        return;
+    }
+    let loaded = ctx
+        .writer
+        .held("load device state", || {
+            device_state::load(&ctx.writer.pool, &unseen)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot load device state; starting these devices afresh");
+            FxHashMap::default()
+        });
+    for c in checked {
+        if !states.contains_key(&*c.dev.name) {
+            let s: DevState = loaded.get(&*c.dev.name).copied().unwrap_or_default();
+            states.insert(c.dev.name.clone(), s);
+        }
+    }
+}
+
+/// Counts a committed batch (once per batch, not per row).
+fn record(
+    ctx: &Context,
+    messages: usize,
+    rows: &Rows,
+    written: crate::writer::Written,
+    committed: i64,
+) {
+    let m = &ctx.metrics;
+    m.batch_size.observe(messages as f64);
+    for t in &rows.live_fix_ms {
+        m.ingest_lag_seconds
+            .observe((committed - t).max(0) as f64 / 1000.0);
+    }
+    m.fixes_accepted.inc_by(written.fixes);
+    m.fixes_duplicate
+        .inc_by(rows.duplicates + (rows.fixes.len() as u64 - written.fixes));
+    m.fixes_suspect
+        .inc_by(rows.fixes.iter().filter(|f| f.suspect).count() as u64);
+    m.events_stored.inc_by(written.events);
+    m.heartbeats.inc_by(rows.heartbeats);
+    for r in &rows.refused {
+        m.rejected.with_label_values(&[r.reason]).inc();
+    }
+    for t in &rows.transitions {
+        m.transitions
+            .with_label_values(&[t.transition.kind.as_str()])
+            .inc();
+    }
+}
+
+/// Tells the alert service what the commit stored. Bounded: a slow alert
+/// service holds the worker (and so the acks) back.
+async fn publish(ctx: &Context, rows: Rows, committed: i64) {
+    let observed = Observed {
+        committed_ms: committed,
+        transitions: rows.transitions,
+        events: rows.alert_events,
+        reports: rows.reports,
+    };
+    if !observed.is_empty() {
+        // Closed only when the alert service stopped; the store has it all
+        // and a restart re-reads it.
+        let _ = ctx.observed.send(observed).await;
+    }
+}

@@ -1,0 +1,228 @@
+//! Reference rows as stored, and what the engine takes from them: zone and
+//! rule specs, schedules. A row the engine cannot take is an error naming
+//! what is wrong with it; the caller skips the row and counts it.
+
+use crate::registry::Registry;
+use geofence::jiff::SignedDuration;
+use geofence::jiff::civil::{Time, Weekday};
+use geofence::{
+    CategoryId, Position, RuleId, RuleKind, RuleSpec, Schedule, Shape, Weekdays, WeeklyWindow,
+    ZoneId, ZoneKind, ZoneScope, ZoneSpec,
+};
+use serde_json::Value;
+
+/// A `zones` row.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct ZoneRow {
+    pub(crate) id: i64,
+    name: String,
+    kind: String,
+    category: Option<i32>,
+    geometry: Value,
+    radius_m: Option<f64>,
+    buffer_m: f64,
+    schedule: Option<Value>,
+}
+
+/// A `rules` row.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct RuleRow {
+    pub(crate) id: i64,
+    pub(crate) subject_id: i64,
+    kind: String,
+    zone_id: Option<i64>,
+    category: Option<i32>,
+    other_device: Option<String>,
+    min_distance_m: Option<f64>,
+    max_age_s: Option<i32>,
+    schedule: Option<Value>,
+}
+
+/// A `devices` row with its current assignment and whether a victim carries it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct DeviceRow {
+    pub(crate) id: String,
+    pub(crate) kind: String,
+    pub(crate) retired: bool,
+    pub(crate) subject_id: Option<i64>,
+    pub(crate) protects: bool,
+    pub(crate) report_interval_s: i32,
+}
+
+/// A `zones` row as the engine takes it.
+pub(crate) fn zone_spec(row: ZoneRow) -> Result<ZoneSpec, String> {
+    let kind = match row.kind.as_str() {
+        "inclusion" => ZoneKind::Inclusion,
+        "exclusion" => ZoneKind::Exclusion,
+        other => return Err(format!("unknown zone kind {other:?}")),
+    };
+    Ok(ZoneSpec {
+        id: ZoneId(row.id as u64),
+        name: row.name,
+        kind,
+        scope: match row.category {
+            Some(c) => ZoneScope::Category(CategoryId(c as u32)),
+            None => ZoneScope::Assigned,
+        },
+        shape: shape(row.geometry, row.radius_m)?,
+        buffer_m: row.buffer_m,
+        schedule: match row.schedule {
+            Some(s) => parse_schedule(&s)?,
+            None => Schedule::Always,
+        },
+    })
+}
+
+/// A zone's GeoJSON geometry: a Polygon, a MultiPolygon, or a Point with a
+/// radius (a circle).
+fn shape(geometry: Value, radius_m: Option<f64>) -> Result<Shape, String> {
+    let g = geojson::Geometry::from_json_value(geometry)
+        .map_err(|e| format!("not a GeoJSON geometry: {e}"))?;
+    match g.value {
+        geojson::Value::Point(p) => {
+            let [lon, lat, ..] = p[..] else {
+                return Err(format!("not a [lon, lat] position: {p:?}"));
+            };
+            Ok(Shape::Circle {
+                centre: Position::new(lon, lat).map_err(|e| e.to_string())?,
+                radius_m: radius_m.ok_or("a Point zone needs radius_m")?,
+            })
+        }
+        v @ geojson::Value::Polygon(_) => Ok(Shape::Polygon(
+            v.try_into().map_err(|e| format!("bad Polygon: {e}"))?,
+        )),
+        v @ geojson::Value::MultiPolygon(_) => Ok(Shape::MultiPolygon(
+            v.try_into().map_err(|e| format!("bad MultiPolygon: {e}"))?,
+        )),
+        other => Err(format!("unsupported geometry type {:?}", other.type_name())),
+    }
+}
+
+/// `{"tz": "Asia/Almaty", "windows": [{"days": ["mon", ...], "start": "21:00", "end": "06:00"}]}`.
+pub(crate) fn parse_schedule(v: &Value) -> Result<Schedule, String> {
+    let tz = v["tz"].as_str().ok_or("a schedule needs \"tz\"")?;
+    let mut windows = Vec::new();
+    for w in v["windows"]
+        .as_array()
+        .ok_or("a schedule needs \"windows\"")?
+    {
+        let days = w["days"]
+            .as_array()
+            .ok_or("a window needs \"days\"")?
+            .iter()
+            .map(weekday)
+            .collect::<Result<Vec<_>, _>>()?;
+        let time = |key: &str| -> Result<Time, String> {
+            let s = w[key]
+                .as_str()
+                .ok_or_else(|| format!("a window needs {key:?} as \"HH:MM\""))?;
+            s.parse::<Time>()
+                .map_err(|e| format!("{key} {s:?} is not HH:MM: {e}"))
+        };
+        windows.push(WeeklyWindow {
+            days: Weekdays::of(days),
+            start: time("start")?,
+            end: time("end")?,
+        });
+    }
+    Schedule::weekly(tz, windows).map_err(|e| e.to_string())
+}
+
+fn weekday(d: &Value) -> Result<Weekday, String> {
+    use Weekday::*;
+    Ok(match d.as_str() {
+        Some("mon") => Monday,
+        Some("tue") => Tuesday,
+        Some("wed") => Wednesday,
+        Some("thu") => Thursday,
+        Some("fri") => Friday,
+        Some("sat") => Saturday,
+        Some("sun") => Sunday,
+        _ => return Err(format!("not a weekday (mon..sun): {d}")),
+    })
+}
+
+/// A `rules` row as the engine takes it. A proximity rule's other device
+/// gets its engine id here (assigned on first use).
+pub(crate) fn rule_spec(row: RuleRow, registry: &mut Registry) -> Result<RuleSpec, String> {
+    let rid = RuleId(row.id as u64);
+    let kind = row.kind.as_str();
+    let zone = || {
+        row.zone_id
+            .map(|z| ZoneId(z as u64))
+            .ok_or_else(|| format!("a {kind} rule needs zone_id"))
+    };
+    let spec = match kind {
+        "zone" => RuleSpec::new(rid, RuleKind::Zone(zone()?)),
+        "curfew" => RuleSpec::new(rid, RuleKind::Curfew(zone()?)),
+        "category" => RuleSpec::new(
+            rid,
+            RuleKind::Category(CategoryId(
+                row.category.ok_or("a category rule needs category")? as u32,
+            )),
+        ),
+        "proximity" => {
+            let other = row
+                .other_device
+                .as_deref()
+                .ok_or("a proximity rule needs other_device")?;
+            RuleSpec::new(
+                rid,
+                RuleKind::Proximity {
+                    device: registry.engine_id(other).0,
+                    min_distance_m: row
+                        .min_distance_m
+                        .ok_or("a proximity rule needs min_distance_m")?,
+                    max_age: SignedDuration::from_secs(i64::from(
+                        row.max_age_s.ok_or("a proximity rule needs max_age_s")?,
+                    )),
+                },
+            )
+        }
+        other => return Err(format!("unknown rule kind {other:?}")),
+    };
+    Ok(match &row.schedule {
+        Some(s) => spec.with_schedule(parse_schedule(s)?),
+        None => spec,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_parse_and_refuse() {
+        let ok = serde_json::json!({"tz": "Asia/Almaty", "windows": [{"days": ["mon", "sun"], "start": "21:00", "end": "06:00"}]});
+        assert!(matches!(parse_schedule(&ok), Ok(Schedule::Windows(_))));
+        let bad_day = serde_json::json!({"tz": "Asia/Almaty", "windows": [{"days": ["xyz"], "start": "21:00", "end": "06:00"}]});
+        assert!(parse_schedule(&bad_day).is_err());
+        let bad_tz = serde_json::json!({"tz": "Mars/Olympus", "windows": []});
+        assert!(parse_schedule(&bad_tz).is_err());
+    }
+
+    #[test]
+    fn geometries_parse_and_refuse() {
+        let circle = shape(
+            serde_json::json!({"type": "Point", "coordinates": [76.9, 43.2]}),
+            Some(100.0),
+        );
+        assert!(matches!(circle, Ok(Shape::Circle { radius_m, .. }) if radius_m == 100.0));
+        let square = serde_json::json!({"type": "Polygon", "coordinates":
+            [[[76.0, 43.0], [76.1, 43.0], [76.1, 43.1], [76.0, 43.1], [76.0, 43.0]]]});
+        assert!(matches!(shape(square, None), Ok(Shape::Polygon(_))));
+        let no_radius = shape(
+            serde_json::json!({"type": "Point", "coordinates": [76.9, 43.2]}),
+            None,
+        );
+        assert_eq!(
+            no_radius.err().as_deref(),
+            Some("a Point zone needs radius_m")
+        );
+        let line = shape(
+            serde_json::json!({"type": "LineString", "coordinates": [[76.0, 43.0], [76.1, 43.0]]}),
+            None,
+        );
+        assert!(line.is_err_and(|e| e.contains("LineString")));
+    }
+}
