@@ -13,7 +13,7 @@ use alerts::{
     AlertBook, AlertState, AlertType, DeviceEvent, Input, Policy, Router, SilenceEvent,
     SilenceWheel,
 };
-use device_sim::testbed::{Screen, busy_scenario, busy_start};
+use device_sim::testbed::{BUSY_START, Screen, busy_scenario};
 use device_sim::truth::{EpisodeKind, Record};
 use geofence::{Source, SubjectId};
 use protocol::Body;
@@ -25,7 +25,7 @@ const ALLOWANCE_S: u32 = 600;
 #[test]
 fn a_scenario_gives_exactly_the_alerts_its_ground_truth_implies() {
     let (world, mut stream) = busy_scenario(31, 150, 48, 1);
-    let start = busy_start();
+    let start = BUSY_START;
     let mut engine = world.engine().expect("engine");
     let mut router = Router::new(AlertBook::new(Policy::default(), 0));
     let mut wheel = SilenceWheel::new(4_096, (start.as_millisecond() / 1000) as u64);

@@ -97,11 +97,15 @@ pub(crate) fn maybe_stored(checked: &[Checked], states: &States) -> Vec<(String,
     maybe
 }
 
+/// Fix times already stored, by device: looked up by `&str`, so checking a
+/// fix allocates nothing.
+pub(crate) type StoredFixes = FxHashMap<String, FxHashSet<i64>>;
+
 /// Which of `keys` are stored in `fixes`.
 pub(crate) async fn stored_among(
     pool: &PgPool,
     keys: &[(String, i64)],
-) -> Result<FxHashSet<(String, i64)>, sqlx::Error> {
+) -> Result<StoredFixes, sqlx::Error> {
     let devs: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
     let times: Vec<Millis> = keys.iter().map(|k| Millis(k.1)).collect();
     let rows: Vec<(String, Millis)> = sqlx::query_as(
@@ -112,14 +116,18 @@ pub(crate) async fn stored_among(
     .bind(&times)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(|(d, t)| (d, t.0)).collect())
+    let mut stored = StoredFixes::default();
+    for (d, t) in rows {
+        stored.entry(d).or_default().insert(t.0);
+    }
+    Ok(stored)
 }
 
 /// Builds the rows of `checked`, updating each device's state.
 pub(crate) fn build(
     checked: &[Checked],
     states: &mut States,
-    stored: &FxHashSet<(String, i64)>,
+    stored: &StoredFixes,
     max_speed_kmh: f64,
     refused: Vec<Refusal>,
 ) -> Rows {
@@ -160,7 +168,7 @@ pub(crate) fn build(
 
 /// The batch-wide bookkeeping of [`build`].
 struct Builder<'a> {
-    stored: &'a FxHashSet<(String, i64)>,
+    stored: &'a StoredFixes,
     max_speed_m_s: f64,
     /// Fixes accepted in this batch, by (device index, time).
     in_batch: FxHashSet<(u32, i64)>,
@@ -189,8 +197,10 @@ impl Builder<'_> {
         let first = rows.fixes.len();
         for (k, f) in fixes.iter().enumerate() {
             let t = f.time.as_millisecond();
-            let already =
-                !self.stored.is_empty() && self.stored.contains(&(c.dev.name.to_string(), t));
+            let already = self
+                .stored
+                .get(&*c.dev.name)
+                .is_some_and(|times| times.contains(&t));
             if already || !self.in_batch.insert((dev, t)) {
                 rows.duplicates += 1;
                 continue;

@@ -84,7 +84,7 @@ async fn process(ctx: &Context, states: &mut States, batch: &[Publish]) {
     load_unseen(ctx, states, &checked).await;
     let maybe = rows::maybe_stored(&checked, states);
     let stored = if maybe.is_empty() {
-        FxHashSet::default()
+        rows::StoredFixes::default()
     } else {
         ctx.writer
             .held("look up duplicates", || {
@@ -94,7 +94,7 @@ async fn process(ctx: &Context, states: &mut States, batch: &[Publish]) {
             .unwrap_or_else(|e| {
                 // Storage still refuses duplicate rows; only the judging may see them.
                 tracing::error!(error = %e, "cannot look up duplicates");
-                FxHashSet::default()
+                rows::StoredFixes::default()
             })
     };
     let mut rows = rows::build(&checked, states, &stored, ctx.cfg.max_speed_kmh, refused);

@@ -45,7 +45,8 @@ pub struct Outputs {
     /// Counters.
     pub metrics: Metrics,
     /// True while notifications are flowing; false from a lost connection
-    /// until everything has been read again.
+    /// until everything has been read again. The caller sets it true once
+    /// the initial load (after `listen`) is done.
     pub current: Arc<AtomicBool>,
 }
 
@@ -60,7 +61,6 @@ pub async fn run(
     out: Outputs,
     stop: CancellationToken,
 ) {
-    out.current.store(true, Ordering::Relaxed);
     let mut scope = Scope::default();
     let mut since = now_ms();
     let mut next = next_boundary(&pool).await;

@@ -33,7 +33,7 @@ impl PgHasArrayType for Millis {
 
 /// PostgreSQL's epoch: `timestamptz` travels as microseconds since
 /// 2000-01-01T00:00:00Z (an `int8`), the format `jiff-sqlx` reads.
-const POSTGRES_EPOCH_S: i64 = 946_684_800;
+const POSTGRES_EPOCH: jiff::Timestamp = jiff::Timestamp::constant(946_684_800, 0);
 
 impl Encode<'_, Postgres> for Millis {
     fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
@@ -41,8 +41,7 @@ impl Encode<'_, Postgres> for Millis {
         // through a civil date-time, which costs 2 % of ingest's CPU per fix
         // (benches/ingest-instructions.sh); its decoder is used as it is.
         let t = jiff::Timestamp::from_millisecond(self.0)?;
-        let epoch = jiff::Timestamp::from_second(POSTGRES_EPOCH_S)?;
-        let micros = i64::try_from(t.duration_since(epoch).as_micros())?;
+        let micros = i64::try_from(t.duration_since(POSTGRES_EPOCH).as_micros())?;
         <i64 as Encode<Postgres>>::encode(micros, buf)
     }
 }
@@ -86,8 +85,7 @@ mod tests {
             let r = Millis(ms).encode_by_ref(&mut buf);
             assert!(matches!(r, Ok(IsNull::No)), "{ms}: {:?}", r.err());
             let micros = i64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
-            let epoch = jiff::Timestamp::from_second(POSTGRES_EPOCH_S).expect("epoch");
-            let back = epoch
+            let back = POSTGRES_EPOCH
                 .checked_add(jiff::SignedDuration::from_micros(micros))
                 .expect("in range");
             assert_eq!(back.as_millisecond(), ms, "{ms}");
