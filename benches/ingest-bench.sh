@@ -35,9 +35,7 @@ stop_emtrack() {
   kill -TERM "$EMTRACK"; wait "$EMTRACK" || true; EMTRACK=
   mosquitto_sub -h 127.0.0.1 -p "$PORT" -i emtrack-bench -t emtrack/bench/none -E
 }
-reset_evidence() {
-  $PG -d $DB -c "TRUNCATE fixes, device_events, rule_transitions, rejected_messages, device_state"
-}
+reset_evidence() { truncate_evidence; }
 
 $PG -d postgres -c "DROP DATABASE IF EXISTS $DB"
 $SIM world --subjects 100000 --skew-share 0 --out "$DIR/world" > /dev/null

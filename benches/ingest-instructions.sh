@@ -5,7 +5,8 @@
 #
 #   benches/ingest-instructions.sh [fixes] [emtrack-binary...]
 #   (default 20,000 fixes and target/release/emtrack; under a minute per
-#   binary). KEEP=DIR keeps each callgrind profile there, for
+#   binary). Give an earlier build before a later one: the database is
+#   migrated by each in turn, and an older build refuses a newer schema. KEEP=DIR keeps each callgrind profile there, for
 #   callgrind_annotate.
 #
 # For each binary, and for 1-fix and 10-fix messages: the evidence and alert
@@ -39,10 +40,7 @@ START=$(date -u -d '-2 days' +%Y-%m-%dT%H:%M:%SZ)
 RUN="--port $PORT --qos 1 --max --subjects $SUBJECTS --skew-share 0 --start $START --hours 48
      --fixes $FIXES --duration 300 --connections 2 --inflight 100 --progress-secs 1000 --malformed-rate 0"
 
-reset() {
-  $PG -d $DB -c "TRUNCATE fixes, device_events, rule_transitions, rejected_messages, device_state,
-                 alert_deliveries, alert_events, alerts; UPDATE alert_progress SET processed_to = now()"
-}
+reset() { truncate_evidence; }
 stop() { kill -TERM "$EMTRACK"; wait "$EMTRACK" || true; EMTRACK=; }
 # instructions BINARY BATCH: prints callgrind's total for consuming BATCH-fix
 # messages (0: none), the messages and the fixes.

@@ -27,7 +27,9 @@ wait_acked() {
 bench_setup() {
   cargo build --release -q -p device-sim -p emtrack
   SIM=target/release/device-sim
-  EMT=target/release/emtrack
+  # EMT_BIN=PATH measures another emtrack build (an earlier commit's, for a
+  # before/after comparison in one sitting).
+  EMT=${EMT_BIN:-target/release/emtrack}
   PG="psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -qAt"
   DB=$1
   URL=postgres://postgres@127.0.0.1:5432/$DB
@@ -36,6 +38,15 @@ bench_setup() {
   EMTRACK=
   trap bench_cleanup EXIT
   start_broker "$DIR"
+}
+
+# truncate_evidence: empties the evidence and alert tables of $DB, including
+# the custody tables where the schema has them (an earlier build's may not).
+truncate_evidence() {
+  $PG -d $DB -c "TRUNCATE fixes, device_events, rule_transitions, rejected_messages, device_state,
+                 alert_deliveries, alert_events, alerts; UPDATE alert_progress SET processed_to = now()"
+  $PG -d $DB -c "DO \$\$ BEGIN IF to_regclass('messages') IS NOT NULL THEN
+                 TRUNCATE messages, fix_conflicts, device_findings; END IF; END \$\$"
 }
 
 bench_cleanup() {

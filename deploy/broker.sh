@@ -12,8 +12,15 @@ free_port() {
 # returns once the port accepts connections.
 start_broker() {
   PORT=$(free_port)
+  # Started as root, mosquitto drops to its own user, which must be able to
+  # write its persistence folder (mktemp -d makes DIR root-only).
+  mkdir -p "$1/broker-data"
+  if [ "$(id -u)" = 0 ] && id mosquitto >/dev/null 2>&1; then
+    chmod 711 "$1"
+    chown mosquitto "$1/broker-data"
+  fi
   sed -e "s|^listener 1883 127.0.0.1|listener $PORT 127.0.0.1|" \
-      -e "s|^persistence_location .*|persistence_location $1/|" \
+      -e "s|^persistence_location .*|persistence_location $1/broker-data/|" \
       deploy/mosquitto/emtrack.conf > "$1/mosquitto.conf"
   mosquitto -c "$1/mosquitto.conf" > "$1/mosquitto.log" 2>&1 &
   BROKER=$!

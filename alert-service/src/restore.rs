@@ -8,7 +8,7 @@
 use alerts::{
     Alert, AlertBook, AlertId, AlertKey, AlertState, AlertType, Policy, Router, Severity,
 };
-use bus::{Observed, ObservedEvent, StoredTransition};
+use bus::{Finding, FindingKind, Observed, ObservedEvent, StoredTransition};
 use geofence::{RuleId, SubjectId, Transition, TransitionKind, ZoneId};
 use rustc_hash::FxHashMap;
 use sqlx::{PgConnection, PgPool};
@@ -222,7 +222,16 @@ struct EventRow {
     late: bool,
 }
 
-/// Transitions and bracelet events stored since `since_ms`, as the bus
+/// A stored finding about a subject's bracelet to re-read.
+#[derive(sqlx::FromRow)]
+struct FindingRow {
+    device_id: String,
+    subject_id: i64,
+    kind: String,
+    at: Millis,
+}
+
+/// Transitions, bracelet events and findings stored since `since_ms`, as the bus
 /// carried them when they were committed.
 pub(crate) async fn stored_since(pool: &PgPool, since_ms: i64) -> Result<Observed, sqlx::Error> {
     let transitions: Vec<TransitionRow> = sqlx::query_as(
@@ -248,8 +257,31 @@ pub(crate) async fn stored_since(pool: &PgPool, since_ms: i64) -> Result<Observe
     .bind(Millis(since_ms))
     .fetch_all(pool)
     .await?;
+    let findings: Vec<FindingRow> = sqlx::query_as(
+        "SELECT f.device_id, a.subject_id, f.kind, f.at \
+         FROM device_findings f \
+         JOIN devices d ON d.id = f.device_id AND d.kind = 'bracelet' \
+         JOIN assignments a ON a.device_id = f.device_id AND a.valid_from <= f.at \
+              AND (a.valid_to IS NULL OR a.valid_to > f.at) \
+         WHERE f.recorded_at >= $1 \
+         ORDER BY f.recorded_at, f.at",
+    )
+    .bind(Millis(since_ms))
+    .fetch_all(pool)
+    .await?;
     Ok(Observed {
         committed_ms: 0,
+        findings: findings
+            .into_iter()
+            .map(|f| {
+                Ok(Finding {
+                    subject: f.subject_id as u64,
+                    device: f.device_id,
+                    kind: label("device_findings.kind", &f.kind, FindingKind::from_name)?,
+                    at_ms: f.at.0,
+                })
+            })
+            .collect::<Result<_, UnknownLabel>>()?,
         transitions: transitions
             .into_iter()
             .map(TransitionRow::stored)

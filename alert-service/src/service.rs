@@ -20,7 +20,7 @@ use alerts::{
     Actor, Alert, AlertEvent, AlertId, AlertState, AlertType, Change, DeviceEvent, GpsEvent,
     GpsWatch, Input, Raised, Router, Severity, SilenceEvent, SilenceWheel,
 };
-use bus::{Fleet, FleetRx, Observed, ObservedRx, Report};
+use bus::{FindingKind, Fleet, FleetRx, Observed, ObservedRx, Report};
 use rustc_hash::{FxHashMap, FxHashSet};
 use sqlx::{PgConnection, PgPool};
 use std::fmt;
@@ -333,6 +333,20 @@ impl Alerter {
             };
             let raised = self.router.handle(input, now);
             self.note(raised, Some(&e.device), Some(e.at_ms));
+        }
+        for f in &o.findings {
+            let event = match f.kind {
+                FindingKind::ClockAhead | FindingKind::ClockBehind => DeviceEvent::ClockFault,
+                FindingKind::ConflictingFix => DeviceEvent::ConflictingRecord,
+            };
+            let input = Input::Event {
+                subject: f.subject,
+                event,
+                at_ms: f.at_ms,
+                historical: false,
+            };
+            let raised = self.router.handle(input, now);
+            self.note(raised, Some(&f.device), Some(f.at_ms));
         }
         let arrived_s = (o.committed_ms / 1000).max(0) as u64;
         for r in &o.reports {

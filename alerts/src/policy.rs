@@ -28,11 +28,17 @@ pub enum AlertType {
     ChargerConnected,
     /// Charger disconnected.
     ChargerDisconnected,
+    /// The device's clock disagrees with the server's: its fixes are judged
+    /// in arrival order until it is fixed.
+    DeviceClockFault,
+    /// Two different records for the same device and time: a cloned device,
+    /// a forged message, or a broken one.
+    DeviceIntegrity,
 }
 
 impl AlertType {
     /// Every type, in a fixed order.
-    pub const ALL: [AlertType; 12] = [
+    pub const ALL: [AlertType; 14] = [
         AlertType::ExclusionZoneEntered,
         AlertType::VictimProximity,
         AlertType::StrapTamper,
@@ -45,6 +51,8 @@ impl AlertType {
         AlertType::BatteryLow,
         AlertType::ChargerConnected,
         AlertType::ChargerDisconnected,
+        AlertType::DeviceClockFault,
+        AlertType::DeviceIntegrity,
     ];
 
     /// The type whose [`AlertType::as_str`] label is `name`.
@@ -67,6 +75,8 @@ impl AlertType {
             AlertType::BatteryLow => "battery_low",
             AlertType::ChargerConnected => "charger_connected",
             AlertType::ChargerDisconnected => "charger_disconnected",
+            AlertType::DeviceClockFault => "device_clock_fault",
+            AlertType::DeviceIntegrity => "device_integrity",
         }
     }
 
@@ -81,17 +91,22 @@ impl AlertType {
             | AlertType::CurfewViolation
             | AlertType::NoCommunication
             | AlertType::BatteryCritical
-            | AlertType::LocationFailure => Severity::Serious,
+            | AlertType::LocationFailure
+            | AlertType::DeviceClockFault
+            | AlertType::DeviceIntegrity => Severity::Serious,
             AlertType::BatteryLow
             | AlertType::ChargerConnected
             | AlertType::ChargerDisconnected => Severity::Info,
         }
     }
 
-    /// Tamper alerts can be resolved only with a note: nothing ends them by
-    /// itself, and an officer must record what was found.
+    /// Tamper and integrity alerts can be resolved only with a note: nothing
+    /// ends them by itself, and an officer must record what was found.
     pub fn needs_note_to_resolve(self) -> bool {
-        matches!(self, AlertType::StrapTamper | AlertType::CaseTamper)
+        matches!(
+            self,
+            AlertType::StrapTamper | AlertType::CaseTamper | AlertType::DeviceIntegrity
+        )
     }
 }
 
@@ -128,7 +143,7 @@ impl Severity {
 /// An agency's alert policy. Times are in seconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
-    severities: [Severity; 12],
+    severities: [Severity; 14],
     /// Unacknowledged this long, an alert escalates one level (officer →
     /// supervisor → duty desk), per severity; `None` never escalates.
     pub escalate_after_s: [Option<u32>; 3],

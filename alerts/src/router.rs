@@ -12,6 +12,8 @@
 //! | charger connected / disconnected | `info`, resolved at once (a record, not a task) |
 //! | silence past the allowance | `no_communication`, resolved when the device speaks again (`device_back_online`) |
 //! | motion without a fix past the limit ([`crate::GpsWatch`]) | `location_failure`, resolved by the next fix |
+//! | a fix clock ahead of arrival, or jumped back (ingest's finding) | `device_clock_fault`, one open alert per subject, resolved by an officer |
+//! | a record conflicting with a stored one (ingest's finding) | `device_integrity`, one open alert per subject, resolved only with a note |
 //!
 //! Historical transitions (from late store-and-forward uploads) raise alerts
 //! marked `historical` with their true time; their ends resolve them.
@@ -84,6 +86,10 @@ pub enum DeviceEvent {
     ChargerConnected,
     /// Charger disconnected.
     ChargerDisconnected,
+    /// Ingest found the device's clock at odds with arrival.
+    ClockFault,
+    /// Ingest found a record conflicting with a stored one.
+    ConflictingRecord,
 }
 
 impl DeviceEvent {
@@ -414,6 +420,14 @@ impl Router {
             DeviceEvent::BatteryLow => {
                 self.condition(subject, AlertType::BatteryLow, at_ms, at_ms, now_ms)
             }
+            // Conditions: one open alert per subject, however many records
+            // show it, until an officer resolves it.
+            DeviceEvent::ClockFault => {
+                self.condition(subject, AlertType::DeviceClockFault, at_ms, at_ms, now_ms)
+            }
+            DeviceEvent::ConflictingRecord => {
+                self.condition(subject, AlertType::DeviceIntegrity, at_ms, at_ms, now_ms)
+            }
             DeviceEvent::BatteryCritical => {
                 self.condition(subject, AlertType::BatteryCritical, at_ms, at_ms, now_ms)
             }
@@ -521,7 +535,14 @@ mod tests {
             20_100,
         );
         r.handle(Input::LocationRestored { subject: s }, 21_000);
+        // Ingest's findings: one open alert per subject however many.
+        r.handle(ev(DeviceEvent::ClockFault, 22_000), 22_100);
+        r.handle(ev(DeviceEvent::ClockFault, 23_000), 23_100);
+        r.handle(ev(DeviceEvent::ConflictingRecord, 24_000), 24_100);
+        r.handle(ev(DeviceEvent::ConflictingRecord, 25_000), 25_100);
         for (kind, want) in [
+            (AlertType::DeviceClockFault, AlertState::Open),
+            (AlertType::DeviceIntegrity, AlertState::Open),
             (AlertType::StrapTamper, AlertState::Open),
             (AlertType::CaseTamper, AlertState::Open),
             (AlertType::BatteryLow, AlertState::Resolved),

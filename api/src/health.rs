@@ -20,7 +20,8 @@ pub(crate) async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 /// `GET /readyz`: one line per probe and one for the database; 200 only
-/// when every one is ok.
+/// when every one is ok. Then a `warning` line for each note that has
+/// something to say (it does not change the status).
 pub(crate) async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     let db = tokio::time::timeout(
         Duration::from_secs(2),
@@ -36,6 +37,11 @@ pub(crate) async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
         body.push_str(&format!("{name} {}\n", word(ok)));
     }
     body.push_str(&format!("database {}\n", word(db)));
+    for (name, note) in &s.notes {
+        if let Some(text) = note() {
+            body.push_str(&format!("{name} warning: {text}\n"));
+        }
+    }
     let status = if all {
         StatusCode::OK
     } else {

@@ -26,6 +26,10 @@ use std::sync::Arc;
 /// A readiness check: true when the part it names is working.
 pub type Probe = Arc<dyn Fn() -> bool + Send + Sync>;
 
+/// A readiness note: a condition an operator must see that does not make
+/// the service unready (`None` while there is nothing to say).
+pub type Note = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// What the endpoints read.
 #[derive(Clone)]
 pub struct HttpState {
@@ -33,6 +37,9 @@ pub struct HttpState {
     pub metrics: prometheus::Registry,
     /// Named readiness checks (`/readyz` lists each, then the database).
     pub probes: Vec<(&'static str, Probe)>,
+    /// Named notes (`/readyz` lists each that has something to say, as
+    /// `name warning: …`, after the probes).
+    pub notes: Vec<(&'static str, Note)>,
     /// The database, for `/readyz`.
     pub pool: PgPool,
     /// The alert service.

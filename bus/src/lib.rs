@@ -62,6 +62,55 @@ pub struct Report {
     pub motion: bool,
 }
 
+/// What emtrack concluded about a device's records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FindingKind {
+    /// A fix dated ahead of its arrival by more than the clock tolerance.
+    ClockAhead,
+    /// Fixes dated back by a constant lag while sent in real time: the
+    /// device's clock jumped back.
+    ClockBehind,
+    /// A record disagreeing with one already stored for the same device and
+    /// time: cloning, forgery, or a broken device.
+    ConflictingFix,
+}
+
+impl FindingKind {
+    /// Every kind, in code order.
+    pub const ALL: [FindingKind; 3] = [
+        FindingKind::ClockAhead,
+        FindingKind::ClockBehind,
+        FindingKind::ConflictingFix,
+    ];
+
+    /// Stable label (`device_findings.kind`, metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::ClockAhead => "clock_ahead",
+            FindingKind::ClockBehind => "clock_behind",
+            FindingKind::ConflictingFix => "conflicting_fix",
+        }
+    }
+
+    /// The kind whose [`FindingKind::as_str`] label is `name`.
+    pub fn from_name(name: &str) -> Option<FindingKind> {
+        FindingKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+/// A finding about a subject's bracelet, as stored (`device_findings`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// The subject.
+    pub subject: u64,
+    /// The bracelet.
+    pub device: String,
+    /// What.
+    pub kind: FindingKind,
+    /// The time of the record that showed it (device clock, ms).
+    pub at_ms: i64,
+}
+
 /// What one commit stored that the alert service needs.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observed {
@@ -73,12 +122,17 @@ pub struct Observed {
     pub events: Vec<ObservedEvent>,
     /// One per accepted message of a bracelet with a subject.
     pub reports: Vec<Report>,
+    /// Findings about bracelets with a subject.
+    pub findings: Vec<Finding>,
 }
 
 impl Observed {
     /// Nothing for the alert service.
     pub fn is_empty(&self) -> bool {
-        self.transitions.is_empty() && self.events.is_empty() && self.reports.is_empty()
+        self.transitions.is_empty()
+            && self.events.is_empty()
+            && self.reports.is_empty()
+            && self.findings.is_empty()
     }
 }
 

@@ -898,7 +898,13 @@ impl Bracelet {
                 valid = 1;
                 fix_time = Some(far.time);
                 position = Some([f64::from(far.lon_e7) / 1e7, f64::from(far.lat_e7) / 1e7]);
-                frame(&self.device, vec![far])
+                // A valid message: in the device's own format (another is
+                // refused, `format_mismatch`).
+                let msg = Uplink {
+                    device: self.device.clone(),
+                    body: Body::Fixes(vec![far]),
+                };
+                encode(self.format(world), &msg).to_vec()
             }
         };
         let truth = vec![Record::Malformed {

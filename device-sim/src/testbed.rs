@@ -48,6 +48,13 @@ impl Broker {
         let dir =
             std::env::temp_dir().join(format!("emtrack-broker-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
+        // Started as root, mosquitto drops to its own user: the folder must
+        // be writable by it, or the broker persists nothing.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+                .map_err(|e| format!("temp dir: {e}"))?;
+        }
         let conf = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../deploy/mosquitto/emtrack.conf"

@@ -43,6 +43,9 @@ pub struct Config {
     /// Records dated more than this far ahead of the server clock are refused
     /// (`future_timestamp`), in seconds.
     pub future_skew_s: u64,
+    /// A fix dated more than this after its arrival is clock-suspect: stored,
+    /// counted, judged at its arrival (see ARCHITECTURE.md), in seconds.
+    pub clock_tolerance_s: u64,
     /// A fix implying a faster move from the last good fix is stored as
     /// `suspect` and not judged, in km/h.
     pub max_speed_kmh: f64,
@@ -71,6 +74,7 @@ impl Default for Config {
             max_batch: 250,
             linger_ms: 5,
             future_skew_s: 300,
+            clock_tolerance_s: 10,
             max_speed_kmh: 300.0,
             rebuild_lookback_s: 3600,
             log_format: "text".into(),
@@ -256,6 +260,12 @@ impl Config {
                 self.max_in_flight
             )));
         }
+        if self.clock_tolerance_s > self.future_skew_s {
+            return Err(ConfigError::Invalid(format!(
+                "clock_tolerance_s must be at most future_skew_s ({})",
+                self.future_skew_s
+            )));
+        }
         if self.max_speed_kmh.is_nan() || self.max_speed_kmh <= 0.0 {
             return Err(ConfigError::Invalid(
                 "max_speed_kmh must be positive".into(),
@@ -289,6 +299,7 @@ impl Config {
             max_batch: self.max_batch,
             linger: Duration::from_millis(self.linger_ms),
             future_skew: Duration::from_secs(self.future_skew_s),
+            clock_tolerance: Duration::from_secs(self.clock_tolerance_s),
             max_age: Duration::from_secs(u64::from(self.retention_days.saturating_sub(1)) * 86_400),
             max_speed_kmh: self.max_speed_kmh,
             rebuild_lookback: Duration::from_secs(self.rebuild_lookback_s),

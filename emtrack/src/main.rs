@@ -63,6 +63,33 @@ enum Command {
     },
     /// Print the effective configuration as TOML and exit.
     CheckConfig,
+    /// Refused messages kept in `rejected_messages`.
+    Rejected {
+        #[command(subcommand)]
+        command: RejectedCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RejectedCommand {
+    /// Publish refused messages again, to their own topics, so that the
+    /// running service takes them through the normal path (once their cause
+    /// is fixed). Idempotent: storage absorbs a message handled twice; each
+    /// is marked `replayed_at` once the broker has acknowledged it.
+    Replay {
+        /// Their refusal reason.
+        #[arg(long, default_value = "storage_failed")]
+        reason: String,
+        /// Received at or after this time (RFC 3339, e.g. 2026-12-01T10:00:00Z).
+        #[arg(long)]
+        since: Option<jiff::Timestamp>,
+        /// Received before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<jiff::Timestamp>,
+        /// Also those already replayed.
+        #[arg(long)]
+        again: bool,
+    },
 }
 
 /// Connects (creating the database if missing) and applies pending migrations.
@@ -114,6 +141,30 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!(
                 "migrated; partitions: {} created, {} dropped past {} days of retention",
                 m.created, m.dropped, config.retention_days
+            );
+        }
+        Command::Rejected {
+            command:
+                RejectedCommand::Replay {
+                    reason,
+                    since,
+                    until,
+                    again,
+                },
+        } => {
+            let pool = open(&config).await?;
+            let sel = ingest::replay::Selection {
+                reason,
+                since_ms: since.map(|t| t.as_millisecond()),
+                until_ms: until.map(|t| t.as_millisecond()),
+                again,
+            };
+            let done = ingest::replay::replay(&pool, &config.ingest(), &sel)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "replayed {} {} message(s); the running service takes them as they arrive",
+                done.messages, sel.reason
             );
         }
         Command::ImportWorld { dir } => {

@@ -157,9 +157,11 @@ pub async fn start(
         ("reference", flag(reference_current)),
         ("alerts", running(alerts.stopped())),
     ];
+    let notes = readiness_notes(&ingest);
     let app = api::router(api::HttpState {
         metrics: registry.clone(),
         probes,
+        notes,
         pool,
         alerts: alerts.clone(),
     });
@@ -186,6 +188,23 @@ pub async fn start(
         subscribed,
         tasks,
     })
+}
+
+/// `/readyz`'s warnings: a lost broker session.
+fn readiness_notes(ingest: &ingest::Ingest) -> Vec<(&'static str, api::Note)> {
+    let session = ingest.session_loss();
+    vec![(
+        "broker_session",
+        Arc::new(move || {
+            session.lost().map(|(n, at_ms)| {
+                let at = jiff::Timestamp::from_millisecond(at_ms)
+                    .map_or_else(|_| at_ms.to_string(), |t| t.to_string());
+                format!(
+                    "the broker lost emtrack's session {n} time(s), last at {at}: messages it held may be lost (README: \"The broker lost emtrack's session\")"
+                )
+            })
+        }),
+    )]
 }
 
 /// The reference listener, the recorder of the episodes it closes, and

@@ -597,11 +597,16 @@ async fn location_failure_and_silence_in_real_time(pool: PgPool) {
     .expect("a bracelet");
     // This bracelet reports every second (silent after 1 + 1 s); the others
     // hourly, so that they stay out of the way.
-    sqlx::query("UPDATE devices SET report_interval_s = CASE WHEN id = $1 THEN 1 ELSE 3600 END")
-        .bind(&device)
-        .execute(&pool)
-        .await
-        .expect("intervals");
+    // It sends emtrack JSON below (a device sending another format than its
+    // registered one is refused).
+    sqlx::query(
+        "UPDATE devices SET report_interval_s = CASE WHEN id = $1 THEN 1 ELSE 3600 END, \
+                format = CASE WHEN id = $1 THEN 'json' ELSE format END",
+    )
+    .bind(&device)
+    .execute(&pool)
+    .await
+    .expect("intervals");
     let mut cfg = config(broker.port, "emtrack-alerts-rt");
     cfg.alerts.silence_buffer_s = 1;
     cfg.alerts.location_failure_after_s = 60;

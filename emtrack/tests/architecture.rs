@@ -71,7 +71,7 @@ fn crates_depend_only_on_what_the_architecture_allows() {
         ("alerts", &["geofence", "protocol"]),
         ("bus", &["geofence", "protocol"]),
         ("store", &[]),
-        ("reference", &["bus", "geofence", "store"]),
+        ("reference", &["bus", "geofence", "protocol", "store"]),
         (
             "ingest",
             &["bus", "geofence", "protocol", "reference", "store"],

@@ -78,6 +78,15 @@ async fn every_rejection_reason_is_stored_and_counted(pool: PgPool) {
         .execute(&pool)
         .await
         .expect("retire");
+    // EM-000001 sends emtrack JSON, EM-000003 binary frames (a device is
+    // held to its registered format).
+    sqlx::query(
+        "UPDATE devices SET format = CASE id WHEN 'EM-000001' THEN 'json' ELSE 'binary' END \
+         WHERE id IN ('EM-000001', 'EM-000003')",
+    )
+    .execute(&pool)
+    .await
+    .expect("formats");
     sqlx::query("INSERT INTO devices (id, kind, format, report_interval_s) VALUES ('EM-777777', 'bracelet', 'json', 60)")
         .execute(&pool)
         .await
@@ -171,6 +180,11 @@ async fn every_rejection_reason_is_stored_and_counted(pool: PgPool) {
             fix_topic("EM-999999"),
             json_fix("EM-999999", t0, 43.2),
             Some("unknown_device"),
+        ),
+        (
+            fix_topic("EM-000003"),
+            json_fix("EM-000003", t0, 43.2),
+            Some("format_mismatch"),
         ),
         (
             fix_topic("EM-000002"),
@@ -329,6 +343,11 @@ async fn a_live_zone_change_takes_effect_without_restart(pool: PgPool) {
     let (lon, lat) = subject.home.lonlat();
     // A spot about 1 km north of home, inside the city, at noon (no curfew).
     let (lat, lon) = (lat + 0.009, lon);
+    sqlx::query("UPDATE devices SET format = 'json' WHERE id = $1")
+        .bind(&subject.device)
+        .execute(&pool)
+        .await
+        .expect("it sends emtrack JSON below");
     let running = Running::start(pool.clone(), broker.port, "emtrack-test-live").await;
     let m = running.metrics.clone();
     let reference = running.svc.reference.clone();

@@ -1,12 +1,15 @@
 //! The first stage of a batch: decode every payload and check its device
-//! (known, not retired, assigned) and its clock (not beyond retention, not
-//! in the future). What fails is a [`Refusal`], stored raw with its reason.
+//! (known, not retired, sending in its registered format, assigned) and its
+//! clock (not beyond retention, not in the future). What fails is a
+//! [`Refusal`], stored raw with its reason; what passes carries its
+//! [`Custody`] record (the SHA-256 of its bytes, its topic, its arrival).
 
 use crate::config::IngestConfig;
 use bytes::Bytes;
 use protocol::Body;
 use reference::{DeviceKind, DeviceRef, Registry};
 use rumqttc::Publish;
+use sha2::{Digest, Sha256};
 
 /// A refused message, as `rejected_messages` keeps it.
 #[derive(Clone, Debug)]
@@ -19,8 +22,9 @@ pub(crate) struct Refusal {
     pub(crate) detail: String,
     /// The payload, raw.
     pub(crate) payload: Bytes,
-    /// The broker marked it a redelivery (DUP).
-    pub(crate) dup: bool,
+    /// The broker marked it a redelivery (DUP), or sent it as a retained
+    /// message: a copy already stored is not stored again.
+    pub(crate) repeat: bool,
 }
 
 impl Refusal {
@@ -31,7 +35,7 @@ impl Refusal {
             reason,
             detail,
             payload: p.payload.clone(),
-            dup: p.dup,
+            repeat: p.dup || p.retain,
         }
     }
 }
@@ -44,6 +48,44 @@ pub(crate) struct Checked {
     pub(crate) body: Body,
     /// Its newest record time (ms).
     pub(crate) newest_ms: i64,
+    /// Where its bytes came from (`messages`).
+    pub(crate) custody: Custody,
+}
+
+/// The chain-of-custody record of an accepted message (`messages`).
+pub(crate) struct Custody {
+    /// SHA-256 of the payload, as received.
+    pub(crate) sha256: [u8; 32],
+    /// The broker topic.
+    pub(crate) topic: String,
+    /// When the batch holding it was checked (server clock, ms): its arrival.
+    pub(crate) arrival_ms: i64,
+    pub(crate) format: protocol::Format,
+    /// Payload size.
+    pub(crate) bytes: i32,
+    /// OwnTracks' `tid` and `t`.
+    pub(crate) tracker: Option<protocol::Tracker>,
+    /// The broker marked it DUP or retained: it may have been handled before.
+    pub(crate) repeat: bool,
+}
+
+impl Custody {
+    /// The topic as `messages` keeps it (cut like a refused message's).
+    pub(crate) fn stored_topic(&self) -> &str {
+        crate::writer::truncate(&self.topic, crate::writer::MAX_TOPIC_STORED)
+    }
+
+    fn of(p: &Publish, msg: &mut protocol::Message, arrival_ms: i64) -> Custody {
+        Custody {
+            sha256: Sha256::digest(&p.payload).into(),
+            topic: p.topic.clone(),
+            arrival_ms,
+            format: msg.format,
+            bytes: i32::try_from(p.payload.len()).unwrap_or(i32::MAX),
+            tracker: msg.tracker.take(),
+            repeat: p.dup || p.retain,
+        }
+    }
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -78,7 +120,7 @@ pub(crate) fn check(
     let mut checked = Vec::with_capacity(batch.len());
     for (p, msg) in batch.iter().zip(decoded) {
         let Some(msg) = msg else { continue };
-        match check_one(cfg, registry, msg, now_ms) {
+        match check_one(cfg, registry, p, msg, now_ms) {
             Ok(c) => checked.push(c),
             Err((reason, detail)) => refused.push(Refusal::of(p, reason, detail)),
         }
@@ -89,7 +131,8 @@ pub(crate) fn check(
 fn check_one(
     cfg: &IngestConfig,
     registry: &Registry,
-    msg: protocol::Message,
+    p: &Publish,
+    mut msg: protocol::Message,
     now: i64,
 ) -> Result<Checked, (&'static str, String)> {
     let device = msg.uplink.device.as_str();
@@ -101,6 +144,16 @@ fn check_one(
     };
     if dev.retired {
         return Err(("device_retired", format!("{device} is retired")));
+    }
+    if msg.format != dev.format {
+        return Err((
+            "format_mismatch",
+            format!(
+                "{device} is registered to send {}, this message is {}",
+                dev.format.as_str(),
+                msg.format.as_str()
+            ),
+        ));
     }
     let assigned = match dev.kind {
         DeviceKind::Bracelet => dev.subject.is_some(),
@@ -134,10 +187,12 @@ fn check_one(
             ),
         ));
     }
+    let custody = Custody::of(p, &mut msg, now);
     Ok(Checked {
         dev: dev.clone(),
         body: msg.uplink.body,
         newest_ms: newest,
+        custody,
     })
 }
 

@@ -24,6 +24,9 @@ pub struct IngestConfig {
     pub linger: Duration,
     /// Fixes and events dated further ahead than this are refused.
     pub future_skew: Duration,
+    /// A fix dated further than this after its arrival is clock-suspect
+    /// (see [`crate::clock`]).
+    pub clock_tolerance: Duration,
     /// Records older than this are refused (`timestamp_too_old`): their
     /// day's partition is past retention, or about to be dropped.
     pub max_age: Duration,

@@ -265,6 +265,9 @@ impl Consumer {
                 if self.session.connected_once {
                     self.ctx.metrics.mqtt_reconnects.inc();
                 }
+                if self.session.connected_once && !ack.session_present {
+                    self.session_lost();
+                }
                 self.session.connected_once = true;
                 self.session.waits = reconnect_waits();
                 self.ctx.metrics.mqtt_connected.set(1);
@@ -279,6 +282,19 @@ impl Consumer {
             }
             _ => {}
         }
+    }
+
+    /// Reconnected, and the broker no longer had the session it kept for
+    /// emtrack (see [`crate::pipeline::SessionLoss`]).
+    fn session_lost(&self) {
+        self.ctx.metrics.mqtt_sessions_lost.inc();
+        self.ctx.session.record(store::now_ms());
+        tracing::error!(
+            client_id = %self.ctx.cfg.client_id,
+            "the broker lost emtrack's persistent session on reconnect: another client may have \
+             connected with this client id and a clean session; messages the broker held for \
+             emtrack may be lost"
+        );
     }
 
     async fn on_error(&mut self, e: ConnectionError, stop: &CancellationToken) {

@@ -2,6 +2,7 @@
 //! it reads back from `device_state` the first time it sees a device in this
 //! process.
 
+use crate::clock::Timeline;
 use geofence::Position;
 use rustc_hash::FxHashMap;
 use sqlx::PgPool;
@@ -13,6 +14,11 @@ use store::Millis;
 pub(crate) struct DevState {
     /// Newest stored fix time (ms), `i64::MIN` if none.
     pub(crate) head: i64,
+    /// The device's timeline as judged (see [`crate::clock`]).
+    pub(crate) timeline: Timeline,
+    /// Its last fix's clock was suspect: a finding is recorded when this
+    /// turns true, not for every fix of a faulty clock.
+    pub(crate) clock_faulty: bool,
     /// Last good fix: reference of the jump check.
     pub(crate) good: Option<(Position, i64)>,
     /// Newest event time seen (ms): an older event is `late`.
@@ -28,6 +34,8 @@ impl Default for DevState {
     fn default() -> Self {
         DevState {
             head: i64::MIN,
+            timeline: Timeline::default(),
+            clock_faulty: false,
             good: None,
             event_head: i64::MIN,
             seen: None,
@@ -41,6 +49,7 @@ impl Default for DevState {
 struct StateRow {
     device_id: String,
     head_time: Option<Millis>,
+    judged_head: Option<Millis>,
     good_time: Option<Millis>,
     good_lat: Option<f64>,
     good_lon: Option<f64>,
@@ -52,7 +61,7 @@ pub(crate) async fn load(
     devices: &[String],
 ) -> Result<FxHashMap<String, DevState>, sqlx::Error> {
     let rows: Vec<StateRow> = sqlx::query_as(
-        "SELECT device_id, head_time, good_time, good_lat, good_lon \
+        "SELECT device_id, head_time, judged_head, good_time, good_lat, good_lon \
          FROM device_state WHERE device_id = ANY($1)",
     )
     .bind(devices)
@@ -65,8 +74,10 @@ pub(crate) async fn load(
                 (Some(t), Some(lat), Some(lon)) => Position::new(lon, lat).ok().map(|p| (p, t.0)),
                 _ => None,
             };
+            let head = r.head_time.map_or(i64::MIN, i64::from);
             let state = DevState {
-                head: r.head_time.map_or(i64::MIN, i64::from),
+                head,
+                timeline: Timeline::resumed(r.judged_head.map_or(head, i64::from)),
                 good,
                 ..DevState::default()
             };

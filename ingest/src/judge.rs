@@ -54,11 +54,12 @@ pub(crate) fn stored(t: Transition, device: Option<&str>, registry: &Registry) -
     }
 }
 
-/// The engine's view of a stored fix row; `None` for a position the engine
-/// cannot take (never for a decoded fix: the protocol bounds coordinates).
+/// The engine's view of a stored fix row, at its judged time
+/// ([`crate::clock`]); `None` for a position or time the engine cannot take
+/// (never for a decoded fix: the protocol bounds coordinates and times).
 pub(crate) fn engine_fix(row: &FixRow) -> Option<geofence::Fix> {
     Some(geofence::Fix {
-        time: row.fix.time,
+        time: geofence::jiff::Timestamp::from_millisecond(row.judged_ms).ok()?,
         position: Position::new(row.fix.lon(), row.fix.lat()).ok()?,
         accuracy_m: f64::from(row.fix.accuracy_m),
         suspect: row.suspect,

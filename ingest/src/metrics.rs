@@ -23,6 +23,16 @@ pub struct Metrics {
     pub fixes_suspect: IntCounter,
     /// Fixes dropped because (device, fix time) was already stored.
     pub fixes_duplicate: IntCounter,
+    /// Fixes whose clock disagreed with their arrival, by direction.
+    pub fixes_clock_suspect: IntCounterVec,
+    /// Fix versions conflicting with a stored one (new rows of fix_conflicts).
+    pub fix_conflicts: IntCounter,
+    /// Findings about devices' records, by kind.
+    pub findings: IntCounterVec,
+    /// Messages sent again (DUP or retained) and already handled: skipped.
+    pub messages_repeated: IntCounter,
+    /// Reconnections on which the broker had lost emtrack's session.
+    pub mqtt_sessions_lost: IntCounter,
     /// Device events stored (new rows).
     pub events_stored: IntCounter,
     /// Heartbeats received.
@@ -98,6 +108,28 @@ impl Metrics {
             fixes_duplicate: counter(
                 "emtrack_fixes_duplicate_total",
                 "Fixes dropped because the same device and fix time was already stored.",
+            ),
+            fixes_clock_suspect: by(
+                "emtrack_fixes_clock_suspect_total",
+                "Fixes whose own time disagreed with their arrival order (ahead of arrival, or back inside the live stream): stored, judged in arrival order.",
+                "direction",
+            ),
+            fix_conflicts: counter(
+                "emtrack_fix_conflicts_total",
+                "Fix versions disagreeing with the one stored for the same device and time (both kept in fix_conflicts).",
+            ),
+            findings: by(
+                "emtrack_device_findings_total",
+                "Findings about devices' records (clock faults, conflicting records), by kind.",
+                "kind",
+            ),
+            messages_repeated: counter(
+                "emtrack_messages_repeated_total",
+                "Messages the broker sent again (DUP or retained) that were already handled: not stored or counted again.",
+            ),
+            mqtt_sessions_lost: counter(
+                "emtrack_mqtt_sessions_lost_total",
+                "Reconnections on which the broker no longer had emtrack's persistent session (messages it held may be lost).",
             ),
             events_stored: counter("emtrack_events_stored_total", "Device events stored."),
             heartbeats: counter("emtrack_heartbeats_total", "Heartbeats received."),

@@ -15,7 +15,7 @@ use rumqttc::{AsyncClient, Publish};
 use sqlx::PgPool;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +31,33 @@ pub(crate) struct Context {
     pub(crate) observed: ObservedTx,
     /// Connected to the broker and subscribed.
     pub(crate) subscribed: Arc<AtomicBool>,
+    /// Reconnections on which the broker had lost the session.
+    pub(crate) session: Arc<SessionLoss>,
+}
+
+/// Reconnections on which the broker no longer had emtrack's persistent
+/// session: someone connected with its client id and a clean session (a
+/// takeover), or the broker lost its persistence. Messages the broker held
+/// for emtrack then are gone; see README, "The broker lost emtrack's
+/// session".
+#[derive(Debug, Default)]
+pub struct SessionLoss {
+    count: AtomicU64,
+    /// Wall clock of the last loss (ms).
+    last_ms: AtomicI64,
+}
+
+impl SessionLoss {
+    pub(crate) fn record(&self, at_ms: i64) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.last_ms.store(at_ms, Ordering::Relaxed);
+    }
+
+    /// How many times, and when last (ms); `None` if never.
+    pub fn lost(&self) -> Option<(u64, i64)> {
+        let n = self.count.load(Ordering::Relaxed);
+        (n > 0).then(|| (n, self.last_ms.load(Ordering::Relaxed)))
+    }
 }
 
 /// Why ingest stopped other than by being asked to.
@@ -77,6 +104,7 @@ impl Ingest {
                 metrics,
                 observed,
                 subscribed: Arc::new(AtomicBool::new(false)),
+                session: Arc::default(),
             }),
         }
     }
@@ -84,6 +112,11 @@ impl Ingest {
     /// True while connected to the broker and subscribed (for `/readyz`).
     pub fn subscribed(&self) -> Arc<AtomicBool> {
         self.ctx.subscribed.clone()
+    }
+
+    /// Lost broker sessions (for `/readyz`).
+    pub fn session_loss(&self) -> Arc<SessionLoss> {
+        self.ctx.session.clone()
     }
 
     /// Ingest's metrics.

@@ -36,7 +36,8 @@ pub struct Rebuilt {
     pub fixes: u64,
 }
 
-/// A stored fix, as replayed.
+/// A stored fix, as replayed: at the time it was judged at
+/// (`judged_at` when its clock was suspect, see `clock`).
 #[derive(sqlx::FromRow)]
 struct ReplayRow {
     device_id: String,
@@ -85,7 +86,7 @@ pub async fn rebuild(
         return Ok(done);
     }
     let rows: Vec<ReplayRow> = sqlx::query_as(
-        "SELECT f.device_id, f.fix_time, f.lat, f.lon, f.accuracy_m, f.suspect, f.received_at, f.seq \
+        "SELECT f.device_id, coalesce(f.judged_at, f.fix_time) AS fix_time, f.lat, f.lon, f.accuracy_m, f.suspect, f.received_at, f.seq \
          FROM UNNEST($1::text[], $2::timestamptz[]) AS u(d, f0) \
          JOIN fixes f ON f.device_id = u.d AND f.fix_time >= u.f0 \
          ORDER BY f.received_at, f.seq",

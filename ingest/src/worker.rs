@@ -81,6 +81,7 @@ async fn process(ctx: &Context, states: &mut States, batch: &[Publish]) {
             &mut refused,
         )
     };
+    let checked = drop_handled(ctx, checked).await;
     load_unseen(ctx, states, &checked).await;
     let maybe = rows::maybe_stored(&checked, states);
     let stored = if maybe.is_empty() {
@@ -97,7 +98,14 @@ async fn process(ctx: &Context, states: &mut States, batch: &[Publish]) {
                 rows::StoredFixes::default()
             })
     };
-    let mut rows = rows::build(&checked, states, &stored, ctx.cfg.max_speed_kmh, refused);
+    // What the batch changes in its devices' state is undone if the
+    // database refuses it: its fixes were never stored, and a replay must
+    // find the devices as they were.
+    let before: Vec<(Arc<str>, DevState)> = checked
+        .iter()
+        .filter_map(|c| Some((c.dev.name.clone(), *states.get(&*c.dev.name)?)))
+        .collect();
+    let mut rows = rows::build(&checked, states, &stored, &ctx.cfg, refused);
     let eval_start = Instant::now();
     if !rows.messages.is_empty() {
         judge::batch(&mut ctx.core.lock(), &checked, &mut rows);
@@ -106,9 +114,12 @@ async fn process(ctx: &Context, states: &mut States, batch: &[Publish]) {
         .evaluation_seconds
         .observe(eval_start.elapsed().as_secs_f64());
     let commit_start = Instant::now();
-    let written = match ctx.writer.commit(&rows).await {
+    let written = match ctx.writer.commit(&rows, &checked).await {
         Ok(w) => w,
         Err(e) => {
+            for (name, st) in before {
+                states.insert(name, st);
+            }
             ctx.writer.quarantine(batch, &e).await;
             return;
         }
@@ -119,6 +130,35 @@ async fn process(ctx: &Context, states: &mut States, batch: &[Publish]) {
     let committed = now_ms();
     record(ctx, batch.len(), &rows, written, committed);
     publish(ctx, rows, committed).await;
+}
+
+/// Drops the messages the broker sent again (DUP, or retained on a new
+/// subscription) that are already in `messages`: handled before, they are
+/// neither stored nor judged nor counted again.
+async fn drop_handled(ctx: &Context, mut checked: Vec<check::Checked>) -> Vec<check::Checked> {
+    if !checked.iter().any(|c| c.custody.repeat) {
+        return checked;
+    }
+    let handled = ctx
+        .writer
+        .held("look up repeated messages", || {
+            rows::handled_before(&ctx.writer.pool, &checked)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            // Storage is idempotent: they are only judged again.
+            tracing::error!(error = %e, "cannot look up repeated messages");
+            FxHashSet::default()
+        });
+    let before = checked.len();
+    checked.retain(|c| {
+        let key = (c.custody.sha256, c.custody.stored_topic().to_owned());
+        !handled.contains(&key)
+    });
+    ctx.metrics
+        .messages_repeated
+        .inc_by((before - checked.len()) as u64);
+    checked
 }
 
 /// Loads the stored state of devices this worker has not seen yet in this
@@ -167,14 +207,24 @@ fn record(
             .observe((committed - t).max(0) as f64 / 1000.0);
     }
     m.fixes_accepted.inc_by(written.fixes);
+    let inserted_or_not = (rows.fixes.len() - rows.replacing()) as u64;
     m.fixes_duplicate
-        .inc_by(rows.duplicates + (rows.fixes.len() as u64 - written.fixes));
+        .inc_by(rows.duplicates + inserted_or_not.saturating_sub(written.fixes));
+    for f in &rows.fixes {
+        if let Some(direction) = f.clock.direction() {
+            m.fixes_clock_suspect.with_label_values(&[direction]).inc();
+        }
+    }
+    for f in &rows.findings {
+        m.findings.with_label_values(&[f.kind.as_str()]).inc();
+    }
+    m.fix_conflicts.inc_by(written.conflicts);
     m.fixes_suspect
         .inc_by(rows.fixes.iter().filter(|f| f.suspect).count() as u64);
     m.events_stored.inc_by(written.events);
     m.heartbeats.inc_by(rows.heartbeats);
-    for r in &rows.refused {
-        m.rejected.with_label_values(&[r.reason]).inc();
+    for reason in &written.refused {
+        m.rejected.with_label_values(&[reason]).inc();
     }
     for t in &rows.transitions {
         m.transitions
@@ -191,6 +241,7 @@ async fn publish(ctx: &Context, rows: Rows, committed: i64) {
         transitions: rows.transitions,
         events: rows.alert_events,
         reports: rows.reports,
+        findings: rows.bus_findings,
     };
     if !observed.is_empty() {
         // Closed only when the alert service stopped; the store has it all

@@ -1,11 +1,15 @@
 //! The end of a batch: everything it produced, in one transaction.
 //!
-//! Fixes, events, device state, rule transitions and refused messages are
-//! written with `UNNEST … ON CONFLICT DO NOTHING`, so a redelivered message
-//! inserts nothing. Transient errors are retried with the batch's acks held;
+//! Messages (chain of custody), fixes, conflicting fix versions, events,
+//! device state, rule transitions, findings and refused messages are written
+//! with `UNNEST … ON CONFLICT`, so a redelivered message inserts nothing
+//! (`messages` answers a stored copy's id with a no-op `DO UPDATE`; a trusted
+//! fix replacing a clock-suspect one is an `UPDATE`, see `custody`). Transient errors are retried with the batch's acks held;
 //! a batch the database refuses outright is kept raw in `rejected_messages`
 //! as `storage_failed` ([`Writer::quarantine`]).
 
+use crate::check::Checked;
+use crate::custody;
 use crate::metrics::Metrics;
 use crate::rows::Rows;
 use bus::StoredTransition;
@@ -15,10 +19,15 @@ use std::future::Future;
 use store::{Backoff, Days, Millis, retry_always, retry_transient};
 
 /// Rows actually inserted.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Written {
     pub(crate) fixes: u64,
     pub(crate) events: u64,
+    /// Conflicting fix versions kept (new rows of `fix_conflicts`).
+    pub(crate) conflicts: u64,
+    /// Reasons of the refused messages stored (a copy already stored, sent
+    /// again as DUP or retained, is neither stored nor counted).
+    pub(crate) refused: Vec<&'static str>,
 }
 
 /// Longest topic stored in `rejected_messages` (bytes); longer ones are cut.
@@ -59,30 +68,41 @@ impl Writer {
     }
 
     /// Writes `rows` in one transaction, retrying transient errors.
-    pub(crate) async fn commit(&self, rows: &Rows) -> Result<Written, sqlx::Error> {
-        self.held("commit a batch", || self.write(rows)).await
+    pub(crate) async fn commit(
+        &self,
+        rows: &Rows,
+        checked: &[Checked],
+    ) -> Result<Written, sqlx::Error> {
+        self.held("commit a batch", || self.write(rows, checked))
+            .await
     }
 
-    async fn write(&self, rows: &Rows) -> Result<Written, sqlx::Error> {
-        let r = self.write_once(rows).await;
+    async fn write(&self, rows: &Rows, checked: &[Checked]) -> Result<Written, sqlx::Error> {
+        let r = self.write_once(rows, checked).await;
         if let Err(e) = &r {
             self.days.forget_if_missing(e);
         }
         r
     }
 
-    async fn write_once(&self, rows: &Rows) -> Result<Written, sqlx::Error> {
+    async fn write_once(&self, rows: &Rows, checked: &[Checked]) -> Result<Written, sqlx::Error> {
         let times = rows.fixes.iter().map(|f| f.time_ms);
         let times = times.chain(rows.events.iter().map(|e| e.event.time.as_millisecond()));
         self.days.ensure(&self.pool, times).await?;
         let mut tx = self.pool.begin().await?;
+        let ids = custody::insert_messages(&mut tx, rows, checked).await?;
+        let fixes = insert_fixes(&mut tx, rows, &ids).await?;
+        let conflicts = custody::keep_conflicts(&mut tx, rows, &ids).await?;
+        custody::replace_fixes(&mut tx, rows, &ids).await?;
         let written = Written {
-            fixes: insert_fixes(&mut tx, rows).await?,
-            events: insert_events(&mut tx, rows).await?,
+            fixes,
+            conflicts,
+            events: insert_events(&mut tx, rows, &ids).await?,
+            refused: insert_refused(&mut tx, &rows.refused).await?,
         };
         upsert_states(&mut tx, rows).await?;
         insert_transitions(&mut tx, &rows.transitions).await?;
-        insert_refused(&mut tx, rows).await?;
+        custody::insert_findings(&mut tx, rows, &ids).await?;
         tx.commit().await?;
         Ok(written)
     }
@@ -103,7 +123,7 @@ impl Writer {
         };
         retry_always(
             Backoff::PATIENT,
-            || self.held("quarantine a refused batch", || self.write(&rows)),
+            || self.held("quarantine a refused batch", || self.write(&rows, &[])),
             |e: &sqlx::Error, wait| {
                 tracing::error!(error = %e, retry_in_s = wait.as_secs(), "cannot quarantine the batch either; it stays held, unacked");
             },
@@ -116,42 +136,48 @@ impl Writer {
     }
 }
 
-async fn insert_fixes(tx: &mut PgConnection, rows: &Rows) -> Result<u64, sqlx::Error> {
-    if rows.fixes.is_empty() {
+async fn insert_fixes(tx: &mut PgConnection, rows: &Rows, ids: &[i64]) -> Result<u64, sqlx::Error> {
+    // A replacing fix's instant is stored: `custody::replace_fixes` writes it.
+    let f: Vec<&crate::rows::FixRow> = rows.fixes.iter().filter(|r| !r.replaces).collect();
+    if f.is_empty() {
         return Ok(0);
     }
-    let f = &rows.fixes;
-    let col = |g: fn(&crate::rows::FixRow) -> f64| f.iter().map(g).collect::<Vec<f64>>();
-    Ok(sqlx::query(
-        "INSERT INTO fixes (device_id, fix_time, lat, lon, accuracy_m, speed_m_s, heading_deg, battery_pct, flags, suspect, seq) \
+    let q = sqlx::query(
+        "INSERT INTO fixes (device_id, fix_time, lat, lon, accuracy_m, speed_m_s, heading_deg, battery_pct, flags, suspect, seq, \
+                            message_id, judged_at) \
          SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::float4[], $6::float4[], \
-                              $7::float4[], $8::int2[], $9::int2[], $10::bool[], $11::int4[]) \
+                              $7::float4[], $8::int2[], $9::int2[], $10::bool[], $11::int4[], $12::int8[], $13::timestamptz[]) \
          ON CONFLICT (device_id, fix_time) DO NOTHING",
     )
     .bind(f.iter().map(|r| &*rows.names[r.dev as usize]).collect::<Vec<&str>>())
-    .bind(f.iter().map(|r| Millis(r.time_ms)).collect::<Vec<_>>())
-    .bind(col(|r| r.fix.lat()))
-    .bind(col(|r| r.fix.lon()))
-    .bind(f.iter().map(|r| f32::from(r.fix.accuracy_m)).collect::<Vec<_>>())
-    .bind(f.iter().map(|r| r.fix.speed_m_s().map(|v| v as f32)).collect::<Vec<_>>())
-    .bind(f.iter().map(|r| r.fix.heading_deg().map(|v| v as f32)).collect::<Vec<_>>())
-    .bind(f.iter().map(|r| r.fix.battery_pct.map(i16::from)).collect::<Vec<_>>())
-    .bind(f.iter().map(|r| i16::from(r.fix.flags.to_byte())).collect::<Vec<_>>())
-    .bind(f.iter().map(|r| r.suspect).collect::<Vec<_>>())
-    .bind(f.iter().map(|r| r.seq).collect::<Vec<_>>())
-    .execute(tx)
-    .await?
-    .rows_affected())
+    .bind(f.iter().map(|r| Millis(r.time_ms)).collect::<Vec<_>>());
+    Ok(crate::rows::FixColumns::of(f.iter().map(|r| &r.fix))
+        .bind(q)
+        .bind(f.iter().map(|r| r.suspect).collect::<Vec<_>>())
+        .bind(f.iter().map(|r| r.seq).collect::<Vec<_>>())
+        .bind(f.iter().map(|r| ids[r.msg as usize]).collect::<Vec<_>>())
+        .bind(
+            f.iter()
+                .map(|r| custody::judged_at(r.time_ms, r.judged_ms))
+                .collect::<Vec<_>>(),
+        )
+        .execute(tx)
+        .await?
+        .rows_affected())
 }
 
-async fn insert_events(tx: &mut PgConnection, rows: &Rows) -> Result<u64, sqlx::Error> {
+async fn insert_events(
+    tx: &mut PgConnection,
+    rows: &Rows,
+    ids: &[i64],
+) -> Result<u64, sqlx::Error> {
     if rows.events.is_empty() {
         return Ok(0);
     }
     let e = &rows.events;
     Ok(sqlx::query(
-        "INSERT INTO device_events (device_id, event_time, kind, battery_pct, flags, late) \
-         SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int2[], $5::int2[], $6::bool[]) \
+        "INSERT INTO device_events (device_id, event_time, kind, battery_pct, flags, late, message_id) \
+         SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int2[], $5::int2[], $6::bool[], $7::int8[]) \
          ON CONFLICT DO NOTHING",
     )
     .bind(e.iter().map(|r| &*rows.names[r.dev as usize]).collect::<Vec<&str>>())
@@ -160,6 +186,7 @@ async fn insert_events(tx: &mut PgConnection, rows: &Rows) -> Result<u64, sqlx::
     .bind(e.iter().map(|r| r.event.battery_pct.map(i16::from)).collect::<Vec<_>>())
     .bind(e.iter().map(|r| i16::from(r.event.flags.to_byte())).collect::<Vec<_>>())
     .bind(e.iter().map(|r| r.late).collect::<Vec<_>>())
+    .bind(e.iter().map(|r| ids[r.msg as usize]).collect::<Vec<_>>())
     .execute(tx)
     .await?
     .rows_affected())
@@ -171,10 +198,12 @@ async fn upsert_states(tx: &mut PgConnection, rows: &Rows) -> Result<(), sqlx::E
     }
     let s = &rows.states;
     sqlx::query(
-        "INSERT INTO device_state (device_id, head_time, good_time, good_lat, good_lon, last_seen_at, pending) \
-         SELECT d, h, g, la, lo, now(), p \
-         FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::float8[], $5::float8[], $6::int4[]) AS u(d, h, g, la, lo, p) \
-         ON CONFLICT (device_id) DO UPDATE SET head_time = EXCLUDED.head_time, good_time = EXCLUDED.good_time, \
+        "INSERT INTO device_state (device_id, head_time, good_time, good_lat, good_lon, last_seen_at, pending, judged_head) \
+         SELECT d, h, g, la, lo, now(), p, j \
+         FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::float8[], $5::float8[], $6::int4[], $7::timestamptz[]) \
+              AS u(d, h, g, la, lo, p, j) \
+         ON CONFLICT (device_id) DO UPDATE SET head_time = EXCLUDED.head_time, judged_head = EXCLUDED.judged_head, \
+             good_time = EXCLUDED.good_time, \
              good_lat = EXCLUDED.good_lat, good_lon = EXCLUDED.good_lon, last_seen_at = EXCLUDED.last_seen_at, \
              pending = COALESCE(EXCLUDED.pending, device_state.pending)",
     )
@@ -188,6 +217,11 @@ async fn upsert_states(tx: &mut PgConnection, rows: &Rows) -> Result<(), sqlx::E
     .bind(s.iter().map(|(_, st)| st.good.map(|g| g.0.lat())).collect::<Vec<_>>())
     .bind(s.iter().map(|(_, st)| st.good.map(|g| g.0.lon())).collect::<Vec<_>>())
     .bind(s.iter().map(|(_, st)| st.pending.map(i32::from)).collect::<Vec<_>>())
+    .bind(
+        s.iter()
+            .map(|(_, st)| (st.timeline.head != i64::MIN).then_some(Millis(st.timeline.head)))
+            .collect::<Vec<_>>(),
+    )
     .execute(tx)
     .await?;
     Ok(())
@@ -224,7 +258,7 @@ pub(crate) async fn insert_transitions(
 }
 
 /// `s` cut to at most `max` bytes, on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
@@ -235,26 +269,35 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-async fn insert_refused(tx: &mut PgConnection, rows: &Rows) -> Result<(), sqlx::Error> {
-    if rows.refused.is_empty() {
-        return Ok(());
+async fn insert_refused(
+    tx: &mut PgConnection,
+    r: &[crate::check::Refusal],
+) -> Result<Vec<&'static str>, sqlx::Error> {
+    if r.is_empty() {
+        return Ok(Vec::new());
     }
-    let r = &rows.refused;
-    // A redelivered message (DUP) whose copy is already stored was stored
-    // before a crash that came between commit and ack.
-    sqlx::query(
+    // A message sent again (DUP after a crash between commit and ack, or
+    // retained, on every new subscription) whose copy is already stored is
+    // not stored again. The index of what was stored comes back.
+    let stored: Vec<(String,)> = sqlx::query_as(
         "INSERT INTO rejected_messages (topic, reason, detail, payload) \
-         SELECT t, r, d, p FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bool[]) AS u(t, r, d, p, dup) \
-         WHERE NOT (dup AND EXISTS (SELECT 1 FROM rejected_messages x \
-                                    WHERE x.topic = u.t AND md5(x.payload) = md5(u.p) AND x.payload = u.p))",
+         SELECT t, r, d, p FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bool[]) \
+              AS u(t, r, d, p, repeat) \
+         WHERE NOT (repeat AND EXISTS (SELECT 1 FROM rejected_messages x \
+                                       WHERE x.topic = u.t AND md5(x.payload) = md5(u.p) AND x.payload = u.p)) \
+         RETURNING reason",
     )
     // MQTT topics may be 65,535 bytes; an index row may not.
     .bind(r.iter().map(|x| truncate(&x.topic, MAX_TOPIC_STORED)).collect::<Vec<_>>())
     .bind(r.iter().map(|x| x.reason).collect::<Vec<_>>())
     .bind(r.iter().map(|x| truncate(&x.detail, MAX_DETAIL_STORED)).collect::<Vec<_>>())
     .bind(r.iter().map(|x| x.payload.as_ref()).collect::<Vec<&[u8]>>())
-    .bind(r.iter().map(|x| x.dup).collect::<Vec<_>>())
-    .execute(tx)
+    .bind(r.iter().map(|x| x.repeat).collect::<Vec<_>>())
+    .fetch_all(tx)
     .await?;
-    Ok(())
+    // Back to the static labels (the metric's label set).
+    Ok(stored
+        .iter()
+        .filter_map(|(reason,)| r.iter().find(|x| x.reason == reason).map(|x| x.reason))
+        .collect())
 }

@@ -73,6 +73,14 @@ impl Format {
             Format::OwnTracks => "owntracks",
         }
     }
+
+    /// The format whose [`Format::as_str`] label is `name` (as `devices.format`
+    /// stores it).
+    pub fn from_name(name: &str) -> Option<Format> {
+        [Format::Binary, Format::Json, Format::OwnTracks]
+            .into_iter()
+            .find(|f| f.as_str() == name)
+    }
 }
 
 /// A decoded message: the device, what it sent, and in which format.
@@ -82,6 +90,18 @@ pub struct Message {
     pub uplink: Uplink,
     /// The payload format.
     pub format: Format,
+    /// An OwnTracks app's tracker id (`tid`) and trigger (`t`); `None` for
+    /// other formats.
+    pub tracker: Option<Tracker>,
+}
+
+/// The labels an OwnTracks app puts on a location, kept with its message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tracker {
+    /// Tracker id (`tid`).
+    pub tid: Option<String>,
+    /// What triggered the report (`t`).
+    pub trigger: Option<String>,
 }
 
 /// Which format a device-topic payload is in: binary frames start with a byte in
@@ -112,6 +132,10 @@ pub fn decode(topic: &str, payload: &[u8]) -> Result<Message, MessageError> {
                     body: Body::Fixes(vec![loc.fix]),
                 },
                 format: Format::OwnTracks,
+                tracker: Some(Tracker {
+                    tid: loc.tid,
+                    trigger: loc.trigger,
+                }),
             })
         }
         Topic::Device { device, kind } => {
@@ -130,7 +154,11 @@ pub fn decode(topic: &str, payload: &[u8]) -> Result<Message, MessageError> {
             if uplink.body.kind() != kind {
                 return Err(MessageError::KindMismatch);
             }
-            Ok(Message { uplink, format })
+            Ok(Message {
+                uplink,
+                format,
+                tracker: None,
+            })
         }
     }
 }

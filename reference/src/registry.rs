@@ -56,6 +56,9 @@ pub struct DeviceRef {
     /// How often it reports (`devices.report_interval_s`); silence detection
     /// allows this plus a buffer.
     pub report_interval_s: u32,
+    /// The payload format it is registered to send (`devices.format`): a
+    /// message in another is refused (`format_mismatch`).
+    pub format: protocol::Format,
 }
 
 /// Text device ids to their registry entries.

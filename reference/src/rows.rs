@@ -47,6 +47,7 @@ pub(crate) struct DeviceRow {
     pub(crate) subject_id: Option<i64>,
     pub(crate) protects: bool,
     pub(crate) report_interval_s: i32,
+    pub(crate) format: String,
 }
 
 /// A `zones` row as the engine takes it.

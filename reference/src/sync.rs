@@ -168,7 +168,7 @@ impl Fetched {
             f.devices = sqlx::query_as(
                 "SELECT d.id, d.kind, d.retired_at IS NOT NULL AND d.retired_at <= now() AS retired, \
                         a.subject_id, EXISTS (SELECT 1 FROM victims v WHERE v.device_id = d.id) AS protects, \
-                        d.report_interval_s \
+                        d.report_interval_s, d.format \
                  FROM devices d \
                  LEFT JOIN LATERAL (SELECT subject_id FROM assignments a WHERE a.device_id = d.id \
                      AND a.valid_from <= now() AND (a.valid_to IS NULL OR a.valid_to > now()) \
@@ -333,8 +333,17 @@ fn apply_devices(core: &mut Core, devices: Vec<DeviceRow>, scope: &Scope, done: 
             });
             continue;
         };
+        let Some(format) = protocol::Format::from_name(&row.format) else {
+            done.errors.push(RowError {
+                table: "devices",
+                id: row.id,
+                message: format!("unknown device format {:?}", row.format),
+            });
+            continue;
+        };
         let (engine, name) = core.registry.engine_id(&row.id);
         let entry = DeviceRef {
+            format,
             name,
             engine,
             kind,

@@ -13,14 +13,25 @@ pub fn transient(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => {
             let code = db.code();
             let code = code.as_deref().unwrap_or("");
-            // 08 connection exception, 53 insufficient resources, 57P0x
-            // shutdown or crash, 40001/40P01 serialization failure or
-            // deadlock, 55P03 lock not available. Anything else (bad data,
-            // a constraint, an index row too large, a bug) fails again.
+            // Connection-class failures, which say nothing about the data:
+            // 08 connection exception, 53 insufficient resources (53300 too
+            // many connections), 57000/57P0x operator intervention (shutdown,
+            // crash, cannot connect now, database dropped), 55000 "database
+            // is not currently accepting connections", 28000/28P01
+            // authentication (a password being rotated), 3D000 database
+            // missing (a restore in progress). Not 57014 (a statement
+            // cancelled or timed out): the same batch would time out again
+            // and hold the pipeline forever.
+            // Also 40001/40P01 serialization failure or deadlock, 55P03 lock
+            // not available. Anything else (bad data, a constraint, an index
+            // row too large, a bug) fails again.
             code.starts_with("08")
                 || code.starts_with("53")
-                || code.starts_with("57P0")
-                || matches!(code, "40001" | "40P01" | "55P03")
+                || code.starts_with("57P")
+                || matches!(
+                    code,
+                    "57000" | "55000" | "28000" | "28P01" | "3D000" | "40001" | "40P01" | "55P03"
+                )
                 // A day's partition dropped by retention after it was cached:
                 // the cache is cleared and the retry recreates it.
                 || no_partition(db.as_ref())
@@ -137,6 +148,59 @@ mod tests {
         assert!(matches!(r, Err(sqlx::Error::RowNotFound)));
         assert_eq!(calls.get(), 4);
         assert_eq!(waits, vec![50, 100, 150]);
+    }
+
+    /// A server error with only a SQLSTATE.
+    #[derive(Debug)]
+    struct Coded(&'static str);
+
+    impl std::fmt::Display for Coded {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Coded {}
+
+    impl sqlx::error::DatabaseError for Coded {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    /// Connection-class failures hold acks; errors caused by the data do not.
+    #[test]
+    fn connection_class_errors_are_transient_and_data_errors_are_not() {
+        let db = |code| sqlx::Error::Database(Box::new(Coded(code)));
+        for code in [
+            "08006", "08001", "53300", "53100", "57P01", "57P03", "57000", "55000", "28P01",
+            "28000", "3D000", "40001", "40P01", "55P03",
+        ] {
+            assert!(transient(&db(code)), "{code} is transient");
+        }
+        for code in [
+            "23505", "23514", "22003", "54000", "P0001", "42P01", "XX000", "57014",
+        ] {
+            assert!(
+                !transient(&db(code)),
+                "{code} fails again: the data, or a bug"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]
