@@ -59,11 +59,13 @@ pub(crate) async fn insert_messages(
     .bind(tracker(|t| &t.trigger))
     .fetch_all(&mut *tx)
     .await?;
-    let by_key: rustc_hash::FxHashMap<(Vec<u8>, String), i64> =
-        got.into_iter().map(|(id, d, t)| ((d, t), id)).collect();
+    let by_key: rustc_hash::FxHashMap<(&[u8], &str), i64> = got
+        .iter()
+        .map(|(id, d, t)| ((&d[..], t.as_str()), *id))
+        .collect();
     c.iter()
         .map(|m| {
-            let key = (m.sha256.to_vec(), m.stored_topic().to_owned());
+            let key = (&m.sha256[..], m.stored_topic());
             by_key.get(&key).copied().ok_or_else(|| {
                 sqlx::Error::Protocol("a stored message's id did not come back".into())
             })
