@@ -4,10 +4,10 @@
 
 use crate::registry::Registry;
 use geofence::jiff::SignedDuration;
-use geofence::jiff::civil::{Time, Weekday};
+use geofence::jiff::civil::{DateTime, Time, Weekday};
 use geofence::{
-    CategoryId, Position, RuleId, RuleKind, RuleSpec, Schedule, Shape, Weekdays, WeeklyWindow,
-    ZoneId, ZoneKind, ZoneScope, ZoneSpec,
+    CategoryId, ExceptionKind, Position, RuleId, RuleKind, RuleSpec, Schedule, Shape, Weekdays,
+    WeeklyWindow, ZoneId, ZoneKind, ZoneScope, ZoneSpec,
 };
 use serde_json::Value;
 
@@ -99,8 +99,24 @@ fn shape(geometry: Value, radius_m: Option<f64>) -> Result<Shape, String> {
     }
 }
 
-/// `{"tz": "Asia/Almaty", "windows": [{"days": ["mon", ...], "start": "21:00", "end": "06:00"}]}`.
+/// `{"tz": "Asia/Almaty", "windows": [{"days": ["mon", ...], "start": "21:00", "end": "06:00"}],
+/// "exceptions": [{"kind": "suspended", "start": "2026-12-24T18:00", "end": "2026-12-25T09:00"}]}`.
+///
+/// `exceptions` (optional) are dated one-off windows in the schedule's time
+/// zone: `extra` puts it in force (an extra curfew night), `suspended` takes
+/// it out (an approved absence). A key this does not know is an error, never
+/// ignored: an order the engine would silently not apply is worse than one
+/// refused.
 pub(crate) fn parse_schedule(v: &Value) -> Result<Schedule, String> {
+    if let Some(obj) = v.as_object()
+        && let Some(k) = obj
+            .keys()
+            .find(|k| !matches!(k.as_str(), "tz" | "windows" | "exceptions"))
+    {
+        return Err(format!(
+            "unknown schedule key {k:?} (known: tz, windows, exceptions)"
+        ));
+    }
     let tz = v["tz"].as_str().ok_or("a schedule needs \"tz\"")?;
     let mut windows = Vec::new();
     for w in v["windows"]
@@ -126,7 +142,42 @@ pub(crate) fn parse_schedule(v: &Value) -> Result<Schedule, String> {
             end: time("end")?,
         });
     }
-    Schedule::weekly(tz, windows).map_err(|e| e.to_string())
+    let mut schedule = Schedule::weekly(tz, windows).map_err(|e| e.to_string())?;
+    match &v["exceptions"] {
+        Value::Null => {}
+        Value::Array(list) => {
+            for e in list {
+                let (kind, start, end) = exception(e)?;
+                schedule = schedule
+                    .with_exception(kind, start, end)
+                    .map_err(|err| err.to_string())?;
+            }
+        }
+        other => return Err(format!("\"exceptions\" must be a list, not {other}")),
+    }
+    Ok(schedule)
+}
+
+/// One dated exception: `{"kind": "extra"|"suspended", "start": "YYYY-MM-DDTHH:MM", "end": ...}`.
+fn exception(e: &Value) -> Result<(ExceptionKind, DateTime, DateTime), String> {
+    let kind = match e["kind"].as_str() {
+        Some("extra") => ExceptionKind::Extra,
+        Some("suspended") => ExceptionKind::Suspended,
+        _ => {
+            return Err(format!(
+                "an exception needs \"kind\": \"extra\" or \"suspended\", not {}",
+                e["kind"]
+            ));
+        }
+    };
+    let at = |key: &str| -> Result<DateTime, String> {
+        let s = e[key]
+            .as_str()
+            .ok_or_else(|| format!("an exception needs {key:?} as a local date-time"))?;
+        s.parse::<DateTime>()
+            .map_err(|err| format!("exception {key} {s:?} is not a local date-time: {err}"))
+    };
+    Ok((kind, at("start")?, at("end")?))
 }
 
 fn weekday(d: &Value) -> Result<Weekday, String> {
@@ -200,6 +251,57 @@ mod tests {
         assert!(parse_schedule(&bad_day).is_err());
         let bad_tz = serde_json::json!({"tz": "Mars/Olympus", "windows": []});
         assert!(parse_schedule(&bad_tz).is_err());
+    }
+
+    /// An approved absence and an extra curfew night reach the engine; a
+    /// malformed one, or a key nobody reads, is refused.
+    #[test]
+    fn schedule_exceptions_are_kept_and_bad_ones_refused() {
+        let curfew = |exceptions: serde_json::Value| {
+            parse_schedule(&serde_json::json!({"tz": "Asia/Almaty",
+                "windows": [{"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "21:00", "end": "06:00"}],
+                "exceptions": exceptions}))
+        };
+        let at = |s: &str| {
+            s.parse::<geofence::jiff::Zoned>()
+                .expect("time")
+                .timestamp()
+        };
+        let s = curfew(serde_json::json!([
+            {"kind": "suspended", "start": "2026-12-24T18:00", "end": "2026-12-25T09:00"},
+            {"kind": "extra", "start": "2026-12-26T12:00", "end": "2026-12-26T18:00"},
+        ]))
+        .expect("parses");
+        assert!(
+            s.is_active(at("2026-12-23T23:00+05:00[Asia/Almaty]")),
+            "a normal night"
+        );
+        assert!(
+            !s.is_active(at("2026-12-24T23:00+05:00[Asia/Almaty]")),
+            "the approved absence"
+        );
+        assert!(
+            s.is_active(at("2026-12-26T13:00+05:00[Asia/Almaty]")),
+            "the extra window"
+        );
+        assert!(
+            !s.is_active(at("2026-12-27T13:00+05:00[Asia/Almaty]")),
+            "not the day after"
+        );
+        for bad in [
+            serde_json::json!([{"kind": "holiday", "start": "2026-12-24T18:00", "end": "2026-12-25T09:00"}]),
+            serde_json::json!([{"kind": "extra", "start": "24/12/2026", "end": "2026-12-25T09:00"}]),
+            serde_json::json!([{"kind": "extra", "start": "2026-12-25T09:00", "end": "2026-12-24T18:00"}]),
+            serde_json::json!({"kind": "extra"}),
+        ] {
+            assert!(curfew(bad.clone()).is_err(), "{bad} is refused");
+        }
+        let typo = serde_json::json!({"tz": "Asia/Almaty", "windows": [], "exeptions": []});
+        assert!(
+            parse_schedule(&typo)
+                .expect_err("a misspelt key")
+                .contains("exeptions")
+        );
     }
 
     #[test]
