@@ -63,7 +63,7 @@ pub async fn run(
 ) {
     let mut scope = Scope::default();
     let mut since = now_ms();
-    let mut next = next_boundary(&pool).await;
+    let mut next = next_boundary(&pool, since).await;
     loop {
         if !scope.is_empty() {
             // While the database is down, `apply` retries; a stop ends it (a
@@ -76,7 +76,9 @@ pub async fn run(
                 out.current.store(true, Ordering::Relaxed);
             }
             scope = Scope::default();
-            next = next_boundary(&pool).await;
+            // From `since`, not from now: a boundary that passed while the
+            // change was read is still applied (at once).
+            next = next_boundary(&pool, since).await;
         }
         let wake = next.map_or(Duration::from_secs(3600), |t| {
             Duration::from_millis((t - now_ms()).clamp(0, 3_600_000) as u64)
@@ -89,10 +91,13 @@ pub async fn run(
                     Ok(s) => {
                         scope = s;
                         since = now;
+                        next = next_boundary(&pool, since).await;
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot read assignment times; retrying"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read assignment times; retrying in 1 s");
+                        next = Some(now + 1_000);
+                    }
                 }
-                next = next_boundary(&pool).await;
                 continue;
             }
             _ = stop.cancelled() => return,
@@ -138,14 +143,16 @@ async fn gather(listener: &mut PgListener, mut scope: Scope) -> Scope {
     scope
 }
 
-/// The next time an assignment starts or ends, or a device retires.
-async fn next_boundary(pool: &PgPool) -> Option<i64> {
+/// The first time after `after` (ms) an assignment starts or ends, or a
+/// device retires; it may have passed already (then it is due now).
+async fn next_boundary(pool: &PgPool, after: i64) -> Option<i64> {
     sqlx::query_scalar::<_, Option<Millis>>(
         "SELECT min(t) FROM ( \
-             SELECT valid_from AS t FROM assignments WHERE valid_from > now() \
-             UNION ALL SELECT valid_to FROM assignments WHERE valid_to > now() \
-             UNION ALL SELECT retired_at FROM devices WHERE retired_at > now()) b",
+             SELECT valid_from AS t FROM assignments WHERE valid_from > $1 \
+             UNION ALL SELECT valid_to FROM assignments WHERE valid_to > $1 \
+             UNION ALL SELECT retired_at FROM devices WHERE retired_at > $1) b",
     )
+    .bind(Millis(after))
     .fetch_one(pool)
     .await
     .map(|t| t.map(i64::from))
