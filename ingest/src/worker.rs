@@ -151,9 +151,10 @@ async fn drop_handled(ctx: &Context, mut checked: Vec<check::Checked>) -> Vec<ch
             FxHashSet::default()
         });
     let before = checked.len();
+    // Only a repeat can have been handled: the others build no key.
     checked.retain(|c| {
-        let key = (c.custody.sha256, c.custody.stored_topic().to_owned());
-        !handled.contains(&key)
+        !c.custody.repeat
+            || !handled.contains(&(c.custody.sha256, c.custody.stored_topic().to_owned()))
     });
     ctx.metrics
         .messages_repeated
