@@ -34,6 +34,7 @@ bench_setup() {
   DB=$1
   URL=postgres://postgres@127.0.0.1:5432/$DB
   HTTP=$(free_port)
+  API=$(free_port)
   DIR=$(mktemp -d)
   EMTRACK=
   trap bench_cleanup EXIT
@@ -61,7 +62,7 @@ bench_cleanup() {
 run_emtrack() {
   local client=$1; shift
   "$@" "$EMT" --database-url "$URL" --mqtt-port "$PORT" --http-listen "127.0.0.1:$HTTP" \
-    --mqtt-client-id "$client" run 2> "$DIR/emtrack.log" &
+    --api-listen "127.0.0.1:$API" --mqtt-client-id "$client" run 2> "$DIR/emtrack.log" &
   EMTRACK=$!
   for _ in $(seq 6000); do
     curl -sf "http://127.0.0.1:$HTTP/readyz" > /dev/null && return 0

@@ -3,6 +3,8 @@
 # the violations it found set against the simulator's ground truth.
 #
 #   deploy/demo.sh [subjects] [seconds]      (default 600 bracelets, 60 s)
+#   KEEP=1 deploy/demo.sh                    (then keep emtrack running for
+#                                             the officer API, until Ctrl-C)
 #
 # - Starts a private Mosquitto from deploy/mosquitto/emtrack.conf on a free
 #   loopback port (the packaged defaults drop QoS 1 messages under load).
@@ -13,8 +15,11 @@
 #   tampering, store-and-forward, hostile payloads).
 # - An officers' console (mosquitto_sub on em/v1/officers/+/alerts and
 #   em/v1/duty/alerts) receives the alerts as they are raised.
+# - Creates officer API users (the duty desk, and the officer with the most
+#   subjects) with a fresh password, logs in with curl and reads the alert
+#   queue, and prints how to log in.
 # - Prints what emtrack stored and judged, the alerts and their deliveries,
-#   and its metrics; stops everything.
+#   and its metrics; stops everything (with KEEP=1, once you press Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/broker.sh
@@ -28,6 +33,7 @@ DB=emtrack_demo
 URL=postgres://postgres@127.0.0.1:5432/$DB
 PG="psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -q"
 HTTP=$(free_port)
+API=$(free_port)
 DIR=$(mktemp -d)
 EMTRACK=
 CONSOLE=
@@ -45,10 +51,15 @@ $PG -d postgres -c "DROP DATABASE IF EXISTS $DB" 2> /dev/null
 $SIM world --subjects "$SUBJECTS" --out "$DIR/world" > /dev/null
 $EMT --database-url "$URL" migrate
 $EMT --database-url "$URL" import-world "$DIR/world"
+# Officer API users: the duty desk, and the officer with the most subjects.
+PASSWORD=$(head -c 15 /dev/urandom | base64 | tr -d '/+=')
+OFFICER=$($PG -d $DB -At -c "SELECT officer_id FROM subjects WHERE officer_id IS NOT NULL GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1")
+echo "$PASSWORD" | $EMT --database-url "$URL" user add desk --role duty
+echo "$PASSWORD" | $EMT --database-url "$URL" user add officer --role officer --officer-id "$OFFICER"
 
-echo "== emtrack run (broker 127.0.0.1:$PORT, metrics http://127.0.0.1:$HTTP/metrics)"
+echo "== emtrack run (broker 127.0.0.1:$PORT, metrics http://127.0.0.1:$HTTP/metrics, officer API http://127.0.0.1:$API/v1)"
 EMTRACK_LOG=warn $EMT --database-url "$URL" --mqtt-port "$PORT" --http-listen "127.0.0.1:$HTTP" \
-  --mqtt-client-id emtrack-demo run &
+  --api-listen "127.0.0.1:$API" --mqtt-client-id emtrack-demo run &
 EMTRACK=$!
 for _ in $(seq 600); do curl -sf "http://127.0.0.1:$HTTP/readyz" > /dev/null && break; sleep 0.1; done
 curl -s "http://127.0.0.1:$HTTP/readyz"
@@ -115,5 +126,25 @@ grep '"severity":"critical"' "$DIR/console.txt" | grep '"change":"raised"' | tai
 echo
 echo "== metrics (http://127.0.0.1:$HTTP/metrics)"
 curl -s "http://127.0.0.1:$HTTP/metrics" | grep -E '^emtrack_(messages|fixes|events|rejected|transitions|queue|mqtt|devices|alerts_raised|alerts_open|alert_latency_seconds_(sum|count))' | grep -v _bucket
+echo
+echo "== the officer API (http://127.0.0.1:$API/v1; its OpenAPI document: /v1/openapi.json)"
+LOGIN=$(printf '{"username": "officer", "password": "%s"}' "$PASSWORD")
+TOKEN=$(curl -s -X POST "http://127.0.0.1:$API/v1/login" -H 'content-type: application/json' -d "$LOGIN" \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
+echo "officer $OFFICER's caseload (GET /v1/subjects), by status:"
+curl -s "http://127.0.0.1:$API/v1/subjects" -H "authorization: Bearer $TOKEN" \
+  | python3 -c 'import json, sys, collections; print(" ", dict(collections.Counter(s["status"] for s in json.load(sys.stdin)["subjects"])))'
+echo "officer $OFFICER's newest unresolved alerts (GET /v1/alerts?state=unresolved&limit=3):"
+curl -s "http://127.0.0.1:$API/v1/alerts?state=unresolved&limit=3" -H "authorization: Bearer $TOKEN" \
+  | python3 -c 'import json, sys; [print(" ", a["id"], a["raised_at"], a["subject_reference"], a["type"], a["severity"], a["state"]) for a in json.load(sys.stdin)["alerts"]]'
+echo "Log in as the duty desk (user desk: every alert) or as officer $OFFICER (user officer: their caseload),"
+echo "password $PASSWORD, while emtrack runs (KEEP=1):"
+echo "  TOKEN=\$(curl -s -X POST http://127.0.0.1:$API/v1/login -H 'content-type: application/json' \\"
+echo "    -d '{\"username\": \"desk\", \"password\": \"$PASSWORD\"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"token\"])')"
+echo "  curl -s 'http://127.0.0.1:$API/v1/alerts?state=unresolved' -H \"authorization: Bearer \$TOKEN\""
+if [ -n "${KEEP:-}" ]; then
+  echo "KEEP is set: emtrack keeps running on database $DB; press Ctrl-C to stop it"
+  wait "$EMTRACK" || true
+fi
 kill -TERM "$EMTRACK"; wait "$EMTRACK" || true; EMTRACK=
 echo "== done: emtrack stopped cleanly; the data stays in database $DB"

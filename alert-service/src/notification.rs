@@ -107,7 +107,7 @@ fn rfc3339(ms: i64) -> String {
 fn payload(a: &Alert, e: &AlertEvent, cx: Context<'_>, to: &str) -> String {
     let who = match e.who {
         Actor::System => None,
-        Actor::Officer(o) => Some(o),
+        Actor::User(o) => Some(o),
     };
     serde_json::json!({
         "alert_id": a.id.0,
@@ -128,8 +128,12 @@ fn payload(a: &Alert, e: &AlertEvent, cx: Context<'_>, to: &str) -> String {
         "level": a.level,
         "officer_id": cx.chain.officer,
         "recipient": to,
-        "by_officer_id": who,
+        "by_user_id": who,
         "note": e.note,
+        "disposition": match e.what {
+            Change::Resolved { disposition, .. } => disposition.map(|d| d.as_str()),
+            _ => None,
+        },
     })
     .to_string()
 }

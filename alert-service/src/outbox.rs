@@ -212,9 +212,9 @@ async fn update(tx: &mut PgConnection, alerts: &[&Alert]) -> Result<(), sqlx::Er
 /// Appends the log lines (a repeat of a line already stored adds nothing).
 async fn insert_events(tx: &mut PgConnection, events: &[&AlertEvent]) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO alert_events (alert_id, version, at, officer_id, change, level, automatic, note) \
+        "INSERT INTO alert_events (alert_id, version, at, user_id, change, level, automatic, note, disposition) \
          SELECT * FROM UNNEST($1::int8[], $2::int4[], $3::timestamptz[], $4::int8[], $5::text[], $6::int2[], \
-                              $7::bool[], $8::text[]) \
+                              $7::bool[], $8::text[], $9::text[]) \
          ON CONFLICT (alert_id, version) DO NOTHING",
     )
     .bind(events.iter().map(|e| e.alert.0 as i64).collect::<Vec<_>>())
@@ -225,7 +225,7 @@ async fn insert_events(tx: &mut PgConnection, events: &[&AlertEvent]) -> Result<
             .iter()
             .map(|e| match e.who {
                 Actor::System => None,
-                Actor::Officer(o) => Some(o as i64),
+                Actor::User(o) => Some(o as i64),
             })
             .collect::<Vec<_>>(),
     )
@@ -243,12 +243,21 @@ async fn insert_events(tx: &mut PgConnection, events: &[&AlertEvent]) -> Result<
         events
             .iter()
             .map(|e| match e.what {
-                Change::Resolved { automatic } => Some(automatic),
+                Change::Resolved { automatic, .. } => Some(automatic),
                 _ => None,
             })
             .collect::<Vec<_>>(),
     )
     .bind(events.iter().map(|e| e.note.as_deref()).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| match e.what {
+                Change::Resolved { disposition, .. } => disposition.map(|d| d.as_str()),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+    )
     .execute(tx)
     .await?;
     Ok(())

@@ -111,8 +111,48 @@ pub struct Alert {
 pub enum Actor {
     /// emtrack itself.
     System,
-    /// An officer, by id.
-    Officer(u64),
+    /// A user of the officer API, by account id (`users.id`): the
+    /// authenticated caller, never a claimed id.
+    User(u64),
+}
+
+/// How an officer closed an alert: what reports use to tell signal and
+/// device problems from the subject's behaviour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Disposition {
+    /// The subject did violate the order.
+    ViolationConfirmed,
+    /// Nothing happened: a false alarm (drift, a bad fix).
+    FalseAlarm,
+    /// The device failed (battery, strap, GPS, clock).
+    DeviceFault,
+    /// The officer had approved it (an absence arranged after the fact).
+    ApprovedByOfficer,
+}
+
+impl Disposition {
+    /// Every disposition.
+    pub const ALL: [Disposition; 4] = [
+        Disposition::ViolationConfirmed,
+        Disposition::FalseAlarm,
+        Disposition::DeviceFault,
+        Disposition::ApprovedByOfficer,
+    ];
+
+    /// Stable label, for storage, payloads and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::ViolationConfirmed => "violation_confirmed",
+            Disposition::FalseAlarm => "false_alarm",
+            Disposition::DeviceFault => "device_fault",
+            Disposition::ApprovedByOfficer => "approved_by_officer",
+        }
+    }
+
+    /// The disposition with this label.
+    pub fn from_name(name: &str) -> Option<Disposition> {
+        Disposition::ALL.into_iter().find(|d| d.as_str() == name)
+    }
 }
 
 /// What happened to an alert.
@@ -126,10 +166,13 @@ pub enum Change {
     Acknowledged,
     /// Escalated to a level.
     Escalated(Level),
-    /// Resolved; `true` when by the episode ending.
+    /// Resolved; `automatic` when by the episode ending, else with the
+    /// officer's disposition.
     Resolved {
         /// Resolved automatically.
         automatic: bool,
+        /// How the officer closed it (`None` when automatic).
+        disposition: Option<Disposition>,
     },
 }
 
@@ -196,8 +239,8 @@ pub const MAX_NOTE_BYTES: usize = 4_096;
 pub enum OfficerAction {
     /// Take it: escalation stops ([`AlertBook::acknowledge`]).
     Acknowledge,
-    /// Close it, with a note ([`AlertBook::resolve`]).
-    Resolve,
+    /// Close it, with a note and a disposition ([`AlertBook::resolve`]).
+    Resolve(Disposition),
 }
 
 impl fmt::Display for BookError {
@@ -374,21 +417,16 @@ impl AlertBook {
                 self.cancel_escalation(id);
             }
         }
-        self.log(
-            id,
-            now_ms,
-            Actor::Officer(officer),
-            Change::Acknowledged,
-            note,
-        );
+        self.log(id, now_ms, Actor::User(officer), Change::Acknowledged, note);
         Ok(())
     }
 
-    /// An officer resolves the alert, with a note (required).
+    /// A user resolves the alert, with a note (required) and a disposition.
     pub fn resolve(
         &mut self,
         id: AlertId,
         officer: u64,
+        disposition: Disposition,
         note: Option<String>,
         now_ms: i64,
     ) -> Result<(), BookError> {
@@ -404,8 +442,11 @@ impl AlertBook {
         self.log(
             id,
             now_ms,
-            Actor::Officer(officer),
-            Change::Resolved { automatic: false },
+            Actor::User(officer),
+            Change::Resolved {
+                automatic: false,
+                disposition: Some(disposition),
+            },
             Some(note),
         );
         Ok(())
@@ -425,7 +466,10 @@ impl AlertBook {
             id,
             now_ms,
             Actor::System,
-            Change::Resolved { automatic: true },
+            Change::Resolved {
+                automatic: true,
+                disposition: None,
+            },
             None,
         );
         Some(id)
@@ -606,7 +650,10 @@ mod tests {
             vec![
                 Change::Raised,
                 Change::Repeated,
-                Change::Resolved { automatic: true },
+                Change::Resolved {
+                    automatic: true,
+                    disposition: None,
+                },
                 Change::Raised
             ]
         );
@@ -629,20 +676,29 @@ mod tests {
             None,
             "tamper never ends by itself"
         );
-        assert_eq!(b.resolve(s, 3, None, 3), Err(BookError::NoteRequired(s)));
         assert_eq!(
-            b.resolve(s, 3, Some("  ".into()), 3),
+            b.resolve(s, 3, Disposition::DeviceFault, None, 3),
             Err(BookError::NoteRequired(s))
         );
-        b.resolve(s, 3, Some("strap replaced at the office".into()), 4)
-            .expect("resolves with a note");
+        assert_eq!(
+            b.resolve(s, 3, Disposition::DeviceFault, Some("  ".into()), 3),
+            Err(BookError::NoteRequired(s))
+        );
+        b.resolve(
+            s,
+            3,
+            Disposition::DeviceFault,
+            Some("strap replaced at the office".into()),
+            4,
+        )
+        .expect("resolves with a note");
         assert_eq!(b.get(s).map(|a| a.state), Some(AlertState::Resolved));
         assert_eq!(
-            b.resolve(s, 3, Some("again".into()), 5),
+            b.resolve(s, 3, Disposition::DeviceFault, Some("again".into()), 5),
             Err(BookError::Resolved(s))
         );
         let last = b.take_events().pop().expect("logged");
-        assert_eq!(last.who, Actor::Officer(3));
+        assert_eq!(last.who, Actor::User(3));
         assert_eq!(last.note.as_deref(), Some("strap replaced at the office"));
     }
 

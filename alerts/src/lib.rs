@@ -27,8 +27,8 @@ pub mod router;
 pub mod silence;
 
 pub use book::{
-    Actor, Alert, AlertBook, AlertEvent, AlertId, AlertKey, AlertState, BookError, Change, Level,
-    MAX_NOTE_BYTES, OfficerAction, Raised,
+    Actor, Alert, AlertBook, AlertEvent, AlertId, AlertKey, AlertState, BookError, Change,
+    Disposition, Level, MAX_NOTE_BYTES, OfficerAction, Raised,
 };
 pub use gps::{GpsEvent, GpsWatch};
 pub use policy::{AlertType, Policy, Severity};

@@ -225,7 +225,7 @@ impl Router {
     ) -> Result<(), BookError> {
         match action {
             OfficerAction::Acknowledge => self.book.acknowledge(id, officer, note, now_ms),
-            OfficerAction::Resolve => self.book.resolve(id, officer, note, now_ms),
+            OfficerAction::Resolve(d) => self.book.resolve(id, officer, d, note, now_ms),
         }
     }
 
@@ -646,7 +646,7 @@ mod tests {
         r.act(
             first,
             3,
-            OfficerAction::Resolve,
+            OfficerAction::Resolve(crate::Disposition::ViolationConfirmed),
             Some("spoke to the subject".into()),
             2_000,
         )

@@ -1,27 +1,67 @@
-//! `api`: emtrack's HTTP surface. It sees only handles: the metrics
-//! registry, readiness probes, the database pool, and the alert service's
-//! [`AlertHandle`]; never the engine, the pipeline or their state.
+//! `api`: emtrack's HTTP surface, on two listeners.
+//!
+//! - The operators' listener ([`ops_router`]): `/healthz`, `/readyz`,
+//!   `/metrics`. No credentials; nothing about subjects.
+//! - The officer API ([`officer_router`]): identities, roles and scope,
+//!   alerts, subjects, tracks, the audit log, and its OpenAPI document at
+//!   `/v1/openapi.json`. Every endpoint but `POST /v1/login` and the
+//!   document needs a bearer token, and every such request is audited.
+//!
+//! It sees only handles: the metrics registry, readiness probes, the
+//! database pool, and the alert service's [`AlertHandle`]; never the
+//! engine, the pipeline or their state.
 //!
 //! # Layout
-//! - `health`: `/healthz` (alive), `/readyz` (every probe and the database),
-//!   `/metrics` (Prometheus text format).
-//! - `alerts`: the officers' actions, `POST /v1/alerts/{id}/acknowledge` and
-//!   `POST /v1/alerts/{id}/resolve` with `{"officer_id": 3, "note": "..."}`,
-//!   and `GET /v1/alerts/stream[?officer_id=N]`, every alert change as
-//!   server-sent events.
-//! - `error`: how a refusal becomes a status and a body, in one place.
+//! - `identity`: roles, the authenticated caller, passwords (argon2id),
+//!   tokens (stored as SHA-256), [`identity::authenticate`].
+//! - `scope`: what each role may see and do, decided in one place; the
+//!   extractors that answer 404 for anything out of scope.
+//! - `audit`: the guard around every authenticated endpoint (authenticate,
+//!   scope, audit row) and `GET /v1/audit`.
+//! - `accounts`: users and credentials, for the CLI and the endpoints
+//!   (login, logout, tokens, users).
+//! - `alerts`: list, one alert, acknowledge, resolve. `stream`: the SSE
+//!   stream, resumable with `Last-Event-ID`.
+//! - `subjects`: the caseload overview, one subject, track playback.
+//! - `params`, `time`, `error`, `limits`: request decoding, times in
+//!   answers, the error format, and the limits (login throttle, deadline,
+//!   stream cap). `serve`: the listener loop (header-read timeout, peer
+//!   address). `health`: the operators' endpoints.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod accounts;
 mod alerts;
+mod audit;
 mod error;
 mod health;
+pub mod identity;
+mod limits;
+mod params;
+pub mod scope;
+mod serve;
+mod stream;
+mod subjects;
+mod time;
+
+pub use error::{ApiError, ErrorBody};
+pub use serve::serve;
+pub use time::Time;
 
 use alert_service::AlertHandle;
-use axum::routing::{get, post};
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::get;
+use prometheus::{IntCounterVec, Opts, Registry};
 use sqlx::PgPool;
 use std::sync::Arc;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The largest request body taken, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// A readiness check: true when the part it names is working.
 pub type Probe = Arc<dyn Fn() -> bool + Send + Sync>;
@@ -30,7 +70,7 @@ pub type Probe = Arc<dyn Fn() -> bool + Send + Sync>;
 /// the service unready (`None` while there is nothing to say).
 pub type Note = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
-/// What the endpoints read.
+/// What the operators' endpoints read.
 #[derive(Clone)]
 pub struct HttpState {
     /// Every metric of the service.
@@ -42,8 +82,6 @@ pub struct HttpState {
     pub notes: Vec<(&'static str, Note)>,
     /// The database, for `/readyz`.
     pub pool: PgPool,
-    /// The alert service.
-    pub alerts: AlertHandle,
 }
 
 impl std::fmt::Debug for HttpState {
@@ -57,14 +95,168 @@ impl std::fmt::Debug for HttpState {
     }
 }
 
-/// The router.
-pub fn router(state: HttpState) -> axum::Router {
+/// The operators' router: health, readiness, metrics.
+pub fn ops_router(state: HttpState) -> axum::Router {
     axum::Router::new()
         .route("/metrics", get(health::metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(health::readyz))
-        .route("/v1/alerts/{id}/acknowledge", post(alerts::acknowledge))
-        .route("/v1/alerts/{id}/resolve", post(alerts::resolve))
-        .route("/v1/alerts/stream", get(alerts::stream))
+        .with_state(state)
+}
+
+/// The officer API's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct ApiConfig {
+    /// How long a login session lasts, in seconds.
+    pub session_s: i64,
+    /// Alert streams open at once, at most.
+    pub max_streams: usize,
+}
+
+/// The officer API's counters.
+#[derive(Clone, Debug)]
+pub(crate) struct ApiMetrics {
+    refused: IntCounterVec,
+}
+
+impl ApiMetrics {
+    fn new(r: &Registry) -> ApiMetrics {
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "emtrack_api_auth_refused_total",
+                "Officer API requests refused at authentication, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("a valid metric");
+        for reason in ["no_credential", "bad_credential", "bad_password"] {
+            refused.with_label_values(&[reason]);
+        }
+        // A second registration (a second router on one registry) keeps the first.
+        let _ = r.register(Box::new(refused.clone()));
+        ApiMetrics { refused }
+    }
+
+    pub(crate) fn refused(&self, reason: &str) {
+        self.refused.with_label_values(&[reason]).inc();
+    }
+}
+
+/// What the officer API's handlers read.
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    pool: PgPool,
+    alerts: AlertHandle,
+    session_s: i64,
+    throttle: Arc<limits::LoginThrottle>,
+    streams: Arc<tokio::sync::Semaphore>,
+    metrics: ApiMetrics,
+}
+
+impl ApiState {
+    /// The state of an officer API on `pool`, acting through `alerts`,
+    /// counting on `registry`.
+    pub fn new(pool: PgPool, alerts: AlertHandle, config: ApiConfig, registry: &Registry) -> Self {
+        ApiState {
+            pool,
+            alerts,
+            session_s: config.session_s,
+            throttle: Arc::default(),
+            streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
+            metrics: ApiMetrics::new(registry),
+        }
+    }
+}
+
+/// The OpenAPI document's frame; the paths come from the handlers.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "emtrack officer API",
+        description = "Alerts, caseloads and tracks of people under electronic monitoring. \
+            Every endpoint but login needs `Authorization: Bearer <token>`; a resource outside \
+            the caller's scope answers 404."
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "identity", description = "Login, tokens, users"),
+        (name = "alerts", description = "The alert queue and officers' actions"),
+        (name = "subjects", description = "Caseloads, positions, tracks"),
+        (name = "audit", description = "The audit log")
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let c = doc.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The endpoints that need a credential (the guard is added by [`routes`]).
+fn guarded() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(accounts::me))
+        .routes(routes!(accounts::logout))
+        .routes(routes!(accounts::tokens, accounts::new_token))
+        .routes(routes!(accounts::revoke))
+        .routes(routes!(accounts::users, accounts::create_user))
+        .routes(routes!(accounts::disable_user))
+        .routes(routes!(alerts::list))
+        .routes(routes!(alerts::one))
+        .routes(routes!(alerts::acknowledge))
+        .routes(routes!(alerts::resolve))
+        .routes(routes!(subjects::list))
+        .routes(routes!(subjects::one))
+        .routes(routes!(subjects::track))
+        .routes(routes!(audit::list))
+        .route_layer(from_fn(limits::deadline))
+        // The stream has no deadline: it stays open.
+        .routes(routes!(stream::stream))
+}
+
+/// Login: the one endpoint without a credential.
+fn open() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(accounts::login))
+        .route_layer(from_fn(limits::deadline))
+}
+
+/// The officer API's routes, every guarded one behind [`audit::guard`],
+/// and their OpenAPI document.
+fn routes(state: &ApiState) -> (axum::Router<ApiState>, utoipa::openapi::OpenApi) {
+    guarded()
+        .route_layer(from_fn_with_state(state.clone(), audit::guard))
+        .merge(open())
+        .split_for_parts()
+}
+
+/// The OpenAPI 3 document of the officer API (what `/v1/openapi.json`
+/// serves), generated from the handlers' annotations.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    guarded().merge(open()).split_for_parts().1
+}
+
+/// The officer API's router.
+pub fn officer_router(state: ApiState) -> axum::Router {
+    let (router, doc) = routes(&state);
+    let doc = Arc::new(doc);
+    router
+        .route(
+            "/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { axum::Json((*doc).clone()) }
+            }),
+        )
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .fallback(|| async { ApiError::NotFound })
         .with_state(state)
 }

@@ -22,8 +22,15 @@ pub struct Config {
     pub mqtt_port: u16,
     /// Stable MQTT client id (the broker keeps its session across restarts).
     pub mqtt_client_id: String,
-    /// HTTP listen address for `/metrics`, `/healthz`, `/readyz`.
+    /// The operators' HTTP listener: `/metrics`, `/healthz`, `/readyz`.
     pub http_listen: String,
+    /// The officer API's HTTP listener (`/v1/…`), separate from the
+    /// operators' so that a metrics scraper cannot reach it.
+    pub api_listen: String,
+    /// How long a login session lasts, in hours.
+    pub session_hours: u32,
+    /// Officer API alert streams (SSE) open at once, at most.
+    pub max_streams: usize,
     /// How long evidence (fixes, device events) is kept, in days. The default
     /// follows UK practice: 6 years.
     pub retention_days: u32,
@@ -66,6 +73,9 @@ impl Default for Config {
             mqtt_port: 1883,
             mqtt_client_id: "emtrack-ingest".into(),
             http_listen: "127.0.0.1:9480".into(),
+            api_listen: "127.0.0.1:9481".into(),
+            session_hours: 12,
+            max_streams: 64,
             retention_days: 6 * 365 + 2,
             partitions_ahead_days: 7,
             maintenance_interval_s: 3600,
@@ -146,6 +156,8 @@ pub struct Overrides {
     pub retention_days: Option<u32>,
     /// `--http-listen`.
     pub http_listen: Option<String>,
+    /// `--api-listen`.
+    pub api_listen: Option<String>,
     /// `--mqtt-client-id`.
     pub mqtt_client_id: Option<String>,
 }
@@ -191,6 +203,9 @@ impl Config {
         if let Some(v) = env("EMTRACK_HTTP_LISTEN") {
             c.http_listen = v;
         }
+        if let Some(v) = env("EMTRACK_API_LISTEN") {
+            c.api_listen = v;
+        }
         if let Some(v) = env("EMTRACK_RETENTION_DAYS") {
             c.retention_days = parsed("EMTRACK_RETENTION_DAYS", v)?;
         }
@@ -215,6 +230,9 @@ impl Config {
         if let Some(v) = &flags.http_listen {
             c.http_listen = v.clone();
         }
+        if let Some(v) = &flags.api_listen {
+            c.api_listen = v.clone();
+        }
         if let Some(v) = &flags.mqtt_client_id {
             c.mqtt_client_id = v.clone();
         }
@@ -230,6 +248,28 @@ impl Config {
                 "database_url must be a postgres:// URL, not {:?}",
                 self.database_url
             )));
+        }
+        for (key, addr) in [
+            ("http_listen", &self.http_listen),
+            ("api_listen", &self.api_listen),
+        ] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be an address and port such as 127.0.0.1:9481, not {addr:?}"
+                )));
+            }
+        }
+        if self.http_listen == self.api_listen && !self.http_listen.ends_with(":0") {
+            return Err(ConfigError::Invalid(
+                "api_listen must differ from http_listen: the officer API has its own listener"
+                    .into(),
+            ));
+        }
+        if !(1..=24 * 30).contains(&self.session_hours) {
+            return Err(ConfigError::Invalid("session_hours must be 1..=720".into()));
+        }
+        if !(1..=10_000).contains(&self.max_streams) {
+            return Err(ConfigError::Invalid("max_streams must be 1..=10000".into()));
         }
         if self.retention_days < 1 {
             return Err(ConfigError::Invalid(
@@ -303,6 +343,14 @@ impl Config {
             max_age: Duration::from_secs(u64::from(self.retention_days.saturating_sub(1)) * 86_400),
             max_speed_kmh: self.max_speed_kmh,
             rebuild_lookback: Duration::from_secs(self.rebuild_lookback_s),
+        }
+    }
+
+    /// The officer API's settings.
+    pub fn api(&self) -> api::ApiConfig {
+        api::ApiConfig {
+            session_s: i64::from(self.session_hours) * 3600,
+            max_streams: self.max_streams,
         }
     }
 

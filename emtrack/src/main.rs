@@ -12,7 +12,7 @@ use std::process::ExitCode;
 /// Configuration comes from defaults (the local services), then --config FILE
 /// (TOML), then EMTRACK_* environment variables (EMTRACK_DATABASE_URL,
 /// EMTRACK_MQTT_HOST, EMTRACK_MQTT_PORT, EMTRACK_MQTT_CLIENT_ID,
-/// EMTRACK_HTTP_LISTEN, EMTRACK_RETENTION_DAYS, EMTRACK_WORKERS,
+/// EMTRACK_HTTP_LISTEN, EMTRACK_API_LISTEN, EMTRACK_RETENTION_DAYS, EMTRACK_WORKERS,
 /// EMTRACK_LOG_FORMAT), then flags. Log level: EMTRACK_LOG.
 #[derive(Parser, Debug)]
 #[command(name = "emtrack", version, about, long_about)]
@@ -46,11 +46,15 @@ struct Global {
     /// Stable MQTT client id (the broker keeps the session under it).
     #[arg(long, global = true)]
     mqtt_client_id: Option<String>,
+    /// The officer API's listen address (/v1/…).
+    #[arg(long, global = true)]
+    api_listen: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the service: consume MQTT, judge, store, ack; serve /metrics.
+    /// Run the service: consume MQTT, judge, store, ack; serve /metrics
+    /// (http_listen) and the officer API (api_listen).
     /// Stops on SIGTERM or Ctrl-C, committing and acking what it holds.
     Run,
     /// Create the database if it is missing, apply migrations, and create the
@@ -68,6 +72,133 @@ enum Command {
         #[command(subcommand)]
         command: RejectedCommand,
     },
+    /// Officer API accounts (the first admin, scripts). Every change is
+    /// written to the audit log. Passwords are read from the terminal
+    /// without echo, or from the first line of standard input; never
+    /// from a flag (flags show in `ps`).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Create a user.
+    Add {
+        /// Login name (1–64 of A-Z a-z 0-9 . _ @ -).
+        username: String,
+        /// officer, supervisor, duty, admin or auditor.
+        #[arg(long)]
+        role: String,
+        /// The officer whose caseload an officer or supervisor holds.
+        #[arg(long)]
+        officer_id: Option<i64>,
+        /// Shown in the console.
+        #[arg(long)]
+        display_name: Option<String>,
+        /// No password: the account uses API tokens only.
+        #[arg(long)]
+        no_password: bool,
+    },
+    /// Set a user's password (its login sessions end).
+    Passwd {
+        /// Login name.
+        username: String,
+    },
+    /// Issue an API token for a user; it is printed once and stored only
+    /// as a digest.
+    Token {
+        /// Login name.
+        username: String,
+        /// What the token is for.
+        #[arg(long)]
+        name: String,
+        /// Its lifetime in days (1–366).
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+    },
+    /// Disable a user: every credential stops working at once.
+    Disable {
+        /// Login name.
+        username: String,
+    },
+}
+
+/// A password from the terminal (no echo) or the first line of stdin.
+fn read_password(prompt: &str) -> Result<String, String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(prompt).map_err(|e| format!("cannot read the password: {e}"))
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+    }
+}
+
+/// `emtrack user …`.
+async fn user(config: &Config, command: UserCommand) -> Result<(), String> {
+    let pool = open(config).await?;
+    match command {
+        UserCommand::Add {
+            username,
+            role,
+            officer_id,
+            display_name,
+            no_password,
+        } => {
+            let role = api::identity::Role::from_name(&role).ok_or_else(|| {
+                format!("role {role:?} is unknown (officer, supervisor, duty, admin, auditor)")
+            })?;
+            let password = if no_password {
+                None
+            } else {
+                Some(read_password("password: ")?)
+            };
+            let u = api::accounts::NewUser {
+                username,
+                role,
+                officer_id,
+                display_name,
+                password,
+            };
+            let id = api::accounts::cli_add_user(&pool, &u)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("user {} added (id {id}, role {})", u.username, u.role);
+        }
+        UserCommand::Passwd { username } => {
+            let password = read_password("new password: ")?;
+            api::accounts::cli_set_password(&pool, &username, &password)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("password of {username} set; its sessions have ended");
+        }
+        UserCommand::Token {
+            username,
+            name,
+            days,
+        } => {
+            let (token, expires) = api::accounts::cli_issue_token(&pool, &username, &name, days)
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "API token for {username} ({name}), valid until {}; shown once:",
+                expires.0
+            );
+            println!("{token}");
+        }
+        UserCommand::Disable { username } => {
+            api::accounts::cli_disable_user(&pool, &username)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("user {username} disabled; its credentials no longer work");
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -108,6 +239,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         mqtt_port: cli.global.mqtt_port,
         retention_days: cli.global.retention_days,
         http_listen: cli.global.http_listen,
+        api_listen: cli.global.api_listen,
         mqtt_client_id: cli.global.mqtt_client_id,
     };
     let config = Config::load(
@@ -167,6 +299,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 done.messages, sel.reason
             );
         }
+        Command::User { command } => user(&config, command).await?,
         Command::ImportWorld { dir } => {
             let pool = open(&config).await?;
             let n = reference::world::import(&pool, &dir)

@@ -25,8 +25,10 @@ use tokio_util::sync::CancellationToken;
 /// The running service's handles.
 #[derive(Debug)]
 pub struct Service {
-    /// The HTTP address actually bound.
+    /// The operators' HTTP address actually bound (`/metrics`, `/readyz`).
     pub http: SocketAddr,
+    /// The officer API's address actually bound.
+    pub api: SocketAddr,
     /// Every metric (what `/metrics` renders).
     pub registry: prometheus::Registry,
     /// Ingest's metrics.
@@ -74,7 +76,8 @@ impl fmt::Display for StartError {
             StartError::Alerts(e) => e.fmt(f),
             StartError::Http(addr, e) => write!(
                 f,
-                "cannot listen on {addr} for HTTP: {e} (set http_listen / EMTRACK_HTTP_LISTEN)"
+                "cannot listen on {addr} for HTTP: {e} (set http_listen / EMTRACK_HTTP_LISTEN \
+                 for the operators' listener, api_listen / EMTRACK_API_LISTEN for the officer API)"
             ),
             StartError::Config(e) => write!(f, "{e}"),
         }
@@ -133,12 +136,8 @@ pub async fn start(
     )
     .await
     .map_err(StartError::Alerts)?;
-    let listener = tokio::net::TcpListener::bind(&config.http_listen)
-        .await
-        .map_err(|e| StartError::Http(config.http_listen.clone(), e))?;
-    let http = listener
-        .local_addr()
-        .map_err(|e| StartError::Http(config.http_listen.clone(), e))?;
+    let (ops_listener, http) = bind(&config.http_listen).await?;
+    let (api_listener, api) = bind(&config.api_listen).await?;
     let mut tasks = Supervisor::new(stop.clone());
     // Current: the initial load ran after LISTEN began.
     let reference_current = Arc::new(AtomicBool::new(true));
@@ -158,21 +157,22 @@ pub async fn start(
         ("alerts", running(alerts.stopped())),
     ];
     let notes = readiness_notes(&ingest);
-    let app = api::router(api::HttpState {
+    let ops = api::ops_router(api::HttpState {
         metrics: registry.clone(),
         probes,
         notes,
-        pool,
-        alerts: alerts.clone(),
+        pool: pool.clone(),
     });
+    let officer = api::officer_router(api::ApiState::new(
+        pool,
+        alerts.clone(),
+        config.api(),
+        &registry,
+    ));
     // HTTP stays up until the pipeline has drained.
     let drained = CancellationToken::new();
-    let http_stop = drained.clone();
-    tasks.spawn("http", async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await
-    });
+    tasks.spawn("http", api::serve(ops_listener, ops, drained.clone()));
+    tasks.spawn("api", api::serve(api_listener, officer, drained.clone()));
     let (subscribed, metrics) = (ingest.subscribed(), ingest.metrics().clone());
     tasks.spawn("ingest", async move {
         let r = ingest.run(stop).await;
@@ -181,6 +181,7 @@ pub async fn start(
     });
     Ok(Service {
         http,
+        api,
         registry,
         ingest: metrics,
         reference: ref_metrics,
@@ -188,6 +189,17 @@ pub async fn start(
         subscribed,
         tasks,
     })
+}
+
+/// Binds an HTTP listener; returns it with the address actually bound.
+async fn bind(addr: &str) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Http(addr.to_owned(), e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| StartError::Http(addr.to_owned(), e))?;
+    Ok((listener, bound))
 }
 
 /// `/readyz`'s warnings: a lost broker session.
@@ -327,7 +339,7 @@ pub async fn run(config: &Config, pool: PgPool) -> Result<(), RunError> {
     let svc = start(config, pool, stop.clone())
         .await
         .map_err(RunError::Start)?;
-    tracing::info!(http = %svc.http, broker = %format!("{}:{}", config.mqtt_host, config.mqtt_port), "emtrack running");
+    tracing::info!(http = %svc.http, api = %svc.api, broker = %format!("{}:{}", config.mqtt_host, config.mqtt_port), "emtrack running");
     tokio::select! {
         _ = shutdown::signal() => tracing::info!("signal received; stopping"),
         _ = stop.cancelled() => {}

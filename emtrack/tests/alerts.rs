@@ -15,6 +15,7 @@
 
 mod common;
 
+use api::identity::Role;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -281,38 +282,7 @@ async fn check_inbox(pool: &PgPool, inbox: &Inbox) -> usize {
     got.len() - distinct.len()
 }
 
-/// Reads `GET /v1/alerts/stream` and collects (alert_id, version) of each
-/// `alert` event.
-async fn sse(http: u16) -> Arc<Mutex<Vec<(i64, i64)>>> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let got: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", http))
-        .await
-        .expect("connect");
-    s.write_all(b"GET /v1/alerts/stream HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n")
-        .await
-        .expect("request");
-    let mut lines = BufReader::new(s).lines();
-    // Headers first: once they are in, the subscription exists.
-    while let Some(l) = lines.next_line().await.expect("read") {
-        if l.is_empty() {
-            break;
-        }
-    }
-    let sink = got.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(l)) = lines.next_line().await {
-            // Chunked encoding: size lines and blank lines interleave; data lines carry JSON.
-            if let Some(json) = l.strip_prefix("data: ")
-                && let Ok(v) = serde_json::from_str::<serde_json::Value>(json)
-                && let (Some(a), Some(ver)) = (v["alert_id"].as_i64(), v["version"].as_i64())
-            {
-                sink.lock().expect("sse").push((a, ver));
-            }
-        }
-    });
-    got
-}
+const DESK_PASSWORD: &str = "duty desk password";
 
 fn alert_config(port: u16, client: &str) -> emtrack::config::Config {
     let mut c = config(port, client);
@@ -339,7 +309,10 @@ async fn a_scenario_gives_exactly_its_alerts_and_they_reach_officers_and_webhook
     let running =
         Running::start_with(pool.clone(), alert_config(broker.port, "emtrack-alerts-1")).await;
     let m = running.metrics.clone();
-    let streamed = sse(running.svc.http.port()).await;
+    let api = running.svc.api.port();
+    add_user(&pool, "desk", Role::Duty, None, DESK_PASSWORD).await;
+    let desk = login(api, "desk", DESK_PASSWORD).await;
+    let (streamed, _stream) = open_stream(api, &desk, None).await;
 
     let mut sc = scenario(&world, 30, 1);
     let devices = sc.device_count();
@@ -411,7 +384,17 @@ async fn a_scenario_gives_exactly_its_alerts_and_they_reach_officers_and_webhook
     .map(|(a, v)| (a, i64::from(v)))
     .collect();
     changes.sort();
-    let mut got = streamed.lock().expect("sse").clone();
+    let mut got: Vec<(i64, i64)> = streamed
+        .lock()
+        .expect("sse")
+        .iter()
+        .map(|(_, v)| {
+            (
+                v["alert_id"].as_i64().expect("id"),
+                v["version"].as_i64().expect("v"),
+            )
+        })
+        .collect();
     let n_streamed = got.len();
     got.sort();
     assert_eq!(got, changes, "the SSE stream carried every change once");
@@ -439,45 +422,54 @@ async fn a_scenario_gives_exactly_its_alerts_and_they_reach_officers_and_webhook
         }
     }
 
-    // An officer's actions: a tamper alert is resolved only with a note.
-    let (tamper,): (i64,) =
-        sqlx::query_as("SELECT id FROM alerts WHERE kind = 'strap_tamper' ORDER BY id LIMIT 1")
-            .fetch_one(&pool)
-            .await
-            .expect("a strap tamper alert");
-    let http = running.svc.http.port();
-    let post = move |path: String, body: &str| {
-        let out = std::process::Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
-            .args(["-H", "content-type: application/json", "-d", body])
-            .arg(format!("http://127.0.0.1:{http}{path}"))
-            .output()
-            .expect("curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    // An officer's actions: a tamper alert is resolved only with a note and
+    // a disposition, and the actor is the caller (its subject's officer).
+    let (tamper, officer_id): (i64, i64) = sqlx::query_as(
+        "SELECT a.id, s.officer_id FROM alerts a JOIN subjects s ON s.id = a.subject_id \
+         WHERE a.kind = 'strap_tamper' AND s.officer_id IS NOT NULL ORDER BY a.id LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("a strap tamper alert of a subject with an officer");
+    add_user(
+        &pool,
+        "officer1",
+        Role::Officer,
+        Some(officer_id),
+        DESK_PASSWORD,
+    )
+    .await;
+    let officer = login(api, "officer1", DESK_PASSWORD).await;
     let (p_ack, p_res) = (
         format!("/v1/alerts/{tamper}/acknowledge"),
         format!("/v1/alerts/{tamper}/resolve"),
     );
-    let codes = tokio::task::spawn_blocking(move || {
-        vec![
-            post(p_ack, r#"{"officer_id": 1}"#),
-            post(p_res.clone(), r#"{"officer_id": 1}"#),
-            post(p_res.clone(), r#"{"officer_id": 1, "note": "a\u0000b"}"#),
-            post(
-                p_res.clone(),
-                r#"{"officer_id": 1, "note": "strap refitted at the office"}"#,
-            ),
-            post(p_res, r#"{"officer_id": 1, "note": "again"}"#),
-            post(
-                "/v1/alerts/999999999/acknowledge".into(),
-                r#"{"officer_id": 1}"#,
-            ),
-        ]
-    })
-    .await
-    .expect("curl runs");
-    assert_eq!(codes, vec!["200", "422", "422", "200", "409", "404"]);
+    let note = |n: &str| serde_json::json!({"note": n, "disposition": "device_fault"}).to_string();
+    let mut codes = Vec::new();
+    for (path, token, body) in [
+        (&p_ack, None, "{}".to_owned()),
+        (&p_ack, Some(&officer), r#"{"officer_id": 2}"#.to_owned()),
+        (&p_ack, Some(&officer), "{}".to_owned()),
+        (&p_res, Some(&officer), r#"{"note": "ok"}"#.to_owned()),
+        (&p_res, Some(&officer), note("")),
+        (&p_res, Some(&officer), note("a\u{0}b")),
+        (&p_res, Some(&officer), note("strap refitted at the office")),
+        (&p_res, Some(&officer), note("again")),
+        (
+            &"/v1/alerts/999999999/acknowledge".to_owned(),
+            Some(&officer),
+            "{}".to_owned(),
+        ),
+    ] {
+        codes.push(
+            call(api, "POST", path, token.map(String::as_str), Some(&body))
+                .await
+                .status,
+        );
+    }
+    // No credential; a claimed officer id; done; no disposition; empty
+    // note; NUL in the note; done; already resolved; no such alert.
+    assert_eq!(codes, vec![401, 400, 200, 400, 422, 422, 200, 409, 404]);
     let (state, note): (String, Option<String>) = sqlx::query_as(
         "SELECT a.state, e.note FROM alerts a JOIN alert_events e ON e.alert_id = a.id AND e.version = a.version \
          WHERE a.id = $1",
@@ -488,6 +480,16 @@ async fn a_scenario_gives_exactly_its_alerts_and_they_reach_officers_and_webhook
     .expect("resolved");
     assert_eq!(state, "resolved");
     assert_eq!(note.as_deref(), Some("strap refitted at the office"));
+    let (by, disposition): (Option<i64>, Option<String>) = sqlx::query_as(
+        "SELECT e.user_id, e.disposition FROM alert_events e JOIN users u ON u.id = e.user_id \
+         WHERE e.alert_id = $1 AND e.change = 'resolved' AND u.username = 'officer1'",
+    )
+    .bind(tamper)
+    .fetch_one(&pool)
+    .await
+    .expect("resolved by officer1");
+    assert!(by.is_some());
+    assert_eq!(disposition.as_deref(), Some("device_fault"));
     let body = running.svc.render_metrics();
     for name in [
         "emtrack_alerts_raised_total",

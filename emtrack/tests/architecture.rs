@@ -80,7 +80,7 @@ fn crates_depend_only_on_what_the_architecture_allows() {
             "alert-service",
             &["alerts", "bus", "geofence", "protocol", "store"],
         ),
-        ("api", &["alert-service", "alerts"]),
+        ("api", &["alert-service", "alerts", "store"]),
         (
             "emtrack",
             &[

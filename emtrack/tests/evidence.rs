@@ -67,22 +67,6 @@ async fn small_world(pool: &PgPool, devices: &[(&str, &str, i64)]) {
     }
 }
 
-/// An emtrack JSON fix message of `device`: one fix per (time ms, position).
-fn json_fixes(device: &str, fixes: &[(i64, (f64, f64))]) -> Vec<u8> {
-    let fixes: Vec<String> = fixes
-        .iter()
-        .map(|(t, (lat, lon))| {
-            let t = jiff::Timestamp::from_millisecond(*t).expect("time");
-            format!(r#"{{"t": "{t}", "lat": {lat}, "lon": {lon}, "acc": 8}}"#)
-        })
-        .collect();
-    format!(
-        r#"{{"v": 1, "device": "{device}", "fixes": [{}]}}"#,
-        fixes.join(", ")
-    )
-    .into_bytes()
-}
-
 fn fix_topic(device: &str) -> String {
     format!("em/v1/dev/{device}/fix")
 }

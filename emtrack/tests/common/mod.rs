@@ -61,6 +61,7 @@ pub fn config(broker_port: u16, client_id: &str) -> Config {
         mqtt_port: broker_port,
         mqtt_client_id: client_id.into(),
         http_listen: "127.0.0.1:0".into(),
+        api_listen: "127.0.0.1:0".into(),
         workers: 1,
         ..Config::default()
     }
@@ -294,6 +295,7 @@ pub fn metric(body: &str, name: &str) -> Option<f64> {
 pub struct Emtrack {
     pub child: std::process::Child,
     pub http: u16,
+    pub api: u16,
 }
 
 impl Drop for Emtrack {
@@ -312,6 +314,7 @@ impl Emtrack {
         log: &std::path::Path,
     ) -> Emtrack {
         let http = device_sim::testbed::free_port().expect("free port");
+        let api = device_sim::testbed::free_port().expect("free port");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -327,12 +330,13 @@ impl Emtrack {
             ])
             .args(["--mqtt-port", &broker_port.to_string()])
             .args(["--http-listen", &format!("127.0.0.1:{http}")])
+            .args(["--api-listen", &format!("127.0.0.1:{api}")])
             .env("EMTRACK_WORKERS", "1")
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
             .expect("emtrack runs");
-        let e = Emtrack { child, http };
+        let e = Emtrack { child, http, api };
         wait_until(Duration::from_secs(30), "emtrack is ready", || async move {
             http_get(http, "/readyz").is_some_and(|(s, _)| s == 200)
         })
@@ -502,4 +506,187 @@ pub async fn publish_uplinks(port: u16, id: &str, uplinks: &[protocol::Uplink]) 
         })
         .collect();
     publish_raw(port, id, &messages).await;
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    /// The header block, lower-cased.
+    pub headers: String,
+    pub body: String,
+}
+
+impl Reply {
+    /// The body as JSON (panics, naming the body, if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?} (status {})", self.body, self.status))
+    }
+}
+
+/// One HTTP/1.1 request on its own connection (`Connection: close`), with
+/// a bearer token and a JSON body if given; the answer read to its end
+/// (chunked bodies decoded).
+pub async fn call(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Reply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("authorization: Bearer {t}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.expect("request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut raw))
+        .await
+        .expect("answered within 60 s")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").expect("a header block");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status");
+    let headers = head.to_ascii_lowercase();
+    let body = if headers.contains("transfer-encoding: chunked") {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+/// Logs in through the officer API; returns the session token.
+pub async fn login(port: u16, username: &str, password: &str) -> String {
+    let body = serde_json::json!({"username": username, "password": password}).to_string();
+    let r = call(port, "POST", "/v1/login", None, Some(&body)).await;
+    assert_eq!(r.status, 200, "login of {username}: {}", r.body);
+    r.json()["token"].as_str().expect("a token").to_owned()
+}
+
+/// Creates an officer API user with `password` (library call, as the CLI
+/// does); returns its id.
+pub async fn add_user(
+    pool: &PgPool,
+    username: &str,
+    role: api::identity::Role,
+    officer: Option<i64>,
+    password: &str,
+) -> i64 {
+    api::accounts::add_user(
+        pool,
+        &api::accounts::NewUser {
+            username: username.into(),
+            role,
+            officer_id: officer,
+            display_name: None,
+            password: Some(password.into()),
+        },
+    )
+    .await
+    .expect("user added")
+}
+
+/// An open alert stream: (event id, change JSON) of each `alert` event.
+pub type Streamed = Arc<std::sync::Mutex<Vec<(i64, serde_json::Value)>>>;
+
+/// Opens `GET /v1/alerts/stream` with `token` (and `Last-Event-ID` if
+/// given); returns once the headers are in (the subscription exists), with
+/// the events collected as they come and a handle that closes the stream.
+pub async fn open_stream(
+    port: u16,
+    token: &str,
+    last_event_id: Option<i64>,
+) -> (Streamed, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut req = format!(
+        "GET /v1/alerts/stream HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\nauthorization: Bearer {token}\r\n"
+    );
+    if let Some(id) = last_event_id {
+        req.push_str(&format!("last-event-id: {id}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.expect("request");
+    let mut lines = BufReader::new(s).lines();
+    let status = lines
+        .next_line()
+        .await
+        .expect("read")
+        .expect("a status line");
+    assert!(status.contains(" 200 "), "the stream opens: {status}");
+    while let Some(l) = lines.next_line().await.expect("read") {
+        if l.is_empty() {
+            break;
+        }
+    }
+    let got: Streamed = Arc::default();
+    let sink = got.clone();
+    let task = tokio::spawn(async move {
+        let mut id = None;
+        while let Ok(Some(l)) = lines.next_line().await {
+            // Chunked encoding: size lines and blank lines interleave.
+            if let Some(v) = l.strip_prefix("id: ") {
+                id = v.trim().parse::<i64>().ok();
+            } else if let Some(json) = l.strip_prefix("data: ")
+                && let (Some(i), Ok(v)) = (id.take(), serde_json::from_str(json))
+            {
+                sink.lock().expect("stream").push((i, v));
+            }
+        }
+    });
+    (got, task)
+}
+
+/// An emtrack JSON fix message of `device`: one fix per (time ms, position).
+pub fn json_fixes(device: &str, fixes: &[(i64, (f64, f64))]) -> Vec<u8> {
+    let fixes: Vec<String> = fixes
+        .iter()
+        .map(|(t, (lat, lon))| {
+            let t = jiff::Timestamp::from_millisecond(*t).expect("time");
+            format!(r#"{{"t": "{t}", "lat": {lat}, "lon": {lon}, "acc": 8}}"#)
+        })
+        .collect();
+    format!(
+        r#"{{"v": 1, "device": "{device}", "fixes": [{}]}}"#,
+        fixes.join(", ")
+    )
+    .into_bytes()
 }

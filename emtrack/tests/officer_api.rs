@@ -1,0 +1,891 @@
+//! The officer API, end to end: the real service (real PostgreSQL, a
+//! private Mosquitto) with alerts raised by real fixes, driven over HTTP:
+//! - every role reaches exactly its scope, for every resource type, in
+//!   lists and in single reads; out of scope is 404;
+//! - credentials: login, throttling, API tokens revoked mid-session,
+//!   expiry, logout, disabled accounts, and the CLI (the real binary);
+//! - every read of location data and every change is audited, and the
+//!   audit log refuses UPDATE, DELETE and TRUNCATE;
+//! - the alert stream is scoped to the caller and resumes after a
+//!   disconnect without loss or duplicate;
+//! - hostile requests get JSON errors and limits (body size, stream cap,
+//!   header-read timeout), the listeners are separate, and the OpenAPI
+//!   document describes the routes that are served.
+
+mod common;
+
+use api::identity::Role;
+use common::*;
+use device_sim::testbed::Broker;
+use sqlx::PgPool;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+const PASSWORD: &str = "a long enough password";
+
+/// Officers 1 and 2, supervisor 3 (of officer 1); subjects 10 (officer
+/// 1), 20 (officer 2) and 30 (none: the duty desk's), each with a JSON
+/// bracelet `EM-<id>` and an exclusion zone around the same point.
+async fn caseloads(pool: &PgPool) {
+    let setup = [
+        "INSERT INTO officers (id, name, role) VALUES (3, 'Sue Supervisor', 'supervisor')",
+        "INSERT INTO officers (id, name, role, supervisor_id) VALUES (1, 'Officer One', 'officer', 3)",
+        "INSERT INTO officers (id, name, role) VALUES (2, 'Officer Two', 'officer')",
+        "INSERT INTO zones (id, name, kind, geometry, radius_m) \
+         VALUES (900, 'victim home', 'exclusion', '{\"type\": \"Point\", \"coordinates\": [76.95, 43.25]}', 200)",
+    ];
+    for q in setup {
+        sqlx::query(q).execute(pool).await.expect(q);
+    }
+    for (subject, officer) in [(10, Some(1)), (20, Some(2)), (30, None::<i64>)] {
+        let device = format!("EM-{subject}");
+        let queries = [
+            "INSERT INTO subjects (id, reference, officer_id) VALUES ($1, 'S-' || $1, $2)",
+            "INSERT INTO devices (id, kind, format, report_interval_s) VALUES ($3, 'bracelet', 'json', 30)",
+            "INSERT INTO assignments (device_id, subject_id) VALUES ($3, $1)",
+            "INSERT INTO rules (id, subject_id, kind, zone_id) VALUES ($1, $1, 'zone', 900)",
+        ];
+        for q in queries {
+            // Each statement takes the parameters it names.
+            let n = [("$1", 1), ("$2", 2), ("$3", 3)]
+                .iter()
+                .filter(|(p, _)| q.contains(p))
+                .map(|x| x.1)
+                .max()
+                .unwrap_or(0);
+            let mut query = sqlx::query(q);
+            if n >= 1 {
+                query = query.bind(subject as i64);
+            }
+            if n >= 2 {
+                query = query.bind(officer);
+            }
+            if n >= 3 {
+                query = query.bind(&device);
+            }
+            query.execute(pool).await.expect(q);
+        }
+    }
+}
+
+/// The running service with an open exclusion alert per subject, and a
+/// logged-in user per role.
+struct Fixture {
+    _broker: Broker,
+    running: Running,
+    api: u16,
+    /// Alert id by subject.
+    alert: BTreeMap<i64, i64>,
+    /// Session token by username.
+    token: BTreeMap<&'static str, String>,
+    /// User id by username.
+    user: BTreeMap<&'static str, i64>,
+}
+
+impl Fixture {
+    fn t(&self, user: &str) -> Option<&str> {
+        self.token.get(user).map(String::as_str)
+    }
+
+    async fn get(&self, user: &str, path: &str) -> Reply {
+        call(self.api, "GET", path, self.t(user), None).await
+    }
+
+    async fn post(&self, user: &str, path: &str, body: &str) -> Reply {
+        call(self.api, "POST", path, self.t(user), Some(body)).await
+    }
+}
+
+const USERS: [(&str, Role, Option<i64>); 6] = [
+    ("off1", Role::Officer, Some(1)),
+    ("off2", Role::Officer, Some(2)),
+    ("sup", Role::Supervisor, Some(3)),
+    ("desk", Role::Duty, None),
+    ("admin", Role::Admin, None),
+    ("aud", Role::Auditor, None),
+];
+
+async fn fixture(
+    pool: &PgPool,
+    client: &str,
+    tune: impl FnOnce(&mut emtrack::config::Config),
+) -> Fixture {
+    let broker = Broker::start().expect("mosquitto starts");
+    caseloads(pool).await;
+    let mut cfg = config(broker.port, client);
+    tune(&mut cfg);
+    let running = Running::start_with(pool.clone(), cfg).await;
+    // Five fixes inside the zone, 10 s apart, ending 10 s ago: a live alert each.
+    let t = store::now_ms() - 50_000;
+    let inside: Vec<(i64, (f64, f64))> = (0..5).map(|i| (t + i * 10_000, (43.25, 76.95))).collect();
+    let messages: Vec<(String, Vec<u8>)> = [10, 20, 30]
+        .iter()
+        .map(|s| {
+            let d = format!("EM-{s}");
+            (format!("em/v1/dev/{d}/fix"), json_fixes(&d, &inside))
+        })
+        .collect();
+    publish_raw(broker.port, &format!("{client}-pub"), &messages).await;
+    wait_until(Duration::from_secs(30), "an alert per subject", || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(DISTINCT subject_id) FROM alerts WHERE kind = 'exclusion_zone_entered'",
+            )
+            .fetch_one(&pool)
+            .await
+            .expect("alerts");
+            n == 3
+        }
+    })
+    .await;
+    let alert: BTreeMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(
+        "SELECT subject_id, id FROM alerts WHERE kind = 'exclusion_zone_entered'",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("alerts")
+    .into_iter()
+    .collect();
+    let api = running.svc.api.port();
+    let (mut token, mut user) = (BTreeMap::new(), BTreeMap::new());
+    for (name, role, officer) in USERS {
+        user.insert(name, add_user(pool, name, role, officer, PASSWORD).await);
+        token.insert(name, login(api, name, PASSWORD).await);
+    }
+    Fixture {
+        _broker: broker,
+        running,
+        api,
+        alert,
+        token,
+        user,
+    }
+}
+
+fn ids(v: &serde_json::Value, list: &str, key: &str) -> BTreeSet<i64> {
+    v[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("{list} in {v}"))
+        .iter()
+        .map(|x| x[key].as_i64().expect("an id"))
+        .collect()
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn every_role_reaches_only_its_scope_for_every_resource(pool: PgPool) {
+    let f = fixture(&pool, "emtrack-api-scope", |_| {}).await;
+    let all: BTreeSet<i64> = [10, 20, 30].into();
+    let range = "from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z";
+    let visible: [(&str, BTreeSet<i64>); 4] = [
+        ("off1", [10].into()),
+        ("off2", [20].into()),
+        // Officer 1's caseload (supervisor 3 holds none of their own).
+        ("sup", [10].into()),
+        ("desk", all.clone()),
+    ];
+    for (user, sees) in &visible {
+        let alerts = f.get(user, "/v1/alerts").await;
+        assert_eq!(alerts.status, 200, "{user}: {}", alerts.body);
+        assert_eq!(
+            &ids(&alerts.json(), "alerts", "subject_id"),
+            sees,
+            "{user}'s alert list"
+        );
+        let subjects = f.get(user, "/v1/subjects").await;
+        assert_eq!(
+            &ids(&subjects.json(), "subjects", "id"),
+            sees,
+            "{user}'s caseload"
+        );
+        for s in &all {
+            let want = if sees.contains(s) { 200 } else { 404 };
+            let a = f.alert[s];
+            for path in [
+                format!("/v1/subjects/{s}"),
+                format!("/v1/subjects/{s}/track?{range}"),
+                format!("/v1/alerts/{a}"),
+            ] {
+                let r = f.get(user, &path).await;
+                assert_eq!(r.status, want, "{user} GET {path}: {}", r.body);
+                if want == 404 {
+                    assert_eq!(r.json()["error"], "not_found");
+                    assert!(
+                        !r.body.contains(&format!("S-{s}")),
+                        "no data of {s}: {}",
+                        r.body
+                    );
+                }
+            }
+            // Filters cannot widen the scope.
+            let filtered = f.get(user, &format!("/v1/alerts?subject_id={s}")).await;
+            let got = ids(&filtered.json(), "alerts", "subject_id");
+            assert_eq!(got.is_empty(), !sees.contains(s), "{user} filtering on {s}");
+            if !sees.contains(s) {
+                let r = f
+                    .post(user, &format!("/v1/alerts/{a}/acknowledge"), "{}")
+                    .await;
+                assert_eq!(r.status, 404, "{user} acknowledging {a} of subject {s}");
+            }
+        }
+        for path in ["/v1/audit", "/v1/users"] {
+            assert_eq!(f.get(user, path).await.status, 403, "{user} GET {path}");
+        }
+    }
+    // Nobody acted on an alert out of scope.
+    let acted: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM alert_events WHERE change = 'acknowledged'")
+            .fetch_one(&pool)
+            .await
+            .expect("events");
+    assert_eq!(acted, 0);
+
+    // A track and a position reach the caller in scope.
+    let track = f
+        .get("off1", &format!("/v1/subjects/10/track?{range}"))
+        .await
+        .json();
+    assert_eq!(track["type"], "FeatureCollection");
+    let points = track["features"].as_array().expect("features").len();
+    assert_eq!(points, 1 + 5, "a LineString and the 5 fixes");
+    let one = f.get("off1", "/v1/subjects/10").await.json();
+    assert_eq!(one["latest_position"]["lat"], 43.25);
+    assert_eq!(one["subject"]["status"], "red", "an open exclusion alert");
+
+    // Admin and auditor hold no caseload.
+    for user in ["admin", "aud"] {
+        for path in [
+            "/v1/alerts",
+            "/v1/subjects",
+            "/v1/subjects/10",
+            "/v1/alerts/stream",
+        ] {
+            assert_eq!(f.get(user, path).await.status, 403, "{user} GET {path}");
+        }
+    }
+    let users = f.get("admin", "/v1/users").await;
+    assert_eq!(users.status, 200);
+    assert_eq!(users.json().as_array().map(Vec::len), Some(USERS.len()));
+    assert_eq!(f.get("aud", "/v1/audit").await.status, 200);
+
+    // Actions in scope: the actor is the caller.
+    let a10 = f.alert[&10];
+    let r = f
+        .post(
+            "off1",
+            &format!("/v1/alerts/{a10}/acknowledge"),
+            r#"{"note": "calling him"}"#,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["state"].as_str()),
+        (200, Some("acknowledged"))
+    );
+    let body = r#"{"note": "left at once; spoke to him", "disposition": "violation_confirmed"}"#;
+    assert_eq!(
+        f.post("sup", &format!("/v1/alerts/{a10}/resolve"), body)
+            .await
+            .status,
+        200
+    );
+    let a30 = f.alert[&30];
+    assert_eq!(
+        f.post("desk", &format!("/v1/alerts/{a30}/acknowledge"), "{}")
+            .await
+            .status,
+        200
+    );
+    let actors: Vec<(i64, String, Option<i64>, Option<String>)> = sqlx::query_as(
+        "SELECT alert_id, change, user_id, disposition FROM alert_events \
+         WHERE change IN ('acknowledged', 'resolved') ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("events");
+    assert_eq!(
+        actors,
+        vec![
+            (a10, "acknowledged".into(), Some(f.user["off1"]), None),
+            (
+                a10,
+                "resolved".into(),
+                Some(f.user["sup"]),
+                Some("violation_confirmed".into())
+            ),
+            (a30, "acknowledged".into(), Some(f.user["desk"]), None),
+        ]
+    );
+    let detail = f.get("off1", &format!("/v1/alerts/{a10}")).await.json();
+    let history: Vec<&str> = detail["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(|h| h["username"].as_str())
+        .collect();
+    assert_eq!(history, vec!["off1", "sup"]);
+    assert!(
+        !detail["deliveries"]
+            .as_array()
+            .expect("deliveries")
+            .is_empty()
+    );
+
+    // Another user's credential is out of scope too.
+    let theirs: i64 = sqlx::query_scalar("SELECT id FROM credentials WHERE user_id = $1 LIMIT 1")
+        .bind(f.user["off2"])
+        .fetch_one(&pool)
+        .await
+        .expect("a credential");
+    let r = call(
+        f.api,
+        "DELETE",
+        &format!("/v1/tokens/{theirs}"),
+        f.t("off1"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(f.get("off2", "/v1/me").await.status, 200, "still valid");
+    f.running.shut_down().await;
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn credentials_are_throttled_revoked_expired_and_disabled(pool: PgPool) {
+    let f = fixture(&pool, "emtrack-api-cred", |_| {}).await;
+    // No credential, a made-up one.
+    let r = call(f.api, "GET", "/v1/me", None, None).await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (401, Some("unauthenticated"))
+    );
+    assert!(r.headers.contains("www-authenticate: bearer"));
+    let fake = "emt_0000000000000000000000000000000000000000000000000000000000000000";
+    assert_eq!(
+        call(f.api, "GET", "/v1/me", Some(fake), None).await.status,
+        401
+    );
+
+    // Five wrong passwords, then the name is throttled, right password or not.
+    let wrong = r#"{"username": "off1", "password": "not the password"}"#;
+    for _ in 0..5 {
+        assert_eq!(
+            call(f.api, "POST", "/v1/login", None, Some(wrong))
+                .await
+                .status,
+            401
+        );
+    }
+    let right = serde_json::json!({"username": "off1", "password": PASSWORD}).to_string();
+    let r = call(f.api, "POST", "/v1/login", None, Some(&right)).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.headers.contains("retry-after: "));
+    // An unknown name is refused like a wrong password.
+    let ghost = r#"{"username": "ghost", "password": "whatever it is"}"#;
+    assert_eq!(
+        call(f.api, "POST", "/v1/login", None, Some(ghost))
+            .await
+            .status,
+        401
+    );
+
+    // Who am I.
+    let me = f.get("off1", "/v1/me").await.json();
+    assert_eq!(
+        (me["role"].as_str(), me["officer_id"].as_i64()),
+        (Some("officer"), Some(1))
+    );
+
+    // An API token, revoked while in use.
+    let r = f
+        .post("off1", "/v1/tokens", r#"{"name": "case sync", "days": 30}"#)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (api_token, id) = (
+        r.json()["token"].as_str().expect("token").to_owned(),
+        r.json()["credential_id"].as_i64().expect("id"),
+    );
+    assert_eq!(
+        call(f.api, "GET", "/v1/alerts", Some(&api_token), None)
+            .await
+            .status,
+        200
+    );
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT token_sha256 FROM credentials WHERE id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .expect("stored");
+    assert_ne!(stored, api_token.as_bytes(), "stored as a digest");
+    let r = call(
+        f.api,
+        "DELETE",
+        &format!("/v1/tokens/{id}"),
+        f.t("off1"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        call(f.api, "GET", "/v1/alerts", Some(&api_token), None)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        f.get("off1", "/v1/me").await.status,
+        200,
+        "the session still works"
+    );
+    let r = f
+        .post("off1", "/v1/tokens", r#"{"name": "forever", "days": 5000}"#)
+        .await;
+    assert_eq!(r.status, 422);
+
+    // Expiry.
+    sqlx::query(
+        "UPDATE credentials SET expires_at = now() - interval '1 second' WHERE user_id = $1",
+    )
+    .bind(f.user["sup"])
+    .execute(&pool)
+    .await
+    .expect("expire");
+    assert_eq!(f.get("sup", "/v1/me").await.status, 401);
+
+    // Logout.
+    assert_eq!(f.post("desk", "/v1/logout", "").await.status, 204);
+    assert_eq!(f.get("desk", "/v1/me").await.status, 401);
+
+    // An admin disables a user: their session stops at once.
+    let r = f
+        .post(
+            "admin",
+            &format!("/v1/users/{}/disable", f.user["off2"]),
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(f.get("off2", "/v1/me").await.status, 401);
+    let r = f
+        .post(
+            "admin",
+            "/v1/users",
+            r#"{"username": "new", "role": "officer", "password": "long enough password"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 422, "an officer needs an officer id: {}", r.body);
+    let r = f
+        .post(
+            "admin",
+            "/v1/users",
+            r#"{"username": "new", "role": "officer", "officer_id": 2, "password": "short"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(
+        f.post("off1", "/v1/users", r#"{"username": "x", "role": "admin"}"#)
+            .await
+            .status,
+        403
+    );
+
+    // The CLI, as the first admin would use it.
+    let db = database_url(&pool, 5432);
+    let cli = move |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_emtrack"))
+            .args(["--database-url", &db])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("emtrack runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("password written");
+        let out = child.wait_with_output().expect("emtrack ends");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let (add, token) = tokio::task::spawn_blocking(move || {
+        let add = cli(
+            &["user", "add", "clerk", "--role", "duty"],
+            "clerk's long password\n",
+        );
+        let token = cli(
+            &[
+                "user",
+                "token",
+                "clerk",
+                "--name",
+                "nightly export",
+                "--days",
+                "7",
+            ],
+            "",
+        );
+        cli(&["user", "passwd", "clerk"], "a new long password\n");
+        (add, token)
+    })
+    .await
+    .expect("cli");
+    assert!(add.contains("user clerk added"), "{add}");
+    assert!(!add.contains("clerk's long password"));
+    let me = call(f.api, "GET", "/v1/me", Some(&token), None)
+        .await
+        .json();
+    assert_eq!(me["username"], "clerk");
+    login(f.api, "clerk", "a new long password").await;
+    let db = database_url(&pool, 5432);
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_emtrack"))
+            .args(["--database-url", &db, "user", "disable", "clerk"])
+            .output()
+            .expect("emtrack runs");
+        assert!(out.status.success());
+    })
+    .await
+    .expect("cli");
+    assert_eq!(
+        call(f.api, "GET", "/v1/me", Some(&token), None)
+            .await
+            .status,
+        401
+    );
+    let cli_rows: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM audit_log WHERE action LIKE 'cli %' ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("audit");
+    assert_eq!(
+        cli_rows,
+        [
+            "cli user add",
+            "cli user token",
+            "cli user passwd",
+            "cli user disable"
+        ]
+    );
+    f.running.shut_down().await;
+}
+
+/// (action, subject, status, from, credential) of an audit row.
+type AuditLine = (
+    String,
+    Option<i64>,
+    Option<i16>,
+    Option<String>,
+    Option<i64>,
+);
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn reads_and_changes_are_audited_and_the_log_cannot_be_rewritten(pool: PgPool) {
+    let f = fixture(&pool, "emtrack-api-audit", |_| {}).await;
+    let a10 = f.alert[&10];
+    let range = "from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z";
+    assert_eq!(f.get("off1", "/v1/subjects/10").await.status, 200);
+    assert_eq!(
+        f.get("off1", &format!("/v1/subjects/10/track?{range}"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        f.get("off1", &format!("/v1/alerts/{a10}")).await.status,
+        200
+    );
+    assert_eq!(
+        f.post("off1", &format!("/v1/alerts/{a10}/acknowledge"), "{}")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(f.get("off1", "/v1/subjects/20").await.status, 404);
+    let rows: Vec<AuditLine> = sqlx::query_as(
+        "SELECT action, subject_id, status, from_addr, credential_id FROM audit_log \
+         WHERE user_id = $1 ORDER BY id",
+    )
+    .bind(f.user["off1"])
+    .fetch_all(&pool)
+    .await
+    .expect("audit");
+    let lines: Vec<(&str, Option<i64>, Option<i16>)> =
+        rows.iter().map(|r| (r.0.as_str(), r.1, r.2)).collect();
+    assert_eq!(
+        lines,
+        vec![
+            ("GET /v1/subjects/{id}", Some(10), Some(200)),
+            ("GET /v1/subjects/{id}/track", Some(10), Some(200)),
+            ("GET /v1/alerts/{id}", Some(10), Some(200)),
+            ("POST /v1/alerts/{id}/acknowledge", Some(10), Some(200)),
+            // Out of scope: recorded, and nothing tied to the subject.
+            ("GET /v1/subjects/{id}", None, Some(404)),
+        ]
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r.3.as_deref() == Some("127.0.0.1") && r.4.is_some())
+    );
+    let logins: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'login'")
+        .fetch_one(&pool)
+        .await
+        .expect("logins");
+    assert_eq!(logins, USERS.len() as i64);
+    let bad = r#"{"username": "off1", "password": "guess guess guess"}"#;
+    call(f.api, "POST", "/v1/login", None, Some(bad)).await;
+    let refused: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'login_refused' AND username = 'off1'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("refused");
+    assert_eq!(refused, 1);
+
+    // The auditor reads it; nobody rewrites it.
+    let page = f
+        .get(
+            "aud",
+            &format!("/v1/audit?user_id={}&limit=3", f.user["off1"]),
+        )
+        .await
+        .json();
+    assert_eq!(page["rows"].as_array().map(Vec::len), Some(3));
+    assert!(page["next"].as_i64().is_some());
+    for q in [
+        "UPDATE audit_log SET action = 'nothing'",
+        "DELETE FROM audit_log",
+        "TRUNCATE audit_log",
+    ] {
+        let e = sqlx::query(q).execute(&pool).await.expect_err(q);
+        assert!(e.to_string().contains("append-only"), "{q}: {e}");
+    }
+    f.running.shut_down().await;
+}
+
+/// (alert id, change) of what a stream carried, and whether its ids rose.
+fn carried(s: &Streamed) -> (Vec<(i64, String)>, bool) {
+    let got = s.lock().expect("stream");
+    let rising = got.windows(2).all(|w| w[0].0 < w[1].0);
+    let changes = got
+        .iter()
+        .map(|(_, v)| {
+            (
+                v["alert_id"].as_i64().expect("id"),
+                v["change"].as_str().expect("change").to_owned(),
+            )
+        })
+        .collect();
+    (changes, rising)
+}
+
+async fn wait_for(s: &Streamed, n: usize, what: &str) {
+    wait_until(Duration::from_secs(10), what, || {
+        let s = s.clone();
+        async move { s.lock().expect("stream").len() >= n }
+    })
+    .await;
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn the_stream_is_scoped_and_resumes_without_loss_or_duplicate(pool: PgPool) {
+    let f = fixture(&pool, "emtrack-api-sse", |_| {}).await;
+    let (a10, a20, a30) = (f.alert[&10], f.alert[&20], f.alert[&30]);
+    let ack = |note: &str| serde_json::json!({"note": note}).to_string();
+    let (sup, _sup_task) = open_stream(f.api, f.t("sup").expect("token"), None).await;
+    let (first, task) = open_stream(f.api, f.t("off1").expect("token"), None).await;
+
+    // Out of officer 1's scope, then in it.
+    assert_eq!(
+        f.post("desk", &format!("/v1/alerts/{a20}/acknowledge"), "{}")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        f.post(
+            "off1",
+            &format!("/v1/alerts/{a10}/acknowledge"),
+            &ack("one")
+        )
+        .await
+        .status,
+        200
+    );
+    wait_for(&first, 1, "officer 1's first change").await;
+    task.abort();
+    let _ = task.await;
+    let last = first.lock().expect("stream")[0].0;
+    assert_eq!(carried(&first).0, vec![(a10, "acknowledged".to_owned())]);
+
+    // While officer 1 is away.
+    assert_eq!(
+        f.post("sup", &format!("/v1/alerts/{a10}/acknowledge"), &ack("two"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        f.post("desk", &format!("/v1/alerts/{a30}/acknowledge"), "{}")
+            .await
+            .status,
+        200
+    );
+
+    // Back, from the last event seen: the missed change, then live ones.
+    let (second, _task) = open_stream(f.api, f.t("off1").expect("token"), Some(last)).await;
+    wait_for(&second, 1, "the missed change").await;
+    let body = r#"{"note": "three", "disposition": "false_alarm"}"#;
+    assert_eq!(
+        f.post("off1", &format!("/v1/alerts/{a10}/resolve"), body)
+            .await
+            .status,
+        200
+    );
+    wait_for(&second, 2, "the live change").await;
+    let (changes, rising) = carried(&second);
+    assert!(rising);
+    assert_eq!(
+        changes,
+        vec![
+            (a10, "acknowledged".to_owned()),
+            (a10, "resolved".to_owned())
+        ]
+    );
+    let notes: Vec<&str> = vec!["two", "three"];
+    let got = second.lock().expect("stream").clone();
+    assert_eq!(
+        got.iter()
+            .map(|(_, v)| v["note"].as_str().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        notes
+    );
+    assert!(got[0].0 > last, "nothing seen before is sent again");
+
+    // The supervisor's stream carried officer 1's subject, and only that.
+    wait_for(&sup, 3, "the supervisor's changes").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (changes, rising) = carried(&sup);
+    assert!(rising);
+    assert!(changes.iter().all(|(a, _)| *a == a10), "{changes:?}");
+    assert_eq!(changes.len(), 3);
+    f.running.shut_down().await;
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn hostile_requests_get_json_errors_and_limits(pool: PgPool) {
+    let f = fixture(&pool, "emtrack-api-limits", |c| c.max_streams = 2).await;
+    // Errors in one format.
+    let big = format!(
+        r#"{{"username": "off1", "password": "{}"}}"#,
+        "x".repeat(70_000)
+    );
+    let r = call(f.api, "POST", "/v1/login", None, Some(&big)).await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+    for (path, status) in [
+        ("/v1/nowhere", 404),
+        ("/v1/alerts?limit=0", 400),
+        ("/v1/alerts?from=yesterday", 400),
+        ("/v1/alerts?severity=apocalyptic", 400),
+        ("/v1/alerts?officer=1", 400),
+        ("/v1/alerts?cursor=abc", 400),
+        ("/v1/subjects/abc", 400),
+        ("/v1/subjects/10/track?from=2026-01-01T00:00:00Z", 400),
+    ] {
+        let r = f.get("off1", path).await;
+        assert_eq!(r.status, status, "{path}: {}", r.body);
+        assert!(
+            r.json()["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{path}"
+        );
+    }
+    let r = f
+        .post(
+            "off1",
+            &format!("/v1/alerts/{}/resolve", f.alert[&10]),
+            "not json",
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (400, Some("invalid"))
+    );
+
+    // NUL characters (which PostgreSQL cannot store) are refused, and audited.
+    let nul = r#"{"username": "off\u0000", "password": "anything at all"}"#;
+    assert_eq!(
+        call(f.api, "POST", "/v1/login", None, Some(nul))
+            .await
+            .status,
+        401
+    );
+    let r = f.get("aud", "/v1/audit?action=x%00y").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // Streams are capped.
+    let token = f.t("desk").expect("token");
+    let _one = open_stream(f.api, token, None).await;
+    let _two = open_stream(f.api, token, None).await;
+    let r = f.get("desk", "/v1/alerts/stream").await;
+    assert_eq!((r.status, r.json()["error"].as_str()), (503, Some("busy")));
+    let r = call(f.api, "GET", "/v1/alerts/stream", None, None).await;
+    assert_eq!(r.status, 401);
+
+    // Half a request is dropped after the header-read timeout.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", f.api))
+            .await
+            .expect("connect");
+        s.write_all(b"GET /v1/me HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .expect("half");
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf)).await;
+        assert!(closed.is_ok(), "the connection is closed within 20 s");
+    }
+
+    // Separate listeners: no metrics on the API, no API on the metrics port.
+    assert_eq!(call(f.api, "GET", "/metrics", None, None).await.status, 404);
+    let ops = f.running.svc.http.port();
+    assert_eq!(
+        call(ops, "GET", "/v1/alerts", f.t("desk"), None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(call(ops, "GET", "/metrics", None, None).await.status, 200);
+
+    // The OpenAPI document is served, without a credential, and describes
+    // the routes the API serves.
+    let doc = call(f.api, "GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(doc.status, 200);
+    let doc = doc.json();
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 14, "{:?}", paths.keys().collect::<Vec<_>>());
+    for (path, ops) in paths {
+        let concrete = path.replace("{id}", "1");
+        for method in ops.as_object().expect("operations").keys() {
+            let r = call(f.api, &method.to_uppercase(), &concrete, None, None).await;
+            let want: &[u16] = if path == "/v1/login" { &[400] } else { &[401] };
+            assert!(
+                want.contains(&r.status),
+                "{method} {path}: {} {}",
+                r.status,
+                r.body
+            );
+        }
+    }
+    assert_eq!(api::openapi().paths.paths.len(), paths.len());
+    f.running.shut_down().await;
+}
