@@ -59,6 +59,11 @@ impl AuditSlot {
         self.with(|e| e.subject = Some(id));
     }
 
+    /// The reason the caller gave.
+    pub(crate) fn reason(&self, reason: &str) {
+        self.with(|e| e.reason = Some(reason.to_owned()));
+    }
+
     /// Anything else worth keeping (an export's digest, the change made).
     pub(crate) fn detail(&self, detail: serde_json::Value) {
         self.with(|e| e.detail = Some(detail));

@@ -23,6 +23,8 @@
 //! - `alerts`: list, one alert, acknowledge, resolve. `stream`: the SSE
 //!   stream, resumable with `Last-Event-ID`.
 //! - `subjects`: the caseload overview, one subject, track playback.
+//! - `evidence`: a subject's record for a period as CSV or GeoJSON, with
+//!   its SHA-256 in a header and in the audit log.
 //! - `params`, `time`, `error`, `limits`: request decoding, times in
 //!   answers, the error format, and the limits (login throttle, deadline,
 //!   stream cap). `serve`: the listener loop (header-read timeout, peer
@@ -35,6 +37,7 @@ pub mod accounts;
 mod alerts;
 mod audit;
 mod error;
+mod evidence;
 mod health;
 pub mod identity;
 mod limits;
@@ -200,6 +203,58 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// The error answers any operation can give, added (once the routes are
+/// in) to every operation that does not describe them itself, all with
+/// [`ErrorBody`].
+struct ErrorAnswers;
+
+impl utoipa::Modify for ErrorAnswers {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        const ANSWERS: [(&str, &str); 8] = [
+            ("400", "The request is malformed (a parameter, the body)"),
+            ("401", "No valid credential"),
+            ("403", "The caller's role may not use this endpoint"),
+            ("404", "Not found, or outside the caller's scope"),
+            ("413", "The body is over 64 KiB"),
+            ("422", "The change cannot be made"),
+            ("429", "Too many failed logins; see Retry-After"),
+            (
+                "503",
+                "The database or the alert service is unavailable, or the request timed out",
+            ),
+        ];
+        for item in doc.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                for (code, text) in ANSWERS {
+                    op.responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| {
+                            ResponseBuilder::new()
+                                .description(text)
+                                .content(
+                                    "application/json",
+                                    ContentBuilder::new()
+                                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                        .build(),
+                                )
+                                .build()
+                                .into()
+                        });
+                }
+            }
+        }
+    }
+}
+
 /// The endpoints that need a credential (the guard is added by [`routes`]).
 fn guarded() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -216,6 +271,8 @@ fn guarded() -> OpenApiRouter<ApiState> {
         .routes(routes!(subjects::list))
         .routes(routes!(subjects::one))
         .routes(routes!(subjects::track))
+        .routes(routes!(evidence::csv))
+        .routes(routes!(evidence::geojson))
         .routes(routes!(audit::list))
         .route_layer(from_fn(limits::deadline))
         // The stream has no deadline: it stays open.
@@ -232,16 +289,20 @@ fn open() -> OpenApiRouter<ApiState> {
 /// The officer API's routes, every guarded one behind [`audit::guard`],
 /// and their OpenAPI document.
 fn routes(state: &ApiState) -> (axum::Router<ApiState>, utoipa::openapi::OpenApi) {
-    guarded()
+    let (router, mut doc) = guarded()
         .route_layer(from_fn_with_state(state.clone(), audit::guard))
         .merge(open())
-        .split_for_parts()
+        .split_for_parts();
+    utoipa::Modify::modify(&ErrorAnswers, &mut doc);
+    (router, doc)
 }
 
 /// The OpenAPI 3 document of the officer API (what `/v1/openapi.json`
 /// serves), generated from the handlers' annotations.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    guarded().merge(open()).split_for_parts().1
+    let mut doc = guarded().merge(open()).split_for_parts().1;
+    utoipa::Modify::modify(&ErrorAnswers, &mut doc);
+    doc
 }
 
 /// The officer API's router.

@@ -204,6 +204,8 @@ async fn every_role_reaches_only_its_scope_for_every_resource(pool: PgPool) {
             for path in [
                 format!("/v1/subjects/{s}"),
                 format!("/v1/subjects/{s}/track?{range}"),
+                format!("/v1/subjects/{s}/evidence.geojson?{range}&reason=audit"),
+                format!("/v1/subjects/{s}/evidence.csv?{range}&reason=audit&part=fixes"),
                 format!("/v1/alerts/{a}"),
             ] {
                 let r = f.get(user, &path).await;
@@ -887,5 +889,78 @@ async fn hostile_requests_get_json_errors_and_limits(pool: PgPool) {
         }
     }
     assert_eq!(api::openapi().paths.paths.len(), paths.len());
+    f.running.shut_down().await;
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn an_evidence_export_carries_its_digest_into_the_audit_log(pool: PgPool) {
+    use sha2::{Digest, Sha256};
+    let f = fixture(&pool, "emtrack-api-export", |_| {}).await;
+    let range = "from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z";
+    // A reason is required.
+    let r = f
+        .get(
+            "off1",
+            &format!("/v1/subjects/10/evidence.csv?{range}&part=fixes"),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = f
+        .get(
+            "off1",
+            &format!("/v1/subjects/10/evidence.csv?{range}&part=fixes&reason=hearing%2012%2F3"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let digest = format!("{:x}", Sha256::digest(r.body.as_bytes()));
+    assert!(
+        r.headers.contains(&format!("x-emtrack-sha256: {digest}")),
+        "{}",
+        r.headers
+    );
+    let lines: Vec<&str> = r.body.lines().collect();
+    assert_eq!(lines.len(), 1 + 5, "a header and the 5 fixes: {}", r.body);
+    assert!(
+        lines[0].starts_with("device_id,fix_time,received_at,lat,lon,"),
+        "{}",
+        lines[0]
+    );
+    // Each fix names the digest of the message that carried it.
+    let sha: String =
+        sqlx::query_scalar("SELECT encode(sha256, 'hex') FROM messages WHERE device_id = 'EM-10'")
+            .fetch_one(&pool)
+            .await
+            .expect("the message");
+    assert!(lines[1..].iter().all(|l| l.ends_with(&sha)), "{}", r.body);
+    let (reason, recorded): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT reason, detail ->> 'sha256' FROM audit_log WHERE action = 'GET /v1/subjects/{id}/evidence.csv' \
+           AND status = 200",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("audited");
+    assert_eq!(reason.as_deref(), Some("hearing 12/3"));
+    assert_eq!(recorded, Some(digest));
+
+    // The whole record as GeoJSON.
+    let r = f
+        .get(
+            "off1",
+            &format!("/v1/subjects/10/evidence.geojson?{range}&reason=appeal"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let doc = r.json();
+    let kinds: Vec<&str> = doc["features"]
+        .as_array()
+        .expect("features")
+        .iter()
+        .map(|x| x["properties"]["kind"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(kinds, ["zone", "fix", "fix", "fix", "fix", "fix"]);
+    assert_eq!(doc["subject"]["reference"], "S-10");
+    assert_eq!(doc["transitions"][0]["kind"], "exclusion_entered");
+    assert_eq!(doc["alert_changes"][0]["change"], "raised");
+    assert_eq!(doc["orders"][0]["zone_name"], "victim home");
     f.running.shut_down().await;
 }
