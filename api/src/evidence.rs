@@ -5,12 +5,14 @@
 //! `x-emtrack-sha256` header and kept in the audit log, so a copy presented
 //! later can be checked against the record.
 //!
-//! The orders are those stored now (`orders_as_of` in the document): rule
-//! versions are not kept yet (ARCHITECTURE.md, "Deliberately absent").
+//! The orders are every version of the subject's rules and their zones in
+//! force at some time of the period (`order_versions`), each with its
+//! validity interval, author and reason.
 
 use crate::ApiState;
 use crate::audit::AuditSlot;
 use crate::error::{ApiError, ApiResult};
+use crate::orders::{self, OrderChange};
 use crate::params::{self, Params};
 use crate::scope::{Scope, ScopedSubject};
 use crate::time::Time;
@@ -87,29 +89,24 @@ struct AlertChangeRow {
     disposition: Option<String>,
 }
 
-#[derive(Debug, serde::Serialize, sqlx::FromRow)]
+/// An order version, flattened for CSV (the row as JSON text).
+#[derive(Debug, serde::Serialize)]
 struct OrderRow {
-    rule_id: i64,
-    kind: String,
-    zone_id: Option<i64>,
-    zone_name: Option<String>,
-    zone_kind: Option<String>,
-    category: Option<i32>,
-    other_device: Option<String>,
-    min_distance_m: Option<f64>,
-    /// The schedule as stored (JSON text).
-    schedule: Option<String>,
-    /// The zone's geometry as stored (GeoJSON text), its radius and buffer.
-    zone_geometry: Option<String>,
-    radius_m: Option<f64>,
-    buffer_m: Option<f64>,
+    object: String,
+    object_id: i64,
+    version: i32,
+    valid_from: Option<Time>,
+    valid_to: Option<Time>,
+    changed_by: String,
+    reason: Option<String>,
+    row: Option<String>,
 }
 
 struct Record {
     fixes: Vec<FixRow>,
     transitions: Vec<TransitionRow>,
     alerts: Vec<AlertChangeRow>,
-    orders: Vec<OrderRow>,
+    orders: Vec<OrderChange>,
 }
 
 async fn fixes(s: &ApiState, subject: i64, from: Millis, to: Millis) -> ApiResult<Vec<FixRow>> {
@@ -178,15 +175,16 @@ async fn record(
         Vec::new()
     };
     let orders = if want("orders") {
-        sqlx::query_as(
-            "SELECT r.id AS rule_id, r.kind, r.zone_id, z.name AS zone_name, z.kind AS zone_kind, r.category, \
-                    r.other_device, r.min_distance_m, coalesce(r.schedule, z.schedule)::text AS schedule, \
-                    z.geometry::text AS zone_geometry, z.radius_m, z.buffer_m \
-             FROM rules r LEFT JOIN zones z ON z.id = r.zone_id WHERE r.subject_id = $1 ORDER BY r.id",
-        )
-        .bind(subject)
-        .fetch_all(&s.pool)
-        .await?
+        // Every version in force at some time of the period.
+        let sql = orders::subject_versions(
+            "row IS NOT NULL AND valid_from < $3 AND (valid_to IS NULL OR valid_to > $2)",
+        );
+        sqlx::query_as(&sql)
+            .bind(subject)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&s.pool)
+            .await?
     } else {
         Vec::new()
     };
@@ -274,7 +272,21 @@ pub(crate) async fn csv(
         "fixes" => csv_of(&r.fixes)?,
         "transitions" => csv_of(&r.transitions)?,
         "alerts" => csv_of(&r.alerts)?,
-        _ => csv_of(&r.orders)?,
+        _ => csv_of(
+            &r.orders
+                .iter()
+                .map(|o| OrderRow {
+                    object: o.object.clone(),
+                    object_id: o.object_id,
+                    version: o.version,
+                    valid_from: o.valid_from,
+                    valid_to: o.valid_to,
+                    changed_by: o.changed_by.clone(),
+                    reason: o.reason.clone(),
+                    row: o.row.as_ref().map(|r| r.to_string()),
+                })
+                .collect::<Vec<_>>(),
+        )?,
     };
     let what = serde_json::json!({"format": "csv", "part": part, "from": q.from, "to": q.to});
     Ok(signed(
@@ -313,16 +325,13 @@ pub(crate) async fn geojson(
             .fetch_optional(&s.pool)
             .await?;
     let mut features = Vec::with_capacity(r.orders.len() + r.fixes.len());
-    for o in &r.orders {
-        let Some(g) = o.zone_geometry.as_deref() else {
-            continue;
-        };
-        let geometry: serde_json::Value =
-            serde_json::from_str(g).unwrap_or(serde_json::Value::Null);
+    for o in r.orders.iter().filter(|o| o.object == "zone") {
+        let Some(row) = &o.row else { continue };
         features.push(serde_json::json!({
-            "type": "Feature", "geometry": geometry,
-            "properties": {"kind": "zone", "rule_id": o.rule_id, "rule_kind": o.kind, "zone_id": o.zone_id,
-                "name": o.zone_name, "zone_kind": o.zone_kind, "radius_m": o.radius_m, "buffer_m": o.buffer_m},
+            "type": "Feature", "geometry": row["geometry"],
+            "properties": {"kind": "zone", "zone_id": o.object_id, "version": o.version,
+                "valid_from": o.valid_from, "valid_to": o.valid_to, "name": row["name"],
+                "zone_kind": row["kind"], "radius_m": row["radius_m"], "buffer_m": row["buffer_m"]},
         }));
     }
     for f in &r.fixes {
@@ -340,7 +349,6 @@ pub(crate) async fn geojson(
         "period": {"from": q.from, "to": q.to},
         "generated_at": jiff::Timestamp::now(),
         "generated_by": scope.caller.username,
-        "orders_as_of": jiff::Timestamp::now(),
         "orders": r.orders,
         "transitions": r.transitions,
         "alert_changes": r.alerts,

@@ -23,6 +23,8 @@
 //! - `alerts`: list, one alert, acknowledge, resolve. `stream`: the SSE
 //!   stream, resumable with `Last-Event-ID`.
 //! - `subjects`: the caseload overview, one subject, track playback.
+//! - `orders`: a subject's orders at any time, and every change to them
+//!   (`order_versions`).
 //! - `evidence`: a subject's record for a period as CSV or GeoJSON, with
 //!   its SHA-256 in a header and in the audit log.
 //! - `params`, `time`, `error`, `limits`: request decoding, times in
@@ -41,6 +43,7 @@ mod evidence;
 mod health;
 pub mod identity;
 mod limits;
+mod orders;
 mod params;
 pub mod scope;
 mod serve;
@@ -271,6 +274,8 @@ fn guarded() -> OpenApiRouter<ApiState> {
         .routes(routes!(subjects::list))
         .routes(routes!(subjects::one))
         .routes(routes!(subjects::track))
+        .routes(routes!(orders::at))
+        .routes(routes!(orders::history))
         .routes(routes!(evidence::csv))
         .routes(routes!(evidence::geojson))
         .routes(routes!(audit::list))

@@ -205,6 +205,8 @@ async fn every_role_reaches_only_its_scope_for_every_resource(pool: PgPool) {
                 format!("/v1/subjects/{s}"),
                 format!("/v1/subjects/{s}/track?{range}"),
                 format!("/v1/subjects/{s}/evidence.geojson?{range}&reason=audit"),
+                format!("/v1/subjects/{s}/orders"),
+                format!("/v1/subjects/{s}/orders/history"),
                 format!("/v1/subjects/{s}/evidence.csv?{range}&reason=audit&part=fixes"),
                 format!("/v1/alerts/{a}"),
             ] {
@@ -961,6 +963,95 @@ async fn an_evidence_export_carries_its_digest_into_the_audit_log(pool: PgPool) 
     assert_eq!(doc["subject"]["reference"], "S-10");
     assert_eq!(doc["transitions"][0]["kind"], "exclusion_entered");
     assert_eq!(doc["alert_changes"][0]["change"], "raised");
-    assert_eq!(doc["orders"][0]["zone_name"], "victim home");
+    assert_eq!(doc["orders"][0]["object"], "zone");
+    assert_eq!(doc["orders"][0]["row"]["name"], "victim home");
+    f.running.shut_down().await;
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn the_orders_in_force_at_any_time_are_answered(pool: PgPool) {
+    let f = fixture(&pool, "emtrack-api-orders", |_| {}).await;
+    let before: String = sqlx::query_scalar("SELECT now()::text")
+        .fetch_one(&pool)
+        .await
+        .expect("now");
+    let before = before.replace(' ', "T").replace("+00", "Z");
+    let now = f.get("off1", "/v1/subjects/10/orders").await.json();
+    let orders = now["orders"].as_array().expect("orders");
+    assert_eq!(orders.len(), 1);
+    assert_eq!(
+        (
+            orders[0]["rule_id"].as_i64(),
+            orders[0]["zone_version"].as_i64()
+        ),
+        (Some(10), Some(1))
+    );
+    assert_eq!(orders[0]["zone"]["radius_m"], 200.0);
+
+    // The zone is widened, with who and why; then the rule is lifted.
+    let mut tx = pool.begin().await.expect("tx");
+    for q in [
+        "SET LOCAL emtrack.actor = 'user:7 sue'",
+        "SET LOCAL emtrack.reason = 'court order 2026/114'",
+        "UPDATE zones SET radius_m = 300 WHERE id = 900",
+    ] {
+        sqlx::query(q).execute(&mut *tx).await.expect(q);
+    }
+    tx.commit().await.expect("commit");
+    let widened = f.get("off1", "/v1/subjects/10/orders").await.json();
+    let o = &widened["orders"][0];
+    assert_eq!(
+        (o["zone_version"].as_i64(), o["zone"]["radius_m"].as_f64()),
+        (Some(2), Some(300.0))
+    );
+    sqlx::query("DELETE FROM rules WHERE id = 10")
+        .execute(&pool)
+        .await
+        .expect("lifted");
+    let lifted = f.get("off1", "/v1/subjects/10/orders").await.json();
+    assert_eq!(lifted["orders"].as_array().map(Vec::len), Some(0));
+
+    // Back then: the rule, and the zone as it was.
+    let then = f
+        .get("off1", &format!("/v1/subjects/10/orders?at={before}"))
+        .await;
+    assert_eq!(then.status, 200, "{}", then.body);
+    let o = &then.json()["orders"][0];
+    assert_eq!(
+        (o["rule_id"].as_i64(), o["zone_version"].as_i64()),
+        (Some(10), Some(1))
+    );
+    assert_eq!(o["zone"]["radius_m"], 200.0);
+
+    // Every change, with its author and reason.
+    let history = f.get("off1", "/v1/subjects/10/orders/history").await.json();
+    let lines: Vec<(String, i64, Option<String>, bool)> = history
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| {
+            (
+                format!("{} {}", h["object"].as_str().unwrap_or(""), h["object_id"]),
+                h["version"].as_i64().unwrap_or(0),
+                h["reason"].as_str().map(str::to_owned),
+                h["row"].is_null(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            ("zone 900".into(), 1, None, false),
+            ("rule 10".into(), 1, None, false),
+            (
+                "zone 900".into(),
+                2,
+                Some("court order 2026/114".into()),
+                false
+            ),
+            ("rule 10".into(), 2, None, true),
+        ]
+    );
+    assert_eq!(history[2]["changed_by"], "user:7 sue");
     f.running.shut_down().await;
 }
