@@ -43,7 +43,7 @@ mod evidence;
 mod health;
 pub mod identity;
 mod limits;
-mod orders;
+pub mod orders;
 mod params;
 pub mod scope;
 mod serve;
@@ -157,13 +157,27 @@ pub struct ApiState {
     throttle: Arc<limits::LoginThrottle>,
     streams: Arc<tokio::sync::Semaphore>,
     metrics: ApiMetrics,
+    orders: Arc<dyn orders::OrderCheck>,
+}
+
+impl std::fmt::Debug for dyn orders::OrderCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OrderCheck")
+    }
 }
 
 impl ApiState {
     /// The state of an officer API on `pool`, acting through `alerts`,
-    /// counting on `registry`.
-    pub fn new(pool: PgPool, alerts: AlertHandle, config: ApiConfig, registry: &Registry) -> Self {
+    /// checking orders with `orders`, counting on `registry`.
+    pub fn new(
+        pool: PgPool,
+        alerts: AlertHandle,
+        orders: Arc<dyn orders::OrderCheck>,
+        config: ApiConfig,
+        registry: &Registry,
+    ) -> Self {
         ApiState {
+            orders,
             pool,
             alerts,
             session_s: config.session_s,
@@ -274,7 +288,8 @@ fn guarded() -> OpenApiRouter<ApiState> {
         .routes(routes!(subjects::list))
         .routes(routes!(subjects::one))
         .routes(routes!(subjects::track))
-        .routes(routes!(orders::at))
+        .routes(routes!(orders::at, orders::create))
+        .routes(routes!(orders::update, orders::lift))
         .routes(routes!(orders::history))
         .routes(routes!(evidence::csv))
         .routes(routes!(evidence::geojson))

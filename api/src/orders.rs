@@ -1,15 +1,19 @@
-//! Orders (a subject's rules and their zones) as they stood at any time:
-//! `order_versions` (migration 0006) keeps every version with its validity
-//! interval, who changed it and why. These endpoints answer "which orders
-//! applied at T" and list every change.
+//! Orders: a subject's rules and their zones. Written through the API
+//! (create, replace, lift; checked by the engine's own rules through
+//! [`OrderCheck`]), and read as they stood at any time: `order_versions`
+//! (migration 0006) keeps every version with its validity interval, who
+//! changed it and why. A change reaches the running engine through the
+//! reference tables' NOTIFY, without a restart.
 
 use crate::ApiState;
-use crate::error::ApiResult;
-use crate::params::{self, Params};
-use crate::scope::ScopedSubject;
+use crate::audit::AuditSlot;
+use crate::error::{ApiError, ApiResult};
+use crate::params::{self, Body, Params};
+use crate::scope::{Need, Scope, ScopedOrder, ScopedSubject};
 use crate::time::Time;
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use store::Millis;
 
 /// The time of `GET /v1/subjects/{id}/orders`.
@@ -144,4 +148,333 @@ pub(crate) async fn history(
     let sql = subject_versions("true");
     let rows = sqlx::query_as(&sql).bind(id).fetch_all(&s.pool).await?;
     Ok(Json(rows))
+}
+
+/// What the API asks before it writes an order: the engine's own rules,
+/// provided by the glue (`reference::check`), so that a zone or schedule
+/// the engine would refuse on load is refused on write, saying where.
+pub trait OrderCheck: Send + Sync {
+    /// Whether the engine takes this zone.
+    fn zone(&self, zone: &NewZone) -> Result<(), String>;
+    /// Whether the engine takes this schedule.
+    fn schedule(&self, schedule: &serde_json::Value) -> Result<(), String>;
+}
+
+/// A zone as written.
+#[derive(Clone, Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewZone {
+    /// A name officers recognise ("victim's home", "Central Park school").
+    pub name: String,
+    /// `inclusion` (stay inside) or `exclusion` (stay out).
+    pub kind: String,
+    /// An RFC 7946 geometry: Polygon or MultiPolygon (exterior rings
+    /// counterclockwise), or Point with `radius_m` (a circle).
+    #[schema(value_type = Object)]
+    pub geometry: serde_json::Value,
+    /// A Point zone's radius, in metres.
+    pub radius_m: Option<f64>,
+    /// A margin around the shape, in metres (default 0).
+    #[serde(default)]
+    pub buffer_m: f64,
+    /// When the zone imposes anything (absent: always): `{"tz", "windows",
+    /// "exceptions"}`.
+    #[schema(value_type = Option<Object>)]
+    pub schedule: Option<serde_json::Value>,
+}
+
+/// `POST /v1/subjects/{id}/orders`' body.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewOrder {
+    /// `zone` (the subject must stay in or out of the zone) or `curfew`
+    /// (inside the zone, an inclusion zone such as home, during the schedule).
+    kind: String,
+    zone: NewZone,
+    /// A curfew's hours (required for a curfew): `{"tz": "Asia/Almaty",
+    /// "windows": [{"days": ["mon", …], "start": "21:00", "end": "06:00"}],
+    /// "exceptions": [{"kind": "suspended", "start": "2026-12-24T18:00",
+    /// "end": "2026-12-25T09:00"}]}`.
+    #[schema(value_type = Option<Object>)]
+    schedule: Option<serde_json::Value>,
+    /// Why (the court order, the approved absence); kept with the version.
+    reason: String,
+}
+
+/// `PUT /v1/orders/{id}`' body: what changes.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OrderUpdate {
+    /// The zone, replaced whole.
+    zone: Option<NewZone>,
+    /// The curfew's schedule, replaced whole (an approved absence is an
+    /// exception in it).
+    #[schema(value_type = Option<Object>)]
+    schedule: Option<serde_json::Value>,
+    /// Why; kept with the version.
+    reason: String,
+}
+
+/// A written order.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Written {
+    rule_id: i64,
+    zone_id: i64,
+}
+
+/// The reason of a change: 1–1000 bytes.
+fn reason(r: &str) -> ApiResult<&str> {
+    let r = r.trim();
+    if r.is_empty() || r.len() > 1000 {
+        return Err(crate::error::ApiError::Invalid(
+            "a change to an order needs a reason (1–1000 bytes): it is kept with the version"
+                .into(),
+        ));
+    }
+    Ok(r)
+}
+
+fn checked(s: &ApiState, zone: &NewZone) -> ApiResult<()> {
+    if zone.name.trim().is_empty() || zone.name.len() > 200 {
+        return Err(crate::error::ApiError::Unprocessable(
+            "a zone's name is 1–200 bytes".into(),
+        ));
+    }
+    s.orders
+        .zone(zone)
+        .map_err(|e| crate::error::ApiError::Unprocessable(format!("zone: {e}")))
+}
+
+fn checked_schedule(s: &ApiState, schedule: &serde_json::Value) -> ApiResult<()> {
+    s.orders
+        .schedule(schedule)
+        .map_err(|e| crate::error::ApiError::Unprocessable(format!("schedule: {e}")))
+}
+
+/// A transaction whose order versions name the caller and the reason.
+async fn attributed<'a>(
+    s: &'a ApiState,
+    scope: &Scope,
+    why: &str,
+) -> ApiResult<sqlx::Transaction<'a, sqlx::Postgres>> {
+    let mut tx = s.pool.begin().await?;
+    sqlx::query(
+        "SELECT set_config('emtrack.actor', $1, true), set_config('emtrack.reason', $2, true)",
+    )
+    .bind(format!(
+        "user:{} {}",
+        scope.caller.user, scope.caller.username
+    ))
+    .bind(why)
+    .execute(&mut *tx)
+    .await?;
+    Ok(tx)
+}
+
+/// Writes zone `id` (a new one when `None`); returns its id.
+async fn write_zone(
+    tx: &mut sqlx::PgConnection,
+    id: Option<i64>,
+    z: &NewZone,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO zones (id, name, kind, geometry, radius_m, buffer_m, schedule) \
+         VALUES (coalesce($1, nextval('order_ids')), $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (id) DO UPDATE SET name = $2, kind = $3, geometry = $4, radius_m = $5, \
+             buffer_m = $6, schedule = $7, updated_at = now() \
+         RETURNING id",
+    )
+    .bind(id)
+    .bind(&z.name)
+    .bind(&z.kind)
+    .bind(&z.geometry)
+    .bind(z.radius_m)
+    .bind(z.buffer_m)
+    .bind(&z.schedule)
+    .fetch_one(tx)
+    .await
+}
+
+/// `POST /v1/subjects/{id}/orders`: a new zone order or curfew for the
+/// subject, checked by the engine's rules; it reaches the running engine
+/// at once.
+#[utoipa::path(post, path = "/v1/subjects/{id}/orders", tag = "subjects", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The subject's id")), request_body = NewOrder,
+    responses((status = 201, body = Written)))]
+pub(crate) async fn create(
+    State(s): State<ApiState>,
+    scope: Scope,
+    ScopedSubject(id): ScopedSubject,
+    slot: AuditSlot,
+    Body(b): Body<NewOrder>,
+) -> ApiResult<(StatusCode, Json<Written>)> {
+    scope.require(Need::WriteOrders)?;
+    let why = reason(&b.reason)?;
+    match (b.kind.as_str(), &b.schedule) {
+        ("zone", None) => {}
+        ("curfew", Some(sch)) => {
+            if b.zone.kind != "inclusion" {
+                return Err(ApiError::Unprocessable(
+                    "a curfew's zone is an inclusion zone (home)".into(),
+                ));
+            }
+            checked_schedule(&s, sch)?;
+        }
+        ("zone", Some(_)) => {
+            return Err(ApiError::Unprocessable(
+                "a zone order's hours go in zone.schedule; schedule is for curfews".into(),
+            ));
+        }
+        ("curfew", None) => {
+            return Err(ApiError::Unprocessable("a curfew needs a schedule".into()));
+        }
+        (k, _) => {
+            return Err(ApiError::Unprocessable(format!(
+                "order kind {k:?} is unknown (zone, curfew)"
+            )));
+        }
+    }
+    checked(&s, &b.zone)?;
+    let mut tx = attributed(&s, &scope, why).await?;
+    let zone_id = write_zone(&mut tx, None, &b.zone).await?;
+    let rule_id: i64 = sqlx::query_scalar(
+        "INSERT INTO rules (id, subject_id, kind, zone_id, schedule) \
+         VALUES (nextval('order_ids'), $1, $2, $3, $4) RETURNING id",
+    )
+    .bind(id)
+    .bind(&b.kind)
+    .bind(zone_id)
+    .bind(&b.schedule)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    slot.reason(why);
+    slot.detail(serde_json::json!({"rule_id": rule_id, "zone_id": zone_id, "kind": b.kind}));
+    Ok((StatusCode::CREATED, Json(Written { rule_id, zone_id })))
+}
+
+/// The rule's zone, if only this subject's rules use it (a zone shared with
+/// other subjects, or a category zone, is not changed through one order).
+async fn own_zone(s: &ApiState, order: &ScopedOrder) -> ApiResult<Option<i64>> {
+    let row: Option<(Option<i64>, bool)> = sqlx::query_as(
+        "SELECT r.zone_id, NOT EXISTS (SELECT 1 FROM rules o WHERE o.zone_id = r.zone_id AND o.subject_id <> r.subject_id) \
+                AND NOT EXISTS (SELECT 1 FROM victims v WHERE v.home_zone_id = r.zone_id) \
+                AND NOT EXISTS (SELECT 1 FROM zones z WHERE z.id = r.zone_id AND z.category IS NOT NULL) \
+         FROM rules r WHERE r.id = $1",
+    )
+    .bind(order.id)
+    .fetch_optional(&s.pool)
+    .await?;
+    match row {
+        Some((Some(z), true)) => Ok(Some(z)),
+        Some((Some(_), false)) => Err(ApiError::Conflict(
+            "the zone is shared with other orders (another subject, a victim, a category): \
+             change it there, or give this subject a zone of its own"
+                .into(),
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// `PUT /v1/orders/{id}`: replaces the order's zone and/or schedule. The
+/// previous version stays in `order_versions`.
+#[utoipa::path(put, path = "/v1/orders/{id}", tag = "subjects", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The order's (rule's) id")), request_body = OrderUpdate,
+    responses((status = 200, body = Written), (status = 409, body = crate::error::ErrorBody)))]
+pub(crate) async fn update(
+    State(s): State<ApiState>,
+    scope: Scope,
+    order: ScopedOrder,
+    slot: AuditSlot,
+    Body(b): Body<OrderUpdate>,
+) -> ApiResult<Json<Written>> {
+    scope.require(Need::WriteOrders)?;
+    let why = reason(&b.reason)?;
+    let (kind, schedule_now): (String, Option<serde_json::Value>) =
+        sqlx::query_as("SELECT kind, schedule FROM rules WHERE id = $1")
+            .bind(order.id)
+            .fetch_one(&s.pool)
+            .await?;
+    if b.zone.is_none() && b.schedule.is_none() {
+        return Err(ApiError::Invalid(
+            "nothing to change: give zone and/or schedule".into(),
+        ));
+    }
+    if let Some(sch) = &b.schedule {
+        if kind != "curfew" && schedule_now.is_none() {
+            return Err(ApiError::Unprocessable(
+                "only a curfew has a schedule of its own; a zone's hours go in zone.schedule"
+                    .into(),
+            ));
+        }
+        checked_schedule(&s, sch)?;
+    }
+    let zone_id = own_zone(&s, &order).await?;
+    if let Some(z) = &b.zone {
+        checked(&s, z)?;
+        if kind == "curfew" && z.kind != "inclusion" {
+            return Err(ApiError::Unprocessable(
+                "a curfew's zone is an inclusion zone (home)".into(),
+            ));
+        }
+    }
+    let mut tx = attributed(&s, &scope, why).await?;
+    if let (Some(z), Some(zid)) = (&b.zone, zone_id) {
+        write_zone(&mut tx, Some(zid), z).await?;
+    }
+    if let Some(sch) = &b.schedule {
+        sqlx::query("UPDATE rules SET schedule = $2 WHERE id = $1")
+            .bind(order.id)
+            .bind(sch)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    slot.reason(why);
+    slot.detail(serde_json::json!({"rule_id": order.id, "zone": b.zone.is_some(), "schedule": b.schedule.is_some()}));
+    Ok(Json(Written {
+        rule_id: order.id,
+        zone_id: zone_id.unwrap_or(0),
+    }))
+}
+
+/// `DELETE /v1/orders/{id}`'s parameters.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct Lift {
+    /// Why the order is lifted; kept with the version.
+    reason: String,
+}
+
+/// `DELETE /v1/orders/{id}?reason=`: lifts the order (its zone too, when
+/// no other order uses it). Its versions stay in `order_versions`.
+#[utoipa::path(delete, path = "/v1/orders/{id}", tag = "subjects", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The order's (rule's) id"), Lift),
+    responses((status = 204)))]
+pub(crate) async fn lift(
+    State(s): State<ApiState>,
+    scope: Scope,
+    order: ScopedOrder,
+    slot: AuditSlot,
+    Params(q): Params<Lift>,
+) -> ApiResult<StatusCode> {
+    scope.require(Need::WriteOrders)?;
+    let why = reason(&q.reason)?;
+    let zone_id = own_zone(&s, &order).await.unwrap_or(None);
+    let mut tx = attributed(&s, &scope, why).await?;
+    sqlx::query("DELETE FROM rules WHERE id = $1")
+        .bind(order.id)
+        .execute(&mut *tx)
+        .await?;
+    if let Some(z) = zone_id {
+        sqlx::query("DELETE FROM zones WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM rules WHERE zone_id = $1)")
+            .bind(z)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    slot.reason(why);
+    slot.detail(serde_json::json!({"rule_id": order.id, "subject_id": order.subject}));
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -11,13 +11,13 @@
 //!   bound as `$1` ([`Scope::officers`]);
 //! - an endpoint a role may not use at all answers 403 ([`Scope::require`]).
 //!
-//! | role | subjects (read) | alerts (read, act) | users, tokens of others | audit log |
-//! |---|---|---|---|---|
-//! | officer | own caseload | own caseload | – | – |
-//! | supervisor | own and supervised officers' caseloads | same | – | – |
-//! | duty | every subject, read-only | every alert | – | – |
-//! | admin | – | – | yes | – |
-//! | auditor | – | – | – | yes |
+//! | role | subjects (read) | alerts (read, act) | orders (write) | users, tokens of others | audit log |
+//! |---|---|---|---|---|---|
+//! | officer | own caseload | own caseload | own caseload | – | – |
+//! | supervisor | own and supervised officers' caseloads | same | same | – | – |
+//! | duty | every subject, read-only | every alert | – | – | – |
+//! | admin | – | – | – | yes | – |
+//! | auditor | – | – | – | – | yes |
 
 use crate::ApiState;
 use crate::audit::AuditSlot;
@@ -39,6 +39,8 @@ pub(crate) enum Need {
     ReadCaseload,
     /// Acknowledge or resolve alerts.
     ActOnAlerts,
+    /// Change a subject's orders (zones, curfews).
+    WriteOrders,
     /// Manage users and their credentials.
     Administer,
     /// Read the audit log.
@@ -88,6 +90,7 @@ impl Scope {
             Need::ReadCaseload | Need::ActOnAlerts => {
                 matches!(role, Role::Officer | Role::Supervisor | Role::Duty)
             }
+            Need::WriteOrders => matches!(role, Role::Officer | Role::Supervisor),
             Need::Administer => role == Role::Admin,
             Need::ReadAudit => role == Role::Auditor,
         };
@@ -156,6 +159,37 @@ impl FromRequestParts<ApiState> for ScopedSubject {
         }
         AuditSlot::of(parts).subject(id);
         Ok(ScopedSubject(id))
+    }
+}
+
+/// An order (rule) id from the path whose subject is within the caller's
+/// scope (404 otherwise); the request is audited as a change to that
+/// subject's orders.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ScopedOrder {
+    pub(crate) id: i64,
+    pub(crate) subject: i64,
+}
+
+impl FromRequestParts<ApiState> for ScopedOrder {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, ApiError> {
+        let scope = Scope::from_request_parts(parts, s).await?;
+        scope.require(Need::ReadCaseload)?;
+        let id = path_id(parts, s).await?;
+        let q = format!(
+            "SELECT r.subject_id FROM rules r JOIN subjects s ON s.id = r.subject_id \
+             WHERE r.id = $2 AND {SUBJECT_VISIBLE}"
+        );
+        let subject: i64 = sqlx::query_scalar(&q)
+            .bind(scope.officers())
+            .bind(id)
+            .fetch_optional(&s.pool)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        AuditSlot::of(parts).subject(subject);
+        Ok(ScopedOrder { id, subject })
     }
 }
 

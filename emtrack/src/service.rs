@@ -166,6 +166,7 @@ pub async fn start(
     let officer = api::officer_router(api::ApiState::new(
         pool,
         alerts.clone(),
+        Arc::new(EngineRules),
         config.api(),
         &registry,
     ));
@@ -189,6 +190,26 @@ pub async fn start(
         subscribed,
         tasks,
     })
+}
+
+/// The officer API's order checks: the engine's own rules, from `reference`.
+struct EngineRules;
+
+impl api::orders::OrderCheck for EngineRules {
+    fn zone(&self, z: &api::orders::NewZone) -> Result<(), String> {
+        reference::check::zone(&reference::check::ZoneDraft {
+            name: z.name.clone(),
+            kind: z.kind.clone(),
+            geometry: z.geometry.clone(),
+            radius_m: z.radius_m,
+            buffer_m: z.buffer_m,
+            schedule: z.schedule.clone(),
+        })
+    }
+
+    fn schedule(&self, s: &serde_json::Value) -> Result<(), String> {
+        reference::check::schedule(s)
+    }
 }
 
 /// Binds an HTTP listener; returns it with the address actually bound.

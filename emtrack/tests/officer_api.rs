@@ -115,8 +115,9 @@ async fn fixture(
     let mut cfg = config(broker.port, client);
     tune(&mut cfg);
     let running = Running::start_with(pool.clone(), cfg).await;
-    // Five fixes inside the zone, 10 s apart, ending 10 s ago: a live alert each.
-    let t = store::now_ms() - 50_000;
+    // Five fixes inside the zone, 10 s apart, ending 250 s ago: an alert
+    // each (and room for newer fixes after them).
+    let t = store::now_ms() - 290_000;
     let inside: Vec<(i64, (f64, f64))> = (0..5).map(|i| (t + i * 10_000, (43.25, 76.95))).collect();
     let messages: Vec<(String, Vec<u8>)> = [10, 20, 30]
         .iter()
@@ -1053,5 +1054,204 @@ async fn the_orders_in_force_at_any_time_are_answered(pool: PgPool) {
         ]
     );
     assert_eq!(history[2]["changed_by"], "user:7 sue");
+    f.running.shut_down().await;
+}
+
+/// A square around (lat, lon), `d` degrees a side, counterclockwise.
+fn square(lat: f64, lon: f64, d: f64) -> serde_json::Value {
+    let h = d / 2.0;
+    serde_json::json!({"type": "Polygon", "coordinates": [[
+        [lon - h, lat - h], [lon + h, lat - h], [lon + h, lat + h], [lon - h, lat + h], [lon - h, lat - h]
+    ]]})
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn orders_written_through_the_api_are_checked_versioned_and_enforced_at_once(pool: PgPool) {
+    let f = fixture(&pool, "emtrack-api-write", |_| {}).await;
+    let order = |geometry: serde_json::Value| {
+        serde_json::json!({"kind": "zone", "reason": "court order 7/2026",
+            "zone": {"name": "school", "kind": "exclusion", "geometry": geometry}})
+        .to_string()
+    };
+    // Refused, saying where.
+    let clockwise = serde_json::json!({"type": "Polygon", "coordinates": [[
+        [77.0, 43.3], [77.0, 43.31], [77.01, 43.31], [77.01, 43.3], [77.0, 43.3]]]});
+    let crossing = serde_json::json!({"type": "Polygon", "coordinates": [[
+        [76.9, 43.2], [77.2, 43.2], [77.2, 43.5], [77.0, 43.1], [76.9, 43.5], [76.9, 43.2]]]});
+    let far = serde_json::json!({"type": "Polygon", "coordinates": [[
+        [77.0, 43.3], [277.0, 43.3], [77.0, 43.4], [77.0, 43.3]]]});
+    let across = serde_json::json!({"type": "Polygon", "coordinates": [[
+        [179.9, 10.0], [-179.9, 10.0], [-179.9, 10.1], [179.9, 10.1], [179.9, 10.0]]]});
+    for (geometry, says) in [
+        (clockwise, "ring 0 (the exterior) is wound clockwise"),
+        (
+            crossing,
+            "edge 0 (vertices 0–1) crosses edge 2 (vertices 2–3)",
+        ),
+        (far, "277"),
+        (across, "antimeridian"),
+        (
+            serde_json::json!({"type": "Point", "coordinates": [77.0, 43.3]}),
+            "radius_m",
+        ),
+    ] {
+        let r = f
+            .post("off2", "/v1/subjects/20/orders", &order(geometry))
+            .await;
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert!(
+            r.json()["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(says)),
+            "{says}: {}",
+            r.body
+        );
+    }
+    let curfew = |schedule: serde_json::Value| {
+        serde_json::json!({"kind": "curfew", "reason": "licence condition 4",
+            "zone": {"name": "home", "kind": "inclusion", "geometry": {"type": "Point", "coordinates": [76.95, 43.25]},
+                     "radius_m": 150},
+            "schedule": schedule})
+        .to_string()
+    };
+    let typo = serde_json::json!({"tz": "Asia/Almaty", "windows": [], "exception": []});
+    let r = f
+        .post("off2", "/v1/subjects/20/orders", &curfew(typo))
+        .await;
+    assert_eq!(r.status, 422);
+    assert!(r.body.contains("unknown schedule key"), "{}", r.body);
+    let no_reason = r#"{"kind": "zone", "reason": " ", "zone": {"name": "x", "kind": "exclusion", "geometry": {"type": "Point", "coordinates": [77, 43]}, "radius_m": 50}}"#;
+    assert_eq!(
+        f.post("off2", "/v1/subjects/20/orders", no_reason)
+            .await
+            .status,
+        400
+    );
+
+    // Out of scope, or a role that does not write orders.
+    let school = order(square(43.30, 77.00, 0.004));
+    assert_eq!(
+        f.post("off1", "/v1/subjects/20/orders", &school)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        f.post("desk", "/v1/subjects/20/orders", &school)
+            .await
+            .status,
+        403
+    );
+
+    // Written: versioned with its author and reason, applied at once.
+    let before = f.running.svc.reference.reloads.get();
+    let r = f.post("off2", "/v1/subjects/20/orders", &school).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let (rule, zone) = (
+        r.json()["rule_id"].as_i64().expect("rule"),
+        r.json()["zone_id"].as_i64().expect("zone"),
+    );
+    assert!(rule >= 1_000_000_000 && zone >= 1_000_000_000);
+    let reference = f.running.svc.reference.clone();
+    wait_until(Duration::from_secs(10), "the order is applied", || {
+        let r = reference.clone();
+        async move { r.reloads.get() > before }
+    })
+    .await;
+    // Four fixes 15 s apart (an exclusion needs two at least 30 s apart).
+    let t = store::now_ms() - 60_000;
+    let inside: Vec<(i64, (f64, f64))> = (0..4).map(|i| (t + i * 15_000, (43.30, 77.00))).collect();
+    let msg = vec![(
+        "em/v1/dev/EM-20/fix".to_owned(),
+        json_fixes("EM-20", &inside),
+    )];
+    publish_raw(f._broker.port, "write-pub", &msg).await;
+    wait_until(Duration::from_secs(20), "the new zone's alert", || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM alerts WHERE subject_id = 20 AND kind = 'exclusion_zone_entered' AND scope = $1",
+            )
+            .bind(zone)
+            .fetch_one(&pool)
+            .await
+            .expect("alerts")
+                == 1
+        }
+    })
+    .await;
+    let history = f.get("off2", "/v1/subjects/20/orders/history").await.json();
+    let mine: Vec<&serde_json::Value> = history
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|h| h["object_id"].as_i64() == Some(rule) || h["object_id"].as_i64() == Some(zone))
+        .collect();
+    assert_eq!(mine.len(), 2);
+    let author = format!("user:{} off2", f.user["off2"]);
+    assert!(
+        mine.iter()
+            .all(|h| h["changed_by"] == author.as_str() && h["reason"] == "court order 7/2026")
+    );
+
+    // Moved, then lifted: each a version; another officer cannot touch it.
+    let moved = serde_json::json!({"reason": "school moved",
+        "zone": {"name": "school", "kind": "exclusion", "geometry": square(43.31, 77.00, 0.004)}});
+    let r = call(
+        f.api,
+        "PUT",
+        &format!("/v1/orders/{rule}"),
+        f.t("off2"),
+        Some(&moved.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = call(
+        f.api,
+        "PUT",
+        &format!("/v1/orders/{rule}"),
+        f.t("off1"),
+        Some(&moved.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    // The victim's home zone is shared with other subjects: not changed through one order.
+    let r = call(
+        f.api,
+        "PUT",
+        "/v1/orders/20",
+        f.t("off2"),
+        Some(&moved.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = call(
+        f.api,
+        "DELETE",
+        &format!("/v1/orders/{rule}?reason=order%20discharged"),
+        f.t("off2"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let versions: Vec<(String, i32, bool, Option<String>)> = sqlx::query_as(
+        "SELECT object, version, row IS NULL, reason FROM order_versions WHERE object_id IN ($1, $2) ORDER BY id",
+    )
+    .bind(rule)
+    .bind(zone)
+    .fetch_all(&pool)
+    .await
+    .expect("versions");
+    let reason = |r: &str| Some(r.to_owned());
+    assert_eq!(
+        versions,
+        vec![
+            ("zone".into(), 1, false, reason("court order 7/2026")),
+            ("rule".into(), 1, false, reason("court order 7/2026")),
+            ("zone".into(), 2, false, reason("school moved")),
+            ("rule".into(), 2, true, reason("order discharged")),
+            ("zone".into(), 3, true, reason("order discharged")),
+        ]
+    );
     f.running.shut_down().await;
 }

@@ -12,6 +12,8 @@
 //! - `listen`: the running loop: `NOTIFY emtrack_reference`, assignment and
 //!   retirement times, closed episodes to ingest, the watched fleet to the
 //!   alert service.
+//! - `check`: a zone or schedule checked before it is written (the officer
+//!   API's orders), with the engine's own rules.
 //! - `world`: `import-world`, a `device-sim world` export into the tables.
 //! - `metrics`: reloads and skipped rows.
 //!
@@ -21,6 +23,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod check;
 pub mod listen;
 mod metrics;
 mod registry;

@@ -24,6 +24,22 @@ pub(crate) struct ZoneRow {
     schedule: Option<Value>,
 }
 
+impl ZoneRow {
+    /// A zone about to be written (no id yet).
+    pub(crate) fn draft(d: &crate::check::ZoneDraft) -> ZoneRow {
+        ZoneRow {
+            id: 0,
+            name: d.name.clone(),
+            kind: d.kind.clone(),
+            category: None,
+            geometry: d.geometry.clone(),
+            radius_m: d.radius_m,
+            buffer_m: d.buffer_m,
+            schedule: d.schedule.clone(),
+        }
+    }
+}
+
 /// A `rules` row.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct RuleRow {
