@@ -25,6 +25,8 @@
 //! - `subjects`: the caseload overview, one subject, track playback.
 //! - `orders`: a subject's orders at any time, and every change to them
 //!   (`order_versions`).
+//! - `near`: who was near a point during a period (the `fixes_near` grid
+//!   index), within scope or, with a reason, over every subject.
 //! - `evidence`: a subject's record for a period as CSV or GeoJSON, with
 //!   its SHA-256 in a header and in the audit log.
 //! - `params`, `time`, `error`, `limits`: request decoding, times in
@@ -43,6 +45,7 @@ mod evidence;
 mod health;
 pub mod identity;
 mod limits;
+mod near;
 pub mod orders;
 mod params;
 pub mod scope;
@@ -293,6 +296,7 @@ fn guarded() -> OpenApiRouter<ApiState> {
         .routes(routes!(orders::history))
         .routes(routes!(evidence::csv))
         .routes(routes!(evidence::geojson))
+        .routes(routes!(near::near))
         .routes(routes!(audit::list))
         .route_layer(from_fn(limits::deadline))
         // The stream has no deadline: it stays open.

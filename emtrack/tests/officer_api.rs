@@ -1255,3 +1255,175 @@ async fn orders_written_through_the_api_are_checked_versioned_and_enforced_at_on
     );
     f.running.shut_down().await;
 }
+
+/// Great-circle metres on the engine's sphere.
+fn metres(a: (f64, f64), b: (f64, f64)) -> f64 {
+    let (p1, p2) = (a.0.to_radians(), b.0.to_radians());
+    let (dp, dl) = ((b.0 - a.0).to_radians(), (b.1 - a.1).to_radians());
+    let h = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    2.0 * geofence::EARTH_RADIUS_M * h.sqrt().asin()
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn who_was_near_matches_a_brute_force_scan(pool: PgPool) {
+    let f = fixture(&pool, "emtrack-api-near", |_| {}).await;
+    // 40 more bracelets (subjects 100.. of officers 1 and 2), two days of a
+    // seeded random walk around the city, a fix every 5 minutes.
+    sqlx::query("SELECT emtrack_ensure_partitions(current_date - 3, current_date + 1)")
+        .execute(&pool)
+        .await
+        .expect("partitions");
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let start = store::now_ms() - 2 * 86_400_000;
+    let mut all: Vec<(i64, String, i64, f64, f64)> = Vec::new();
+    for k in 0..40_i64 {
+        let (subject, device) = (100 + k, format!("EM-N{k}"));
+        for q in [
+            "INSERT INTO subjects (id, reference, officer_id) VALUES ($1, 'S-' || $1, 1 + $1 % 2)",
+            "INSERT INTO devices (id, kind, format, report_interval_s) VALUES ($2, 'bracelet', 'json', 300)",
+            "INSERT INTO assignments (device_id, subject_id) VALUES ($2, $1)",
+        ] {
+            let mut query = sqlx::query(q).bind(subject);
+            if q.contains("$2") {
+                query = query.bind(&device);
+            }
+            query.execute(&pool).await.expect(q);
+        }
+        let (mut lat, mut lon) = (43.20 + next() * 0.1, 76.85 + next() * 0.15);
+        let mut rows = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..576 {
+            lat += (next() - 0.5) * 0.002;
+            lon += (next() - 0.5) * 0.003;
+            let t = start + i * 300_000;
+            rows.0.push(store::Millis(t));
+            rows.1.push(lat);
+            rows.2.push(lon);
+            all.push((subject, device.clone(), t, lat, lon));
+        }
+        sqlx::query(
+            "INSERT INTO fixes (device_id, fix_time, lat, lon, accuracy_m) \
+             SELECT $1, t, la, lo, 10 FROM unnest($2::timestamptz[], $3::float8[], $4::float8[]) AS u(t, la, lo)",
+        )
+        .bind(&device)
+        .bind(&rows.0)
+        .bind(&rows.1)
+        .bind(&rows.2)
+        .execute(&pool)
+        .await
+        .expect("fixes");
+    }
+    let iso = |ms: i64| {
+        jiff::Timestamp::from_millisecond(ms)
+            .expect("time")
+            .to_string()
+    };
+    let mut checked = 0;
+    for (n, (lat, lon, r, from_h, to_h)) in [
+        (43.25, 76.92, 300.0, 0, 48),
+        (43.23, 76.95, 1000.0, 6, 30),
+        (43.27, 76.90, 2500.0, 12, 13),
+        (43.21, 76.99, 150.0, 0, 48),
+        (43.26, 76.93, 5000.0, 40, 48),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (t1, t2) = (start + from_h * 3_600_000, start + to_h * 3_600_000);
+        // Brute force: every fix of the 40 bracelets, the closest per subject.
+        let mut want: BTreeMap<i64, (f64, i64)> = BTreeMap::new();
+        for (subject, _, t, la, lo) in &all {
+            let d = metres((lat, lon), (*la, *lo));
+            if *t >= t1 && *t < t2 && d <= r {
+                let e = want.entry(*subject).or_insert((d, *t));
+                if d < e.0 || (d == e.0 && *t < e.1) {
+                    *e = (d, *t);
+                }
+            }
+        }
+        let path = format!(
+            "/v1/near?lat={lat}&lon={lon}&radius_m={r}&from={}&to={}&all=true&reason=case%20{n}",
+            iso(t1),
+            iso(t2)
+        );
+        let got = f.get("desk", &path).await;
+        assert_eq!(got.status, 200, "{}", got.body);
+        let got: BTreeMap<i64, (f64, i64)> = got.json()["subjects"]
+            .as_array()
+            .expect("subjects")
+            .iter()
+            .filter(|s| s["subject_id"].as_i64() >= Some(100))
+            .map(|s| {
+                let t: jiff::Timestamp = s["time"].as_str().expect("time").parse().expect("time");
+                (
+                    s["subject_id"].as_i64().expect("id"),
+                    (
+                        s["distance_m"].as_f64().expect("distance"),
+                        t.as_millisecond(),
+                    ),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "query {n}"
+        );
+        for (s, (d, t)) in &want {
+            assert!(
+                (got[s].0 - d).abs() < 1e-6,
+                "query {n}, subject {s}: {} vs {d}",
+                got[s].0
+            );
+            assert_eq!(got[s].1, *t, "query {n}, subject {s}");
+        }
+        checked += want.len();
+    }
+    assert!(
+        checked > 20,
+        "the queries found too little to compare: {checked}"
+    );
+
+    // Within scope by default; every subject only with a reason, and only
+    // for the roles allowed to ask.
+    let path = |extra: &str| {
+        format!(
+            "/v1/near?lat=43.25&lon=76.92&radius_m=5000&from={}&to={}{extra}",
+            iso(start),
+            iso(start + 48 * 3_600_000)
+        )
+    };
+    let mine = f.get("off1", &path("")).await.json();
+    assert!(
+        mine["subjects"]
+            .as_array()
+            .expect("subjects")
+            .iter()
+            .all(|s| {
+                let id = s["subject_id"].as_i64().unwrap_or(0);
+                id == 10 || (id >= 100 && id % 2 == 0)
+            }),
+        "officer 1 sees only officer 1's subjects: {mine}"
+    );
+    assert_eq!(f.get("off1", &path("&all=true&reason=x")).await.status, 403);
+    assert_eq!(f.get("desk", &path("&all=true")).await.status, 400);
+    assert_eq!(
+        f.get("admin", &path("&all=true&reason=warrant%2042"))
+            .await
+            .status,
+        200
+    );
+    let reason: Option<String> = sqlx::query_scalar(
+        "SELECT reason FROM audit_log WHERE action = 'GET /v1/near' AND username = 'admin'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("audited");
+    assert_eq!(reason.as_deref(), Some("warrant 42"));
+    f.running.shut_down().await;
+}
