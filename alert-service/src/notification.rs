@@ -45,6 +45,18 @@ pub(crate) struct NewDelivery {
     pub(crate) live_event_ms: Option<i64>,
 }
 
+/// Where and what, for a person: read from the database when the change is
+/// stored.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct About {
+    /// The subject's case reference.
+    pub(crate) subject_reference: Option<String>,
+    /// The zone of a zone, inclusion or curfew alert.
+    pub(crate) zone_name: Option<String>,
+    /// The confirming fix: latitude, longitude, accuracy (m).
+    pub(crate) position: Option<(f64, f64, f32)>,
+}
+
 /// What an alert change is about beyond the alert itself.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Context<'a> {
@@ -53,6 +65,8 @@ pub(crate) struct Context<'a> {
     /// The fix or event that confirmed the alert (ms).
     pub(crate) trigger_ms: Option<i64>,
     pub(crate) chain: Chain,
+    /// Where and what.
+    pub(crate) about: Option<&'a About>,
 }
 
 /// The notifications of one change: MQTT to whoever the change concerns
@@ -129,6 +143,12 @@ fn payload(a: &Alert, e: &AlertEvent, cx: Context<'_>, to: &str) -> String {
         "officer_id": cx.chain.officer,
         "recipient": to,
         "by_user_id": who,
+        "subject_reference": cx.about.and_then(|x| x.subject_reference.as_deref()),
+        "zone_name": cx.about.and_then(|x| x.zone_name.as_deref()),
+        "position": cx.about.and_then(|x| x.position).map(|(lat, lon, acc)| {
+            serde_json::json!({"lat": lat, "lon": lon, "accuracy_m": acc})
+        }),
+        "link": format!("/v1/alerts/{}", a.id.0),
         "note": e.note,
         "disposition": match e.what {
             Change::Resolved { disposition, .. } => disposition.map(|d| d.as_str()),

@@ -4,7 +4,7 @@
 //! after the commit is anything sent.
 
 use crate::delivery::{Delivery, DeliveryRow};
-use crate::notification::{Chain, Context, NewDelivery, fan_out};
+use crate::notification::{About, Chain, Context, NewDelivery, fan_out};
 use alerts::{Actor, Alert, AlertEvent, AlertId, AlertKey, Change};
 use rustc_hash::{FxHashMap, FxHashSet};
 use sqlx::{PgConnection, PgPool};
@@ -38,6 +38,7 @@ pub(crate) struct Stored {
 /// Writes `c` in one transaction.
 pub(crate) async fn store(pool: &PgPool, c: &Changes<'_>) -> Result<Stored, sqlx::Error> {
     let chains = chains(pool, c.alerts).await?;
+    let about = about(pool, c).await?;
     let webhooks: Vec<i64> = sqlx::query_scalar("SELECT id FROM webhooks WHERE active ORDER BY id")
         .fetch_all(pool)
         .await?;
@@ -64,6 +65,7 @@ pub(crate) async fn store(pool: &PgPool, c: &Changes<'_>) -> Result<Stored, sqlx
             device: c.devices.get(&a.id).map(String::as_str),
             trigger_ms: c.triggers.get(&a.id).copied(),
             chain: chains.get(&a.key.subject).copied().unwrap_or_default(),
+            about: about.get(&a.id),
         };
         fan_out(a, e, cx, &webhooks, &mut out);
     }
@@ -116,6 +118,72 @@ async fn chains(
                 Chain {
                     officer,
                     supervisor,
+                },
+            )
+        })
+        .collect())
+}
+
+/// One alert's where and what, as read.
+#[derive(sqlx::FromRow)]
+struct AboutRow {
+    id: i64,
+    reference: Option<String>,
+    name: Option<String>,
+    lat: Option<f64>,
+    lon: Option<f64>,
+    accuracy_m: Option<f32>,
+}
+
+/// Where and what of each alert changed in `c`: the subject's reference,
+/// the zone's name (zone, inclusion and curfew alerts, whose scope is the
+/// zone), and the confirming fix's position (alerts with a bracelet and a
+/// trigger time).
+async fn about(pool: &PgPool, c: &Changes<'_>) -> Result<FxHashMap<AlertId, About>, sqlx::Error> {
+    use alerts::AlertType::{CurfewViolation, ExclusionZoneEntered, InclusionZoneLeft};
+    let ids: FxHashSet<AlertId> = c.events.iter().map(|e| e.alert).collect();
+    let alerts: Vec<&Alert> = ids.iter().filter_map(|id| c.alerts.get(id)).collect();
+    let (mut ids, mut subjects, mut zones, mut devices, mut times) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for a in &alerts {
+        ids.push(a.id.0 as i64);
+        subjects.push(a.key.subject as i64);
+        let zoned = matches!(
+            a.key.kind,
+            ExclusionZoneEntered | InclusionZoneLeft | CurfewViolation
+        );
+        zones.push(zoned.then_some(a.key.scope as i64));
+        devices.push(c.devices.get(&a.id).cloned());
+        times.push(c.triggers.get(&a.id).map(|t| Millis(*t)));
+    }
+    let rows: Vec<AboutRow> = sqlx::query_as(
+        "SELECT u.id, s.reference, z.name, f.lat, f.lon, f.accuracy_m \
+             FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::text[], $5::timestamptz[]) \
+                  AS u(id, subject, zone, device, at) \
+             LEFT JOIN subjects s ON s.id = u.subject \
+             LEFT JOIN zones z ON z.id = u.zone \
+             LEFT JOIN fixes f ON f.device_id = u.device AND f.fix_time = u.at",
+    )
+    .bind(&ids)
+    .bind(&subjects)
+    .bind(&zones)
+    .bind(&devices)
+    .bind(&times)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let position = match (r.lat, r.lon, r.accuracy_m) {
+                (Some(lat), Some(lon), Some(acc)) => Some((lat, lon, acc)),
+                _ => None,
+            };
+            (
+                AlertId(r.id as u64),
+                About {
+                    subject_reference: r.reference,
+                    zone_name: r.name,
+                    position,
                 },
             )
         })

@@ -245,6 +245,24 @@ async fn every_role_reaches_only_its_scope_for_every_resource(pool: PgPool) {
             .expect("events");
     assert_eq!(acted, 0);
 
+    // A notification says where and what.
+    let payload: String = sqlx::query_scalar(
+        "SELECT payload FROM alert_deliveries WHERE alert_id = $1 AND version = 1 AND channel = 'mqtt'",
+    )
+    .bind(f.alert[&10])
+    .fetch_one(&pool)
+    .await
+    .expect("the raise's notification");
+    let n: serde_json::Value = serde_json::from_str(&payload).expect("JSON");
+    assert_eq!(n["subject_reference"], "S-10");
+    assert_eq!(n["zone_name"], "victim home");
+    assert_eq!(
+        (n["position"]["lat"].as_f64(), n["position"]["lon"].as_f64()),
+        (Some(43.25), Some(76.95))
+    );
+    assert_eq!(n["position"]["accuracy_m"], 8.0);
+    assert_eq!(n["link"], format!("/v1/alerts/{}", f.alert[&10]));
+
     // A track and a position reach the caller in scope.
     let track = f
         .get("off1", &format!("/v1/subjects/10/track?{range}"))
