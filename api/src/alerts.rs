@@ -35,6 +35,10 @@ pub(crate) struct AlertQuery {
     from: Option<String>,
     /// Raised before (RFC 3339).
     to: Option<String>,
+    /// Include charger records (`charger_connected`, `charger_disconnected`:
+    /// information, resolved at once); left out by default so that they do
+    /// not crowd the queue (a `type` filter naming one includes them).
+    records: Option<bool>,
     /// The `next` of the previous page.
     cursor: Option<String>,
     /// At most this many (1–500, default 50).
@@ -124,6 +128,7 @@ pub(crate) async fn list(
         params::time("to", q.to.as_deref())?,
     );
     let (after_at, after_id) = cursor(q.cursor.as_deref())?;
+    let records = q.records.unwrap_or(false) || q.kind.is_some();
     let sql = format!(
         "{SUMMARY} WHERE {SUBJECT_VISIBLE} \
            AND ($2::text IS NULL OR a.state = $2 OR ($2 = 'unresolved' AND a.state <> 'resolved')) \
@@ -131,6 +136,7 @@ pub(crate) async fn list(
            AND ($5::int8 IS NULL OR a.subject_id = $5) AND ($6::int8 IS NULL OR s.officer_id = $6) \
            AND ($7::timestamptz IS NULL OR a.raised_at >= $7) AND ($8::timestamptz IS NULL OR a.raised_at < $8) \
            AND ($9::timestamptz IS NULL OR (a.raised_at, a.id) < ($9, $10)) \
+           AND ($12 OR a.kind NOT IN ('charger_connected', 'charger_disconnected')) \
          ORDER BY a.raised_at DESC, a.id DESC LIMIT $11"
     );
     let rows: Vec<AlertSummary> = sqlx::query_as(&sql)
@@ -145,6 +151,7 @@ pub(crate) async fn list(
         .bind(after_at)
         .bind(after_id)
         .bind(limit + 1)
+        .bind(records)
         .fetch_all(&s.pool)
         .await?;
     let (alerts, next) = params::page(rows, limit, |a| {

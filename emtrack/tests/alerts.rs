@@ -399,6 +399,47 @@ async fn a_scenario_gives_exactly_its_alerts_and_they_reach_officers_and_webhook
     got.sort();
     assert_eq!(got, changes, "the SSE stream carried every change once");
 
+    // The queue leaves charger records out unless asked for.
+    let chargers: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM alerts WHERE kind IN ('charger_connected', 'charger_disconnected')",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("chargers");
+    let kinds = |body: serde_json::Value| -> BTreeSet<String> {
+        body["alerts"]
+            .as_array()
+            .expect("alerts")
+            .iter()
+            .map(|a| a["type"].as_str().expect("type").to_owned())
+            .collect()
+    };
+    let queue = kinds(
+        call(api, "GET", "/v1/alerts?limit=500", Some(&desk), None)
+            .await
+            .json(),
+    );
+    assert!(
+        !queue.iter().any(|k| k.starts_with("charger_")),
+        "{queue:?}"
+    );
+    let all = kinds(
+        call(
+            api,
+            "GET",
+            "/v1/alerts?limit=500&records=true",
+            Some(&desk),
+            None,
+        )
+        .await
+        .json(),
+    );
+    assert_eq!(
+        all.iter().any(|k| k.starts_with("charger_")),
+        chargers > 0,
+        "{all:?}"
+    );
+
     // Webhooks: every change delivered after exactly FAILURES refusals, all signed.
     let rows: Vec<(i64, i32, i32)> = sqlx::query_as(
         "SELECT alert_id, version, attempts FROM alert_deliveries WHERE channel = 'webhook'",
