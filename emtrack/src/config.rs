@@ -249,28 +249,7 @@ impl Config {
                 self.database_url
             )));
         }
-        for (key, addr) in [
-            ("http_listen", &self.http_listen),
-            ("api_listen", &self.api_listen),
-        ] {
-            if addr.parse::<std::net::SocketAddr>().is_err() {
-                return Err(ConfigError::Invalid(format!(
-                    "{key} must be an address and port such as 127.0.0.1:9481, not {addr:?}"
-                )));
-            }
-        }
-        if self.http_listen == self.api_listen && !self.http_listen.ends_with(":0") {
-            return Err(ConfigError::Invalid(
-                "api_listen must differ from http_listen: the officer API has its own listener"
-                    .into(),
-            ));
-        }
-        if !(1..=24 * 30).contains(&self.session_hours) {
-            return Err(ConfigError::Invalid("session_hours must be 1..=720".into()));
-        }
-        if !(1..=10_000).contains(&self.max_streams) {
-            return Err(ConfigError::Invalid("max_streams must be 1..=10000".into()));
-        }
+        self.validate_http()?;
         if self.retention_days < 1 {
             return Err(ConfigError::Invalid(
                 "retention_days must be at least 1".into(),
@@ -319,6 +298,33 @@ impl Config {
                 "log_format must be \"text\" or \"json\", not {:?}",
                 self.log_format
             )));
+        }
+        Ok(())
+    }
+
+    /// The HTTP listeners and the officer API's limits.
+    fn validate_http(&self) -> Result<(), ConfigError> {
+        for (key, addr) in [
+            ("http_listen", &self.http_listen),
+            ("api_listen", &self.api_listen),
+        ] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be an address and port such as 127.0.0.1:9481, not {addr:?}"
+                )));
+            }
+        }
+        if self.http_listen == self.api_listen && !self.http_listen.ends_with(":0") {
+            return Err(ConfigError::Invalid(
+                "api_listen must differ from http_listen: the officer API has its own listener"
+                    .into(),
+            ));
+        }
+        if !(1..=24 * 30).contains(&self.session_hours) {
+            return Err(ConfigError::Invalid("session_hours must be 1..=720".into()));
+        }
+        if !(1..=10_000).contains(&self.max_streams) {
+            return Err(ConfigError::Invalid("max_streams must be 1..=10000".into()));
         }
         Ok(())
     }

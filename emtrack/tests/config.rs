@@ -89,6 +89,22 @@ fn errors_say_what_is_wrong() {
     .expect_err("not postgres");
     assert!(e.to_string().contains("postgres://"), "{e}");
 
+    // The listeners: addresses, and the officer API apart from the metrics.
+    for (vars, says) in [
+        (&[("EMTRACK_HTTP_LISTEN", "garbage")][..], "http_listen"),
+        (&[("EMTRACK_API_LISTEN", "localhost")][..], "api_listen"),
+        (
+            &[
+                ("EMTRACK_HTTP_LISTEN", "127.0.0.1:9000"),
+                ("EMTRACK_API_LISTEN", "127.0.0.1:9000"),
+            ][..],
+            "its own listener",
+        ),
+    ] {
+        let e = Config::load(None, env(vars), &Overrides::default()).expect_err(says);
+        assert!(e.to_string().contains(says), "{e}");
+    }
+
     let missing = std::env::temp_dir().join("emtrack-no-such-config.toml");
     let e =
         Config::load(Some(&missing), env(&[]), &Overrides::default()).expect_err("missing file");
