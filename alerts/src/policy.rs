@@ -34,11 +34,14 @@ pub enum AlertType {
     /// Two different records for the same device and time: a cloned device,
     /// a forged message, or a broken one.
     DeviceIntegrity,
+    /// The bracelet detected GNSS jamming or shielding (foil, a jammer): the
+    /// subject's position cannot be known while it lasts.
+    ShieldingDetected,
 }
 
 impl AlertType {
     /// Every type, in a fixed order.
-    pub const ALL: [AlertType; 14] = [
+    pub const ALL: [AlertType; 15] = [
         AlertType::ExclusionZoneEntered,
         AlertType::VictimProximity,
         AlertType::StrapTamper,
@@ -53,6 +56,7 @@ impl AlertType {
         AlertType::ChargerDisconnected,
         AlertType::DeviceClockFault,
         AlertType::DeviceIntegrity,
+        AlertType::ShieldingDetected,
     ];
 
     /// The type whose [`AlertType::as_str`] label is `name`.
@@ -77,6 +81,7 @@ impl AlertType {
             AlertType::ChargerDisconnected => "charger_disconnected",
             AlertType::DeviceClockFault => "device_clock_fault",
             AlertType::DeviceIntegrity => "device_integrity",
+            AlertType::ShieldingDetected => "shielding_detected",
         }
     }
 
@@ -86,7 +91,8 @@ impl AlertType {
             AlertType::ExclusionZoneEntered
             | AlertType::VictimProximity
             | AlertType::StrapTamper
-            | AlertType::CaseTamper => Severity::Critical,
+            | AlertType::CaseTamper
+            | AlertType::ShieldingDetected => Severity::Critical,
             AlertType::InclusionZoneLeft
             | AlertType::CurfewViolation
             | AlertType::NoCommunication
@@ -100,12 +106,16 @@ impl AlertType {
         }
     }
 
-    /// Tamper and integrity alerts can be resolved only with a note: nothing
-    /// ends them by itself, and an officer must record what was found.
+    /// Tamper, integrity and shielding alerts can be resolved only with a
+    /// note: nothing ends them by itself, and an officer must record what was
+    /// found.
     pub fn needs_note_to_resolve(self) -> bool {
         matches!(
             self,
-            AlertType::StrapTamper | AlertType::CaseTamper | AlertType::DeviceIntegrity
+            AlertType::StrapTamper
+                | AlertType::CaseTamper
+                | AlertType::DeviceIntegrity
+                | AlertType::ShieldingDetected
         )
     }
 }
@@ -143,7 +153,7 @@ impl Severity {
 /// An agency's alert policy. Times are in seconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
-    severities: [Severity; 14],
+    severities: [Severity; 15],
     /// Unacknowledged this long, an alert escalates one level (officer →
     /// supervisor → duty desk), per severity; `None` never escalates.
     pub escalate_after_s: [Option<u32>; 3],

@@ -90,6 +90,8 @@ pub enum DeviceEvent {
     ClockFault,
     /// Ingest found a record conflicting with a stored one.
     ConflictingRecord,
+    /// The device detected GNSS jamming or shielding.
+    ShieldingDetected,
 }
 
 impl DeviceEvent {
@@ -103,6 +105,7 @@ impl DeviceEvent {
             K::BatteryCritical => DeviceEvent::BatteryCritical,
             K::ChargerConnected => DeviceEvent::ChargerConnected,
             K::ChargerDisconnected => DeviceEvent::ChargerDisconnected,
+            K::ShieldingDetected => DeviceEvent::ShieldingDetected,
             _ => return None,
         })
     }
@@ -427,6 +430,9 @@ impl Router {
             }
             DeviceEvent::ConflictingRecord => {
                 self.condition(subject, AlertType::DeviceIntegrity, at_ms, at_ms, now_ms)
+            }
+            DeviceEvent::ShieldingDetected => {
+                self.condition(subject, AlertType::ShieldingDetected, at_ms, at_ms, now_ms)
             }
             DeviceEvent::BatteryCritical => {
                 self.condition(subject, AlertType::BatteryCritical, at_ms, at_ms, now_ms)

@@ -1445,3 +1445,49 @@ async fn who_was_near_matches_a_brute_force_scan(pool: PgPool) {
     assert_eq!(reason.as_deref(), Some("warrant 42"));
     f.running.shut_down().await;
 }
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn gnss_shielding_raises_one_critical_alert_until_an_officer_resolves_it(pool: PgPool) {
+    let f = fixture(&pool, "emtrack-api-shield", |_| {}).await;
+    let event = |ms: i64| {
+        let t = jiff::Timestamp::from_millisecond(ms).expect("time");
+        (
+            "em/v1/dev/EM-10/event".to_owned(),
+            format!(r#"{{"v": 1, "device": "EM-10", "events": [{{"t": "{t}", "event": "shielding_detected"}}]}}"#)
+                .into_bytes(),
+        )
+    };
+    let now = store::now_ms();
+    publish_raw(
+        f._broker.port,
+        "shield-pub",
+        &[event(now - 20_000), event(now - 10_000)],
+    )
+    .await;
+    let shielded = || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (i64, String, String, i32)>(
+                "SELECT id, severity, state, repeats FROM alerts WHERE kind = 'shielding_detected' AND subject_id = 10",
+            )
+            .fetch_all(&pool)
+            .await
+            .expect("alerts")
+        }
+    };
+    wait_until(Duration::from_secs(20), "the shielding alert", || async {
+        shielded().await.first().is_some_and(|a| a.3 == 1)
+    })
+    .await;
+    let rows = shielded().await;
+    assert_eq!(rows.len(), 1, "one alert however many events: {rows:?}");
+    let (id, severity, state, _) = &rows[0];
+    assert_eq!((severity.as_str(), state.as_str()), ("critical", "open"));
+    // It does not end by itself: an officer resolves it, with a note.
+    let path = format!("/v1/alerts/{id}/resolve");
+    let bare = r#"{"note": "", "disposition": "device_fault"}"#;
+    assert_eq!(f.post("off1", &path, bare).await.status, 422);
+    let noted = r#"{"note": "foil in the sock; warned", "disposition": "violation_confirmed"}"#;
+    assert_eq!(f.post("off1", &path, noted).await.status, 200);
+    f.running.shut_down().await;
+}
