@@ -4,6 +4,8 @@
 # on the same rows, side by side, with the plans.
 #
 #   benches/near.sh [subjects] [days] [queries]    (default 10000, 3.5, 20)
+#   REUSE=1 benches/near.sh                        (the queries only, on the
+#                                                   rows and indexes a full run left)
 #
 # - A database emtrack_near_bench, migrated; `subjects` bracelets around
 #   Almaty (homes spread over 28 x 28 km, each moving on a daily loop of up
@@ -36,14 +38,18 @@ EMT=target/release/emtrack
 DB=emtrack_near_bench
 URL=postgres://postgres@127.0.0.1:5432/$DB
 PG="psql -h 127.0.0.1 -U postgres -d $DB -v ON_ERROR_STOP=1 -q -At"
-psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS $DB" 2> /dev/null
-$EMT --database-url "$URL" migrate > /dev/null
 MINUTES=$(python3 -c "print(int($DAYS * 1440))")
 START=$(date -u -d "$(date -u +%Y-%m-%d) - 4 days" +%Y-%m-%dT00:00:00Z)
 secs() { python3 -c "import time; print(time.time())"; }
 since() { python3 -c "import time; print(f'{time.time() - $1:.1f}')"; }
-
+if [ -n "${REUSE:-}" ]; then
+  START=$($PG -c "SELECT to_char(min(fix_time) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM fixes")
+  echo "# who was near: reusing $($PG -c "SELECT count(*) FROM fixes") fixes from $START ($(nproc) cores, PostgreSQL $PGV)"
+else
 echo "# who was near: $SUBJECTS bracelets x $MINUTES minutes from $START ($(nproc) cores, PostgreSQL $PGV)"
+psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS $DB" 2> /dev/null
+$EMT --database-url "$URL" migrate > /dev/null
+
 $PG -c "SELECT emtrack_ensure_partitions('$START'::date, ('$START'::timestamptz + interval '$MINUTES minutes')::date + 1)" > /dev/null
 $PG -c "DROP INDEX fixes_near"
 T=$(secs)
@@ -80,9 +86,11 @@ $PG -c "VACUUM ANALYZE fixes" 2> /dev/null
 size() { $PG -c "SELECT pg_size_pretty(sum(pg_relation_size(i.indexrelid))) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
                  WHERE c.relname LIKE '$1'"; }
 echo "index      build (s)  size"
-echo "fixes_near $NEAR_BUILD $(size 'fixes_%_near_idx')"
+echo "fixes_near $NEAR_BUILD $(size 'fixes_%_emtrack_cell_%')"
 echo "fixes_gist $GIST_BUILD $(size 'fixes_%_st_setsrid_idx')"
 echo "heap $($PG -c "SELECT pg_size_pretty(sum(pg_relation_size(c.oid))) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'fixes'::regclass")"
+
+fi
 
 # The query points: stored fixes, spread over the fleet.
 $PG -c "SELECT lat, lon, fix_time FROM fixes TABLESAMPLE SYSTEM (0.01) REPEATABLE (42)
@@ -125,8 +133,10 @@ for r in sorted({x[0] for x in rows}, key=float):
 PY
 read -r lat lon at < <(head -1 /tmp/near-points.$$ | tr '|' ' ')
 from=$($PG -c "SELECT ('$at'::timestamptz - interval '1 day')::text")
-echo; echo "== plan, emtrack (200 m, 2 days)"
-$PG -c "EXPLAIN (ANALYZE, BUFFERS) $(OURS "$lat" "$lon" 200 "$from" "2 days")"
+echo; echo "== plan, emtrack (200 m, 2 days; the statement emtrack_fixes_near runs, through auto_explain)"
+$PG -c "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;
+        SET auto_explain.log_analyze = on; SET auto_explain.log_buffers = on; SET client_min_messages = log;
+        $(OURS "$lat" "$lon" 200 "$from" "2 days")" 2>&1 > /dev/null | sed -n '/FROM fixes f WHERE/,$p' | grep -v '^LOG:' | head -40
 echo; echo "== plan, PostGIS (200 m, 2 days)"
 $PG -c "EXPLAIN (ANALYZE, BUFFERS) $(POSTGIS "$lat" "$lon" 200 "$from" "2 days")"
 

@@ -4,10 +4,10 @@
 //! supervisor, admin) with a reason, which the audit log keeps.
 //!
 //! The search is `emtrack_fixes_near` (migration 0008): the circle's
-//! bounding box becomes one range of grid cells per latitude row, each read
-//! from the `fixes_near` index for the period only (the period also prunes
-//! the daily partitions); the exact distance (the engine's sphere) is
-//! computed on what the box holds. The benchmark (`benches/near.sh`) runs
+//! bounding box becomes one range of grid cells per latitude row, each an
+//! index range scan of `fixes_near` within the period's daily partitions;
+//! the exact distance (the engine's sphere) is computed on what the box
+//! holds. The benchmark (`benches/near.sh`) runs
 //! the same function beside a PostGIS GiST index.
 
 use crate::ApiState;
