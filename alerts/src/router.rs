@@ -546,7 +546,10 @@ mod tests {
         r.handle(ev(DeviceEvent::ClockFault, 23_000), 23_100);
         r.handle(ev(DeviceEvent::ConflictingRecord, 24_000), 24_100);
         r.handle(ev(DeviceEvent::ConflictingRecord, 25_000), 25_100);
+        r.handle(ev(DeviceEvent::ShieldingDetected, 26_000), 26_100);
+        r.handle(ev(DeviceEvent::ShieldingDetected, 27_000), 27_100);
         for (kind, want) in [
+            (AlertType::ShieldingDetected, AlertState::Open),
             (AlertType::DeviceClockFault, AlertState::Open),
             (AlertType::DeviceIntegrity, AlertState::Open),
             (AlertType::StrapTamper, AlertState::Open),

@@ -318,10 +318,17 @@ pub(crate) async fn login(
     } else {
         None
     };
+    let row_known = row.is_some();
     let (user, hash) = match row {
         Some((id, Some(h))) => (Some(id), h),
         _ => (None, identity::decoy_hash().to_owned()),
     };
+    // argon2id takes 19 MiB and tens of ms each: a bounded number at once.
+    let _permit = s
+        .verifying
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Busy("logins"))?;
     let password = body.password.clone();
     let ok = tokio::task::spawn_blocking(move || identity::verify_password(&password, &hash))
         .await
@@ -348,11 +355,14 @@ pub(crate) async fn login(
     let Some(user) = user.filter(|_| ok) else {
         s.throttle.failed(&body.username, ip);
         s.metrics.refused("bad_password");
-        audit::write(
-            &s.pool,
-            entry(&body.username, from, "login_refused", 401, None),
-        )
-        .await?;
+        // An unknown name is not kept as typed: it may be a password typed
+        // into the wrong field.
+        let named = if row_known {
+            body.username.as_str()
+        } else {
+            "(unknown name)"
+        };
+        audit::write(&s.pool, entry(named, from, "login_refused", 401, None)).await?;
         return Err(ApiError::Unauthenticated);
     };
     let (credential_id, token, expires_at) =

@@ -159,6 +159,8 @@ pub struct ApiState {
     session_s: i64,
     throttle: Arc<limits::LoginThrottle>,
     streams: Arc<tokio::sync::Semaphore>,
+    /// Password verifications running at once (argon2id), at most.
+    verifying: Arc<tokio::sync::Semaphore>,
     metrics: ApiMetrics,
     orders: Arc<dyn orders::OrderCheck>,
 }
@@ -186,6 +188,7 @@ impl ApiState {
             session_s: config.session_s,
             throttle: Arc::default(),
             streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
+            verifying: Arc::new(tokio::sync::Semaphore::new(8)),
             metrics: ApiMetrics::new(registry),
         }
     }

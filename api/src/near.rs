@@ -148,5 +148,11 @@ pub(crate) async fn near(
         .fetch_all(&s.pool)
         .await?;
     subjects.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m));
+    // Whose locations this answer disclosed, for the audit log.
+    slot.detail(
+        serde_json::json!({"lat": q.lat, "lon": q.lon, "radius_m": q.radius_m,
+        "from": q.from, "to": q.to, "all": all,
+        "subjects": subjects.iter().map(|n| n.subject_id).collect::<Vec<_>>()}),
+    );
     Ok(Json(NearAnswer { subjects }))
 }

@@ -119,15 +119,20 @@ pub(crate) struct OrderChange {
 /// as `order_versions` rows (`-infinity` and `infinity` read as NULL);
 /// `FILTER` is replaced by a further condition on them.
 pub(crate) fn subject_versions(filter: &str) -> String {
+    // A rule version counts for the subject it names (a rule id can move to
+    // another subject through an import); a deletion counts for the subject
+    // of the version it ended. Zones count through those versions only.
     format!(
-        "WITH rules AS (SELECT DISTINCT object_id FROM order_versions \
-                        WHERE object = 'rule' AND (row ->> 'subject_id')::bigint = $1), \
-              zones AS (SELECT DISTINCT (row ->> 'zone_id')::bigint AS id FROM order_versions \
-                        WHERE object = 'rule' AND object_id IN (SELECT object_id FROM rules) \
-                          AND row ->> 'zone_id' IS NOT NULL) \
+        "WITH mine AS (SELECT v.id, v.row FROM order_versions v \
+                       WHERE v.object = 'rule' AND coalesce(v.row, \
+                             (SELECT p.row FROM order_versions p WHERE p.object = 'rule' \
+                                AND p.object_id = v.object_id AND p.version = v.version - 1)) \
+                             ->> 'subject_id' = $1::text), \
+              zones AS (SELECT DISTINCT (row ->> 'zone_id')::bigint AS id FROM mine \
+                        WHERE row ->> 'zone_id' IS NOT NULL) \
          SELECT object, object_id, version, {} AS valid_from, {} AS valid_to, changed_by, reason, row \
          FROM order_versions \
-         WHERE ((object = 'rule' AND object_id IN (SELECT object_id FROM rules)) \
+         WHERE (id IN (SELECT id FROM mine) \
             OR (object = 'zone' AND object_id IN (SELECT id FROM zones))) AND ({filter}) \
          ORDER BY valid_from, object, object_id, version LIMIT 10000",
         finite("valid_from"),

@@ -9,7 +9,8 @@
 //! writes `alert_events`, so ids become visible in increasing order.
 //! Scope is the same SQL condition as every list ([`SUBJECT_VISIBLE`]).
 //! Open streams are capped (`ApiState::streams`); a stream ends when the
-//! alert service stops.
+//! alert service stops, or when the caller's credential is revoked, expires
+//! or its account is disabled (checked before every batch and every 15 s).
 
 use crate::ApiState;
 use crate::error::{ApiError, ApiResult};
@@ -58,6 +59,8 @@ const BATCH: i64 = 200;
 
 struct Reader {
     s: ApiState,
+    /// Who reads: checked again before every batch and every 15 s.
+    caller: crate::identity::Caller,
     officers: Option<Vec<i64>>,
     last: i64,
     pending: VecDeque<StreamedChange>,
@@ -90,11 +93,38 @@ impl Reader {
         Ok(())
     }
 
-    /// The next change, waiting for one; `None` once the service stops.
+    /// Whether the caller's credential still holds (not revoked, not
+    /// expired, the account enabled); the scope is resolved again, so a
+    /// supervisor's changed team applies to an open stream too.
+    async fn still_allowed(&mut self) -> bool {
+        let live: Result<bool, sqlx::Error> = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM credentials c JOIN users u ON u.id = c.user_id \
+             WHERE c.id = $1 AND c.revoked_at IS NULL AND c.expires_at > now() AND u.disabled_at IS NULL)",
+        )
+        .bind(self.caller.credential)
+        .fetch_one(&self.s.pool)
+        .await;
+        if !live.unwrap_or(false) {
+            return false;
+        }
+        match Scope::resolve(&self.s.pool, self.caller.clone()).await {
+            Ok(scope) => {
+                self.officers = scope.officers();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The next change, waiting for one; `None` once the service stops or
+    /// the caller's credential no longer holds (revoked, expired, disabled).
     async fn next(&mut self) -> Option<StreamedChange> {
         loop {
             if let Some(c) = self.pending.pop_front() {
                 return Some(c);
+            }
+            if !self.still_allowed().await {
+                return None;
             }
             match self.fetch().await {
                 Ok(()) if !self.pending.is_empty() => continue,
@@ -145,6 +175,7 @@ pub(crate) async fn stream(
         wake: s.alerts.subscribe(),
         stopped: s.alerts.stopped(),
         officers: scope.officers(),
+        caller: scope.caller.clone(),
         s,
         last,
         pending: VecDeque::new(),

@@ -164,10 +164,15 @@ pub(crate) async fn one(
         .await?;
     let (latest_position, pending_messages) = match &subject.device_id {
         Some(d) => (
+            // The bracelet's newest fix since it was assigned to this
+            // subject: never the previous wearer's.
             sqlx::query_as(&format!(
-                "{POSITION} WHERE device_id = $1 ORDER BY fix_time DESC LIMIT 1"
+                "{POSITION} WHERE device_id = $1 AND fix_time >= (SELECT max(valid_from) FROM assignments \
+                   WHERE device_id = $1 AND subject_id = $2 AND valid_from <= now()) \
+                 ORDER BY fix_time DESC LIMIT 1"
             ))
             .bind(d)
+            .bind(id)
             .fetch_optional(&s.pool)
             .await?,
             sqlx::query_scalar("SELECT pending FROM device_state WHERE device_id = $1")
@@ -194,8 +199,11 @@ pub(crate) struct TrackQuery {
     from: String,
     /// To (RFC 3339), exclusive.
     to: String,
+    /// With `from`, the page starts at this bracelet's fix at `from` (the
+    /// answer's `next_device`: two bracelets can share an instant).
+    from_device: Option<String>,
     /// At most this many points per page (1–20000, default 5000); the
-    /// answer's `next_from` continues the range.
+    /// answer's `next_from` and `next_device` continue the range.
     limit: Option<i64>,
 }
 
@@ -224,24 +232,31 @@ pub(crate) async fn track(
                 (f.flags & 4) <> 0 AS network_location, f.suspect, f.judged_at \
          FROM fixes f JOIN assignments x ON x.device_id = f.device_id AND x.subject_id = $1 \
            AND f.fix_time >= x.valid_from AND (x.valid_to IS NULL OR f.fix_time < x.valid_to) \
-         WHERE f.fix_time >= $2 AND f.fix_time < $3 ORDER BY f.fix_time, f.device_id LIMIT $4",
+         WHERE (f.fix_time, f.device_id) >= ($2, coalesce($5, '')) AND f.fix_time < $3 \
+         ORDER BY f.fix_time, f.device_id LIMIT $4",
     )
     .bind(id)
     .bind(from)
     .bind(to)
     .bind(limit + 1)
+    .bind(&q.from_device)
     .fetch_all(&s.pool)
     .await?;
     // The first point left out starts the next page.
     let next = (points.len() as i64 > limit)
-        .then(|| points.pop().map(|p| p.time))
+        .then(|| points.pop().map(|p| (p.time, p.device_id)))
         .flatten();
     Ok(Json(geojson_track(id, &points, next)))
 }
 
-/// The track as an RFC 7946 FeatureCollection. `next_from` (a foreign
-/// member) is the time of the first point left out: ask again from it.
-fn geojson_track(subject: i64, points: &[Position], next: Option<Time>) -> serde_json::Value {
+/// The track as an RFC 7946 FeatureCollection. `next_from` and
+/// `next_device` (foreign members) name the first point left out: ask
+/// again from it.
+fn geojson_track(
+    subject: i64,
+    points: &[Position],
+    next: Option<(Time, String)>,
+) -> serde_json::Value {
     let coords: Vec<[f64; 2]> = points.iter().map(|p| [p.lon, p.lat]).collect();
     let mut features = Vec::with_capacity(points.len() + 1);
     if coords.len() >= 2 {
@@ -271,6 +286,7 @@ fn geojson_track(subject: i64, points: &[Position], next: Option<Time>) -> serde
     serde_json::json!({
         "type": "FeatureCollection",
         "features": features,
-        "next_from": next,
+        "next_from": next.as_ref().map(|n| n.0),
+        "next_device": next.map(|n| n.1),
     })
 }

@@ -271,6 +271,37 @@ async fn every_role_reaches_only_its_scope_for_every_resource(pool: PgPool) {
     assert_eq!(track["type"], "FeatureCollection");
     let points = track["features"].as_array().expect("features").len();
     assert_eq!(points, 1 + 5, "a LineString and the 5 fixes");
+    // Paged two at a time: every fix once, in order.
+    let (mut times, mut from, mut device) = (
+        Vec::new(),
+        "2000-01-01T00:00:00Z".to_owned(),
+        None::<String>,
+    );
+    loop {
+        let mut path = format!("/v1/subjects/10/track?from={from}&to=2100-01-01T00:00:00Z&limit=2");
+        if let Some(d) = &device {
+            path.push_str(&format!("&from_device={d}"));
+        }
+        let page = f.get("off1", &path).await.json();
+        for p in page["features"].as_array().expect("features") {
+            if p["properties"]["kind"] == "fix" {
+                times.push(p["properties"]["time"].as_str().expect("time").to_owned());
+            }
+        }
+        let Some(next) = page["next_from"].as_str() else {
+            break;
+        };
+        from = next.to_owned();
+        device = page["next_device"].as_str().map(str::to_owned);
+    }
+    let mut sorted = times.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        (times.len(), &sorted),
+        (5, &times),
+        "each fix once, in order"
+    );
     let one = f.get("off1", "/v1/subjects/10").await.json();
     assert_eq!(one["latest_position"]["lat"], 43.25);
     assert_eq!(one["subject"]["status"], "red", "an open exclusion alert");
@@ -798,6 +829,27 @@ async fn the_stream_is_scoped_and_resumes_without_loss_or_duplicate(pool: PgPool
     assert!(rising);
     assert!(changes.iter().all(|(a, _)| *a == a10), "{changes:?}");
     assert_eq!(changes.len(), 3);
+
+    // A credential revoked while its stream is open ends the stream at the
+    // next change, before anything more is sent.
+    let (third, task) = open_stream(f.api, f.t("off2").expect("token"), None).await;
+    assert_eq!(f.post("off2", "/v1/logout", "").await.status, 204);
+    let a20 = f.alert[&20];
+    let body = r#"{"note": "after the logout", "disposition": "false_alarm"}"#;
+    assert_eq!(
+        f.post("desk", &format!("/v1/alerts/{a20}/resolve"), body)
+            .await
+            .status,
+        200
+    );
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the stream ends")
+        .expect("reader");
+    assert!(
+        third.lock().expect("stream").is_empty(),
+        "nothing after the revocation"
+    );
     f.running.shut_down().await;
 }
 

@@ -662,7 +662,11 @@ pub async fn open_stream(
     let task = tokio::spawn(async move {
         let mut id = None;
         while let Ok(Some(l)) = lines.next_line().await {
-            // Chunked encoding: size lines and blank lines interleave.
+            // Chunked encoding: size lines and blank lines interleave; a
+            // size of 0 ends the body (the stream was closed).
+            if l == "0" {
+                break;
+            }
             if let Some(v) = l.strip_prefix("id: ") {
                 id = v.trim().parse::<i64>().ok();
             } else if let Some(json) = l.strip_prefix("data: ")
