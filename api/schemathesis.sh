@@ -51,16 +51,18 @@ EMTRACK=$!
 for _ in $(seq 300); do curl -sf "http://127.0.0.1:$HTTP/readyz" > /dev/null && break; sleep 0.1; done
 START=$(date -u -d "-2 hours" +%Y-%m-%dT%H:%M:%SZ)
 $SIM run --port "$PORT" --qos 1 --subjects 40 --start "$START" --hours 2 --speedup 720 \
-  --duration 10 --connections 1 > /dev/null
+  --duration 10 --connections 1 --truth "$DIR/truth.jsonl" > /dev/null
 LOGIN=$(printf '{"username": "desk", "password": "%s"}' "$PASSWORD")
 TOKEN=$(curl -s -X POST "http://127.0.0.1:$API/v1/login" -H 'content-type: application/json' -d "$LOGIN" \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
-"$VENV/bin/st" run "http://127.0.0.1:$API/v1/openapi.json" \
+# From the scratch folder, where schemathesis leaves its cache.
+ST=$(realpath "$VENV/bin/st")
+(cd "$DIR" && "$ST" run "http://127.0.0.1:$API/v1/openapi.json" \
   --header "Authorization: Bearer $TOKEN" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --exclude-path /v1/logout --exclude-path '/v1/tokens/{id}' \
   --phases examples,coverage,fuzzing --max-examples "$EXAMPLES" --seed 13 --workers 2 \
-  --generation-deterministic --no-color | tee "$DIR/st.out"
+  --generation-deterministic --no-color) | tee "$DIR/st.out"
 STATUS=${PIPESTATUS[0]}
 if grep -qE 'panicked|ERROR' "$DIR/emtrack.log"; then
   echo "emtrack logged errors during the run:" >&2
