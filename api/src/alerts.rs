@@ -97,10 +97,10 @@ fn cursor(c: Option<&str>) -> ApiResult<(Option<Millis>, i64)> {
     let Some(c) = c else { return Ok((None, 0)) };
     let bad = || ApiError::Invalid(format!("cursor {c:?} is not one this API gave"));
     let (ms, id) = c.split_once('_').ok_or_else(bad)?;
-    Ok((
-        Some(Millis(ms.parse().map_err(|_| bad())?)),
-        id.parse().map_err(|_| bad())?,
-    ))
+    // A time jiff cannot hold is not one this API gave (and would fail to bind).
+    let ms: i64 = ms.parse().map_err(|_| bad())?;
+    jiff::Timestamp::from_millisecond(ms).map_err(|_| bad())?;
+    Ok((Some(Millis(ms)), id.parse().map_err(|_| bad())?))
 }
 
 /// `GET /v1/alerts`: the alerts within the caller's scope, filtered, newest

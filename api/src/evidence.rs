@@ -255,7 +255,6 @@ fn csv_of<T: serde::Serialize>(rows: &[T]) -> ApiResult<Vec<u8>> {
     responses((status = 200, description = "CSV with a header row; SHA-256 in x-emtrack-sha256", content_type = "text/csv", body = String)))]
 pub(crate) async fn csv(
     State(s): State<ApiState>,
-    _scope: Scope,
     ScopedSubject(id): ScopedSubject,
     slot: AuditSlot,
     Params(q): Params<ExportQuery>,

@@ -466,7 +466,12 @@ pub(crate) async fn lift(
 ) -> ApiResult<StatusCode> {
     scope.require(Need::WriteOrders)?;
     let why = reason(&q.reason)?;
-    let zone_id = own_zone(&s, &order).await.unwrap_or(None);
+    // A zone shared with other orders stays; only this order is lifted.
+    let zone_id = match own_zone(&s, &order).await {
+        Ok(z) => z,
+        Err(ApiError::Conflict(_)) => None,
+        Err(e) => return Err(e),
+    };
     let mut tx = attributed(&s, &scope, why).await?;
     sqlx::query("DELETE FROM rules WHERE id = $1")
         .bind(order.id)

@@ -873,6 +873,7 @@ async fn hostile_requests_get_json_errors_and_limits(pool: PgPool) {
         ("/v1/alerts?severity=apocalyptic", 400),
         ("/v1/alerts?officer=1", 400),
         ("/v1/alerts?cursor=abc", 400),
+        ("/v1/alerts?cursor=999999999999999999_1", 400),
         ("/v1/subjects/abc", 400),
         ("/v1/subjects/10/track?from=2026-01-01T00:00:00Z", 400),
     ] {
