@@ -55,13 +55,16 @@ $SIM run --port "$PORT" --qos 1 --subjects 40 --start "$START" --hours 2 --speed
 LOGIN=$(printf '{"username": "desk", "password": "%s"}' "$PASSWORD")
 TOKEN=$(curl -s -X POST "http://127.0.0.1:$API/v1/login" -H 'content-type: application/json' -d "$LOGIN" \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
-# From the scratch folder, where schemathesis leaves its cache.
+# From the scratch folder, where schemathesis leaves its cache. One worker:
+# with two, hypothesis' lambda-source cache (not thread-safe) now and then
+# fails a run with "AST constructor recursion depth mismatch", a crash of
+# the tool, not an answer of the API (seen twice in about ten runs).
 ST=$(realpath "$VENV/bin/st")
 (cd "$DIR" && "$ST" run "http://127.0.0.1:$API/v1/openapi.json" \
   --header "Authorization: Bearer $TOKEN" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --exclude-path /v1/logout --exclude-path '/v1/tokens/{id}' \
-  --phases examples,coverage,fuzzing --max-examples "$EXAMPLES" --seed 13 --workers 2 \
+  --phases examples,coverage,fuzzing --max-examples "$EXAMPLES" --seed 13 --workers 1 \
   --generation-deterministic --no-color) | tee "$DIR/st.out"
 STATUS=${PIPESTATUS[0]}
 if grep -qE 'panicked|ERROR' "$DIR/emtrack.log"; then
