@@ -13,6 +13,16 @@ pub struct AlertConfig {
     /// bracelet at rest indoors (a heartbeat every 5 minutes) and one lost
     /// message.
     pub silence_buffer_s: u32,
+    /// A bracelet's silence waits this long before it is its own
+    /// `no_communication` alert, in seconds; silences within this window
+    /// count towards a fleet outage.
+    pub outage_hold_s: u32,
+    /// A fleet outage (one `fleet_silent` incident for the duty desk, no
+    /// alert per bracelet) needs at least this many silences within
+    /// `outage_hold_s` …
+    pub outage_min_devices: usize,
+    /// … and at least this share (0–1) of the bracelets watched.
+    pub outage_share: f64,
     /// `location_failure` when a bracelet reports motion with no fix for this
     /// long, in seconds (Attenti's "Motion No GPS": 10 minutes).
     pub location_failure_after_s: u32,
@@ -47,6 +57,9 @@ impl Default for AlertConfig {
     fn default() -> Self {
         AlertConfig {
             silence_buffer_s: 540,
+            outage_hold_s: 60,
+            outage_min_devices: 20,
+            outage_share: 0.2,
             location_failure_after_s: 600,
             escalate_critical_s: 300,
             escalate_serious_s: 900,
@@ -76,6 +89,15 @@ impl fmt::Display for PolicyError {
 impl std::error::Error for PolicyError {}
 
 impl AlertConfig {
+    /// When silences are a fleet outage.
+    pub fn outage(&self) -> alerts::OutageConfig {
+        alerts::OutageConfig {
+            hold_s: u64::from(self.outage_hold_s),
+            min_devices: self.outage_min_devices,
+            share: self.outage_share,
+        }
+    }
+
     /// The alert policy this configures.
     pub fn policy(&self) -> Result<Policy, PolicyError> {
         let never = |s: u32| (s > 0).then_some(s);
@@ -101,6 +123,12 @@ impl AlertConfig {
     /// Checks everything `start` relies on.
     pub fn validate(&self) -> Result<(), PolicyError> {
         self.policy()?;
+        if !(0.0..=1.0).contains(&self.outage_share) || self.outage_min_devices < 1 {
+            return Err(PolicyError(
+                "alerts.outage_share must be within 0–1 and alerts.outage_min_devices at least 1"
+                    .into(),
+            ));
+        }
         if self.delivery_queue < 1 || self.webhook_concurrency < 1 {
             return Err(PolicyError(
                 "alerts.delivery_queue and alerts.webhook_concurrency must be at least 1".into(),

@@ -2,10 +2,10 @@
 //! types, severities, levels, channels), never a subject or device id.
 
 use prometheus::{
-    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Registry, histogram_opts,
-    register_histogram_vec_with_registry, register_histogram_with_registry,
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+    histogram_opts, register_histogram_vec_with_registry, register_histogram_with_registry,
     register_int_counter_vec_with_registry, register_int_counter_with_registry,
-    register_int_gauge_vec_with_registry,
+    register_int_gauge_vec_with_registry, register_int_gauge_with_registry,
 };
 
 /// Every metric the alert service exports.
@@ -35,6 +35,12 @@ pub struct Metrics {
     pub alert_store_retries: IntCounter,
     /// `emtrack_alert_key_conflicts_total`.
     pub alert_key_conflicts: IntCounter,
+    /// `emtrack_fleet_outages_total`.
+    pub fleet_outages: IntCounter,
+    /// `emtrack_silences_absorbed_total`.
+    pub silences_absorbed: IntCounter,
+    /// `emtrack_outage_silent_bracelets`.
+    pub outage_silent: IntGauge,
 }
 
 const REGISTERED: &str = "static metric, registered once";
@@ -120,6 +126,24 @@ impl Metrics {
             alert_key_conflicts: register_int_counter_with_registry!(
                 "emtrack_alert_key_conflicts_total",
                 "Alerts the store already had under another id (dropped from memory; the stored one stands).",
+                r
+            )
+            .expect(REGISTERED),
+            fleet_outages: register_int_counter_with_registry!(
+                "emtrack_fleet_outages_total",
+                "Fleet outages: many bracelets silent at once, one fleet_silent incident each.",
+                r
+            )
+            .expect(REGISTERED),
+            outage_silent: register_int_gauge_with_registry!(
+                "emtrack_outage_silent_bracelets",
+                "Bracelets silent in the fleet outage going on (0 when there is none).",
+                r
+            )
+            .expect(REGISTERED),
+            silences_absorbed: register_int_counter_with_registry!(
+                "emtrack_silences_absorbed_total",
+                "Bracelet silences that came back within a fleet outage (no alert of their own).",
                 r
             )
             .expect(REGISTERED),

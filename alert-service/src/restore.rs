@@ -177,6 +177,7 @@ struct TransitionRow {
     at: Millis,
     historical: bool,
     confirmed_at: Millis,
+    zone_version: Option<i64>,
     device: Option<String>,
 }
 
@@ -205,6 +206,7 @@ impl TransitionRow {
                 confirmed_at: time(self.confirmed_at, "rule_transitions.confirmed_at")?,
                 historical: self.historical,
                 end_cause: None,
+                zone_version: self.zone_version.map(|v| v as u64),
             },
             device: self.device,
             other_device: None,
@@ -235,7 +237,7 @@ struct FindingRow {
 /// carried them when they were committed.
 pub(crate) async fn stored_since(pool: &PgPool, since_ms: i64) -> Result<Observed, sqlx::Error> {
     let transitions: Vec<TransitionRow> = sqlx::query_as(
-        "SELECT t.subject_id, t.rule_id, t.zone_id, t.kind, t.at, t.historical, t.confirmed_at, \
+        "SELECT t.subject_id, t.rule_id, t.zone_id, t.kind, t.at, t.historical, t.confirmed_at, t.zone_version, \
                 (SELECT a.device_id FROM assignments a JOIN devices d ON d.id = a.device_id AND d.kind = 'bracelet' \
                  WHERE a.subject_id = t.subject_id AND a.valid_from <= t.at \
                    AND (a.valid_to IS NULL OR a.valid_to > t.at) ORDER BY a.valid_from DESC LIMIT 1) AS device \

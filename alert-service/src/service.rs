@@ -18,7 +18,8 @@ use crate::outbox::{self, Changes, Stored};
 use crate::restore;
 use alerts::{
     Actor, Alert, AlertEvent, AlertId, AlertState, AlertType, Change, DeviceEvent, GpsEvent,
-    GpsWatch, Input, Raised, Router, Severity, SilenceEvent, SilenceWheel,
+    GpsWatch, Input, OutageEvent, OutageWatch, Raised, Router, Severity, Silence, SilenceEvent,
+    SilenceWheel,
 };
 use bus::{FindingKind, Fleet, FleetRx, Observed, ObservedRx, Report};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -93,6 +94,8 @@ pub(crate) struct Alerter {
     pub(crate) cfg: AlertConfig,
     pub(crate) router: Router,
     wheel: SilenceWheel,
+    /// Silences held, and fleet outages.
+    outage: OutageWatch,
     gps: GpsWatch,
     watch: Watchlist,
     fleet: FleetRx,
@@ -136,6 +139,7 @@ impl Alerter {
             .collect();
         let a = Alerter {
             wheel: SilenceWheel::new(4_096, (now / 1000) as u64),
+            outage: OutageWatch::new(cfg.outage()),
             gps: GpsWatch::new(cfg.location_failure_after_s),
             router: restored.router,
             devices: restored.devices,
@@ -359,6 +363,10 @@ impl Alerter {
     fn report(&mut self, r: &Report, arrived_s: u64, now: i64) {
         self.watch.set_subject(r.device, r.subject);
         if let Some(SilenceEvent::BackOnline { .. }) = self.wheel.seen(r.device, arrived_s) {
+            // A silence still held is raised first, then resolved.
+            let mut ev = Vec::new();
+            self.outage.back(r.subject, arrived_s, &mut ev);
+            self.outage_events(ev, now);
             self.router
                 .handle(Input::BackOnline { subject: r.subject }, now);
         }
@@ -430,8 +438,10 @@ impl Alerter {
             let fleet = self.fleet.borrow_and_update().clone();
             self.sync_fleet(&fleet);
         }
+        let now_s = (now / 1000).max(0) as u64;
         let mut silent = Vec::new();
-        self.wheel.poll((now / 1000).max(0) as u64, &mut silent);
+        self.wheel.poll(now_s, &mut silent);
+        let mut ev = Vec::new();
         for s in silent {
             let SilenceEvent::NoCommunication {
                 device,
@@ -444,15 +454,60 @@ impl Alerter {
             let Some(subject) = self.watch.subject(device) else {
                 continue;
             };
-            let input = Input::Silent {
+            let s = Silence {
                 subject,
-                last_seen_ms: last_seen_s as i64 * 1000,
+                device,
+                last_seen_s,
+                at_s: now_s,
             };
-            let raised = self.router.handle(input, now);
-            let name = self.watch.names.get(&device).cloned();
-            self.note(raised, name.as_deref(), None);
+            self.outage.silent(s, self.watch.watched.len(), &mut ev);
         }
+        self.outage.poll(now_s, &mut ev);
+        self.outage_events(ev, now);
         self.router.escalate_due(now);
+    }
+
+    /// Raises what the outage watch released: a bracelet's own silence, or
+    /// the start or end of a fleet outage.
+    fn outage_events(&mut self, events: Vec<OutageEvent>, now: i64) {
+        for e in events {
+            match e {
+                OutageEvent::Silent(s) => {
+                    let input = Input::Silent {
+                        subject: s.subject,
+                        last_seen_ms: s.last_seen_s as i64 * 1000,
+                    };
+                    let raised = self.router.handle(input, now);
+                    let name = self.watch.names.get(&s.device).cloned();
+                    self.note(raised, name.as_deref(), None);
+                }
+                OutageEvent::Started { at_s, silent } => {
+                    tracing::error!(
+                        silent,
+                        "fleet outage: many bracelets went silent at once (broker, network or emtrack); one incident for the duty desk"
+                    );
+                    self.metrics.fleet_outages.inc();
+                    let input = Input::FleetSilence {
+                        start: true,
+                        at_ms: at_s as i64 * 1000,
+                    };
+                    self.router.handle(input, now);
+                }
+                OutageEvent::Quiet(_) => self.metrics.silences_absorbed.inc(),
+                OutageEvent::Ended { at_s, absorbed } => {
+                    tracing::warn!(absorbed, "fleet outage over");
+                    self.metrics.silences_absorbed.inc_by(absorbed as u64);
+                    let input = Input::FleetSilence {
+                        start: false,
+                        at_ms: at_s as i64 * 1000,
+                    };
+                    self.router.handle(input, now);
+                }
+            }
+        }
+        self.metrics
+            .outage_silent
+            .set(self.outage.outage_silent() as i64);
     }
 
     /// Stores the book's new events with their deliveries, then sends.

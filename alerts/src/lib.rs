@@ -10,6 +10,8 @@
 //!   episode, tamper alerts resolved only with a note, escalation to the
 //!   supervisor and then the duty desk, and the append-only event log;
 //! - `gps`: location failure, motion reported without a fix for too long;
+//! - `outage`: mass silence, many bracelets silent at once, turned into one
+//!   fleet incident instead of an alert per bracelet;
 //! - `router`: violation transitions, device events, silences and location
 //!   failures to raises and resolutions.
 //!
@@ -22,6 +24,7 @@
 
 pub mod book;
 pub mod gps;
+pub mod outage;
 pub mod policy;
 pub mod router;
 pub mod silence;
@@ -31,6 +34,7 @@ pub use book::{
     Disposition, Level, MAX_NOTE_BYTES, OfficerAction, Raised,
 };
 pub use gps::{GpsEvent, GpsWatch};
+pub use outage::{OutageConfig, OutageEvent, OutageWatch, Silence};
 pub use policy::{AlertType, Policy, Severity};
-pub use router::{DeviceEvent, Input, Router, ViolationKind};
+pub use router::{DeviceEvent, FLEET, Input, Router, ViolationKind};
 pub use silence::{SilenceEvent, SilenceWheel};

@@ -37,11 +37,15 @@ pub enum AlertType {
     /// The bracelet detected GNSS jamming or shielding (foil, a jammer): the
     /// subject's position cannot be known while it lasts.
     ShieldingDetected,
+    /// A large share of the fleet went silent at once (a broker, network or
+    /// emtrack outage): one incident for the duty desk (subject 0) instead
+    /// of an alert per bracelet.
+    FleetSilent,
 }
 
 impl AlertType {
     /// Every type, in a fixed order.
-    pub const ALL: [AlertType; 15] = [
+    pub const ALL: [AlertType; 16] = [
         AlertType::ExclusionZoneEntered,
         AlertType::VictimProximity,
         AlertType::StrapTamper,
@@ -57,6 +61,7 @@ impl AlertType {
         AlertType::DeviceClockFault,
         AlertType::DeviceIntegrity,
         AlertType::ShieldingDetected,
+        AlertType::FleetSilent,
     ];
 
     /// The type whose [`AlertType::as_str`] label is `name`.
@@ -82,6 +87,7 @@ impl AlertType {
             AlertType::DeviceClockFault => "device_clock_fault",
             AlertType::DeviceIntegrity => "device_integrity",
             AlertType::ShieldingDetected => "shielding_detected",
+            AlertType::FleetSilent => "fleet_silent",
         }
     }
 
@@ -92,7 +98,8 @@ impl AlertType {
             | AlertType::VictimProximity
             | AlertType::StrapTamper
             | AlertType::CaseTamper
-            | AlertType::ShieldingDetected => Severity::Critical,
+            | AlertType::ShieldingDetected
+            | AlertType::FleetSilent => Severity::Critical,
             AlertType::InclusionZoneLeft
             | AlertType::CurfewViolation
             | AlertType::NoCommunication
@@ -153,7 +160,7 @@ impl Severity {
 /// An agency's alert policy. Times are in seconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
-    severities: [Severity; 15],
+    severities: [Severity; 16],
     /// Unacknowledged this long, an alert escalates one level (officer →
     /// supervisor → duty desk), per severity; `None` never escalates.
     pub escalate_after_s: [Option<u32>; 3],

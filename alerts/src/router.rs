@@ -166,6 +166,14 @@ pub enum Input {
         /// Subject.
         subject: u64,
     },
+    /// A fleet outage started or ended ([`crate::OutageWatch`]): the
+    /// incident is a condition of subject 0, for the duty desk.
+    FleetSilence {
+        /// It started (else ended).
+        start: bool,
+        /// When it started (ms).
+        at_ms: i64,
+    },
 }
 
 impl Input {
@@ -182,6 +190,10 @@ impl Input {
         }
     }
 }
+
+/// The "subject" of fleet incidents ([`AlertType::FleetSilent`]): no
+/// subject has id 0, so they go to the duty desk.
+pub const FLEET: u64 = 0;
 
 /// The router's state: open episodes by their start, and the open device
 /// conditions per subject.
@@ -268,6 +280,7 @@ impl Router {
                 | AlertType::BatteryCritical
                 | AlertType::NoCommunication
                 | AlertType::LocationFailure
+                | AlertType::FleetSilent
         ) {
             self.conditions.insert((k.subject, k.kind), k);
         }
@@ -363,6 +376,13 @@ impl Router {
             )),
             Input::LocationRestored { subject } => {
                 self.end_condition(subject, AlertType::LocationFailure, now_ms);
+                None
+            }
+            Input::FleetSilence { start: true, at_ms } => {
+                Some(self.condition(FLEET, AlertType::FleetSilent, at_ms, at_ms, now_ms))
+            }
+            Input::FleetSilence { start: false, .. } => {
+                self.end_condition(FLEET, AlertType::FleetSilent, now_ms);
                 None
             }
         }
@@ -548,7 +568,26 @@ mod tests {
         r.handle(ev(DeviceEvent::ConflictingRecord, 25_000), 25_100);
         r.handle(ev(DeviceEvent::ShieldingDetected, 26_000), 26_100);
         r.handle(ev(DeviceEvent::ShieldingDetected, 27_000), 27_100);
+        // A fleet outage: one incident of subject 0, however often started.
+        for start in [28_000, 28_500] {
+            r.handle(
+                Input::FleetSilence {
+                    start: true,
+                    at_ms: start,
+                },
+                start,
+            );
+        }
+        assert_eq!(r.book().ids_of(AlertType::FleetSilent).len(), 1);
+        r.handle(
+            Input::FleetSilence {
+                start: false,
+                at_ms: 28_000,
+            },
+            29_000,
+        );
         for (kind, want) in [
+            (AlertType::FleetSilent, AlertState::Resolved),
             (AlertType::ShieldingDetected, AlertState::Open),
             (AlertType::DeviceClockFault, AlertState::Open),
             (AlertType::DeviceIntegrity, AlertState::Open),

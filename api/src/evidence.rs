@@ -70,6 +70,10 @@ struct TransitionRow {
     confirmed_at: Time,
     other_device: Option<String>,
     end_cause: Option<String>,
+    /// The version of the zone the confirming fix was judged under (as in
+    /// the orders' `zone_version`; empty for proximity rules and for ends no
+    /// fix decided).
+    zone_version: Option<i64>,
     recorded_at: Time,
 }
 
@@ -148,7 +152,7 @@ async fn record(
     };
     let transitions = if want("transitions") {
         sqlx::query_as(
-            "SELECT rule_id, zone_id, kind, at, historical, confirmed_at, other_device, end_cause, recorded_at \
+            "SELECT rule_id, zone_id, kind, at, historical, confirmed_at, other_device, end_cause, zone_version, recorded_at \
              FROM rule_transitions WHERE subject_id = $1 AND at >= $2 AND at < $3 ORDER BY at, rule_id",
         )
         .bind(subject)

@@ -23,6 +23,9 @@
 //! - `alerts`: list, one alert, acknowledge, resolve. `stream`: the SSE
 //!   stream, resumable with `Last-Event-ID`.
 //! - `subjects`: the caseload overview, one subject, track playback.
+//! - `enrolment`: enrol a subject, fit, swap or remove its bracelet (and
+//!   its reporting interval), transfer it to another officer; the device
+//!   inventory (register, retire).
 //! - `orders`: a subject's orders at any time, and every change to them
 //!   (`order_versions`).
 //! - `near`: who was near a point during a period (the `fixes_near` grid
@@ -40,6 +43,7 @@
 pub mod accounts;
 mod alerts;
 mod audit;
+mod enrolment;
 mod error;
 mod evidence;
 mod health;
@@ -207,7 +211,8 @@ impl ApiState {
     tags(
         (name = "identity", description = "Login, tokens, users"),
         (name = "alerts", description = "The alert queue and officers' actions"),
-        (name = "subjects", description = "Caseloads, positions, tracks"),
+        (name = "subjects", description = "Caseloads, enrolment, positions, tracks, orders"),
+        (name = "devices", description = "The device inventory"),
         (name = "audit", description = "The audit log")
     )
 )]
@@ -291,7 +296,11 @@ fn guarded() -> OpenApiRouter<ApiState> {
         .routes(routes!(alerts::one))
         .routes(routes!(alerts::acknowledge))
         .routes(routes!(alerts::resolve))
-        .routes(routes!(subjects::list))
+        .routes(routes!(subjects::list, enrolment::enrol))
+        .routes(routes!(enrolment::transfer))
+        .routes(routes!(enrolment::fit, enrolment::remove))
+        .routes(routes!(enrolment::devices, enrolment::register))
+        .routes(routes!(enrolment::retire))
         .routes(routes!(subjects::one))
         .routes(routes!(subjects::track))
         .routes(routes!(orders::at, orders::create))

@@ -192,11 +192,23 @@ pub struct NewZone {
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewOrder {
-    /// `zone` (the subject must stay in or out of the zone) or `curfew`
-    /// (inside the zone, an inclusion zone such as home, during the schedule).
+    /// `zone` (the subject must stay in or out of the zone), `curfew`
+    /// (inside the zone, an inclusion zone such as home, during the
+    /// schedule) or `proximity` (keep `min_distance_m` from the protected
+    /// person's phone, `other_device`).
     kind: String,
-    zone: NewZone,
-    /// A curfew's hours (required for a curfew): `{"tz": "Asia/Almaty",
+    /// The zone of a zone order or curfew.
+    zone: Option<NewZone>,
+    /// A proximity order's protected person's phone (a registered
+    /// `victim_phone`).
+    other_device: Option<String>,
+    /// A proximity order's distance, in metres (1–50,000).
+    min_distance_m: Option<f64>,
+    /// A proximity order: how old either party's position may be for a
+    /// judgement, in seconds (default 300).
+    max_age_s: Option<i32>,
+    /// A curfew's hours (required for a curfew; a proximity order's, if
+    /// it applies only at times): `{"tz": "Asia/Almaty",
     /// "windows": [{"days": ["mon", …], "start": "21:00", "end": "06:00"}],
     /// "exceptions": [{"kind": "suspended", "start": "2026-12-24T18:00",
     /// "end": "2026-12-25T09:00"}]}`.
@@ -224,6 +236,7 @@ pub(crate) struct OrderUpdate {
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct Written {
     rule_id: i64,
+    /// The order's zone (0 for a proximity order).
     zone_id: i64,
 }
 
@@ -300,12 +313,12 @@ async fn write_zone(
     .await
 }
 
-/// `POST /v1/subjects/{id}/orders`: a new zone order or curfew for the
-/// subject, checked by the engine's rules; it reaches the running engine
-/// at once.
+/// `POST /v1/subjects/{id}/orders`: a new zone order, curfew or proximity
+/// order for the subject, checked by the engine's rules; it reaches the
+/// running engine at once.
 #[utoipa::path(post, path = "/v1/subjects/{id}/orders", tag = "subjects", security(("bearer" = [])),
     params(("id" = i64, Path, description = "The subject's id")), request_body = NewOrder,
-    responses((status = 201, body = Written)))]
+    responses((status = 201, body = Written), (status = 409, body = crate::error::ErrorBody)))]
 pub(crate) async fn create(
     State(s): State<ApiState>,
     scope: Scope,
@@ -315,47 +328,151 @@ pub(crate) async fn create(
 ) -> ApiResult<(StatusCode, Json<Written>)> {
     scope.require(Need::WriteOrders)?;
     let why = reason(&b.reason)?;
+    let written = match b.kind.as_str() {
+        "zone" | "curfew" => zone_order(&s, &scope, id, &b, why).await?,
+        "proximity" => proximity_order(&s, &scope, id, &b, why).await?,
+        k => {
+            return Err(ApiError::Unprocessable(format!(
+                "order kind {k:?} is unknown (zone, curfew, proximity)"
+            )));
+        }
+    };
+    slot.reason(why);
+    slot.detail(
+        serde_json::json!({"rule_id": written.rule_id, "zone_id": written.zone_id, "kind": b.kind}),
+    );
+    Ok((StatusCode::CREATED, Json(written)))
+}
+
+/// A zone order or a curfew: its zone and the rule, in one transaction.
+async fn zone_order(
+    s: &ApiState,
+    scope: &Scope,
+    subject: i64,
+    b: &NewOrder,
+    why: &str,
+) -> ApiResult<Written> {
+    let Some(zone) = &b.zone else {
+        return Err(ApiError::Unprocessable(format!(
+            "a {} order needs a zone",
+            b.kind
+        )));
+    };
+    if b.other_device.is_some() || b.min_distance_m.is_some() || b.max_age_s.is_some() {
+        return Err(ApiError::Unprocessable(
+            "other_device, min_distance_m and max_age_s are for proximity orders".into(),
+        ));
+    }
     match (b.kind.as_str(), &b.schedule) {
-        ("zone", None) => {}
         ("curfew", Some(sch)) => {
-            if b.zone.kind != "inclusion" {
+            if zone.kind != "inclusion" {
                 return Err(ApiError::Unprocessable(
                     "a curfew's zone is an inclusion zone (home)".into(),
                 ));
             }
-            checked_schedule(&s, sch)?;
-        }
-        ("zone", Some(_)) => {
-            return Err(ApiError::Unprocessable(
-                "a zone order's hours go in zone.schedule; schedule is for curfews".into(),
-            ));
+            checked_schedule(s, sch)?;
         }
         ("curfew", None) => {
             return Err(ApiError::Unprocessable("a curfew needs a schedule".into()));
         }
-        (k, _) => {
-            return Err(ApiError::Unprocessable(format!(
-                "order kind {k:?} is unknown (zone, curfew)"
-            )));
+        (_, Some(_)) => {
+            return Err(ApiError::Unprocessable(
+                "a zone order's hours go in zone.schedule; schedule is for curfews".into(),
+            ));
         }
+        _ => {}
     }
-    checked(&s, &b.zone)?;
-    let mut tx = attributed(&s, &scope, why).await?;
-    let zone_id = write_zone(&mut tx, None, &b.zone).await?;
+    checked(s, zone)?;
+    let mut tx = attributed(s, scope, why).await?;
+    let zone_id = write_zone(&mut tx, None, zone).await?;
     let rule_id: i64 = sqlx::query_scalar(
         "INSERT INTO rules (id, subject_id, kind, zone_id, schedule) \
          VALUES (nextval('order_ids'), $1, $2, $3, $4) RETURNING id",
     )
-    .bind(id)
+    .bind(subject)
     .bind(&b.kind)
     .bind(zone_id)
     .bind(&b.schedule)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    slot.reason(why);
-    slot.detail(serde_json::json!({"rule_id": rule_id, "zone_id": zone_id, "kind": b.kind}));
-    Ok((StatusCode::CREATED, Json(Written { rule_id, zone_id })))
+    Ok(Written { rule_id, zone_id })
+}
+
+/// A proximity order: the protected person's phone becomes watched (a
+/// `victims` row) and the rule keeps the subject `min_distance_m` away.
+async fn proximity_order(
+    s: &ApiState,
+    scope: &Scope,
+    subject: i64,
+    b: &NewOrder,
+    why: &str,
+) -> ApiResult<Written> {
+    let (Some(phone), Some(distance)) = (&b.other_device, b.min_distance_m) else {
+        return Err(ApiError::Unprocessable(
+            "a proximity order needs other_device and min_distance_m".into(),
+        ));
+    };
+    if b.zone.is_some() {
+        return Err(ApiError::Unprocessable(
+            "a proximity order has no zone (the protected person's home is a zone order)".into(),
+        ));
+    }
+    if !distance.is_finite() || !(1.0..=50_000.0).contains(&distance) {
+        return Err(ApiError::Unprocessable(
+            "min_distance_m must be 1–50000".into(),
+        ));
+    }
+    let max_age = b.max_age_s.unwrap_or(300);
+    if !(1..=86_400).contains(&max_age) {
+        return Err(ApiError::Unprocessable("max_age_s must be 1–86400".into()));
+    }
+    if let Some(sch) = &b.schedule {
+        checked_schedule(s, sch)?;
+    }
+    let mut tx = attributed(s, scope, why).await?;
+    let usable: Option<bool> = sqlx::query_scalar(
+        "SELECT retired_at IS NULL FROM devices WHERE id = $1 AND kind = 'victim_phone' FOR UPDATE",
+    )
+    .bind(phone)
+    .fetch_optional(&mut *tx)
+    .await?;
+    match usable {
+        None => {
+            return Err(ApiError::Unprocessable(format!(
+                "no victim's phone {phone:?} in the inventory"
+            )));
+        }
+        Some(false) => {
+            return Err(ApiError::Conflict(format!("phone {phone:?} is retired")));
+        }
+        Some(true) => {}
+    }
+    sqlx::query(
+        "INSERT INTO victims (id, device_id, protected_from) \
+         SELECT nextval('order_ids'), $1, $2 WHERE NOT EXISTS \
+           (SELECT 1 FROM victims WHERE device_id = $1 AND protected_from = $2)",
+    )
+    .bind(phone)
+    .bind(subject)
+    .execute(&mut *tx)
+    .await?;
+    let rule_id: i64 = sqlx::query_scalar(
+        "INSERT INTO rules (id, subject_id, kind, other_device, min_distance_m, max_age_s, schedule) \
+         VALUES (nextval('order_ids'), $1, 'proximity', $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(subject)
+    .bind(phone)
+    .bind(distance)
+    .bind(max_age)
+    .bind(&b.schedule)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Written {
+        rule_id,
+        zone_id: 0,
+    })
 }
 
 /// The rule's zone, if only this subject's rules use it (a zone shared with

@@ -11,13 +11,16 @@
 //!   bound as `$1` ([`Scope::officers`]);
 //! - an endpoint a role may not use at all answers 403 ([`Scope::require`]).
 //!
-//! | role | subjects (read) | alerts (read, act) | orders (write) | users, tokens of others | audit log |
-//! |---|---|---|---|---|---|
-//! | officer | own caseload | own caseload | own caseload | – | – |
-//! | supervisor | own and supervised officers' caseloads | same | same | – | – |
-//! | duty | every subject, read-only | every alert | – | – | – |
-//! | admin | – | – | – | yes | – |
-//! | auditor | – | – | – | – | yes |
+//! | role | subjects (read) | alerts (read, act) | orders, enrolment, devices of subjects (write) | transfer | users, device inventory | audit log |
+//! |---|---|---|---|---|---|---|
+//! | officer | own caseload | own caseload | own caseload | – | – | – |
+//! | supervisor | own and supervised officers' caseloads | same | same | within the team | – | – |
+//! | duty | every subject, read-only | every alert | – | – | – | – |
+//! | admin | – | – | – | – | yes | – |
+//! | auditor | – | – | – | – | – | yes |
+//!
+//! A write that names an officer (enrolling a subject, a transfer) may
+//! name only one whose caseload the caller holds ([`Scope::holds`]).
 
 use crate::ApiState;
 use crate::audit::AuditSlot;
@@ -39,8 +42,11 @@ pub(crate) enum Need {
     ReadCaseload,
     /// Acknowledge or resolve alerts.
     ActOnAlerts,
-    /// Change a subject's orders (zones, curfews).
+    /// Change a subject's orders (zones, curfews), enrol a subject, assign,
+    /// swap or remove its device.
     WriteOrders,
+    /// Move a subject to another officer's caseload.
+    Transfer,
     /// Manage users and their credentials.
     Administer,
     /// Read the audit log.
@@ -91,10 +97,23 @@ impl Scope {
                 matches!(role, Role::Officer | Role::Supervisor | Role::Duty)
             }
             Need::WriteOrders => matches!(role, Role::Officer | Role::Supervisor),
+            Need::Transfer => role == Role::Supervisor,
             Need::Administer => role == Role::Admin,
             Need::ReadAudit => role == Role::Auditor,
         };
         if ok { Ok(()) } else { Err(ApiError::Forbidden) }
+    }
+
+    /// Whether the caller holds officer `officer`'s caseload (an officer
+    /// their own, a supervisor their team's); 422 otherwise, without saying
+    /// whether such an officer exists.
+    pub(crate) fn holds(&self, officer: i64) -> Result<(), ApiError> {
+        match &self.officers {
+            Some(o) if o.contains(&officer) => Ok(()),
+            _ => Err(ApiError::Unprocessable(format!(
+                "officer {officer} is not one whose caseload you hold"
+            ))),
+        }
     }
 
     /// Whether the subject exists and is within scope.

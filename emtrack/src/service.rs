@@ -302,7 +302,7 @@ async fn load(
     registry: &prometheus::Registry,
 ) -> Result<(Loaded, alert_service::Inputs), StartError> {
     let reference = reference::Metrics::new(registry);
-    let core = SharedCore::default();
+    let core = SharedCore::new(config.ingest().max_age);
     let changes = reference::listen::listen(pool)
         .await
         .map_err(|e| StartError::Db("LISTEN for reference changes", e))?;

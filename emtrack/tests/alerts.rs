@@ -11,7 +11,10 @@
 //! - kill -9 mid-scenario loses no alert and duplicates none;
 //! - in real time: a bracelet moving without a fix raises `location_failure`
 //!   (resolved by the next fix), and one that goes silent raises
-//!   `no_communication` (resolved when it speaks again).
+//!   `no_communication` (resolved when it speaks again);
+//! - in real time: most of the fleet going silent at once is one
+//!   `fleet_silent` incident for the duty desk, not an alert per bracelet,
+//!   and only the bracelets still silent after it get their own.
 
 mod common;
 
@@ -652,6 +655,7 @@ async fn location_failure_and_silence_in_real_time(pool: PgPool) {
     .expect("intervals");
     let mut cfg = config(broker.port, "emtrack-alerts-rt");
     cfg.alerts.silence_buffer_s = 1;
+    cfg.alerts.outage_hold_s = 1;
     cfg.alerts.location_failure_after_s = 60;
     let inbox = subscribe(broker.port, "officer-console-rt").await;
     let running = Running::start_with(pool.clone(), cfg).await;
@@ -772,5 +776,121 @@ async fn location_failure_and_silence_in_real_time(pool: PgPool) {
             "the officer was told {want:?}"
         );
     }
+    running.shut_down().await;
+}
+
+/// The issue's trial: stopping the simulator raised an alert per bracelet
+/// within a second. Here 25 bracelets (reporting every second, silent after
+/// 2 s) all stop at once: one `fleet_silent` incident for the duty desk.
+/// Twenty come back (and keep reporting): the incident resolves, and only
+/// the five still silent get `no_communication` alerts of their own, after
+/// the hold.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_mass_silence_is_one_incident_and_only_the_still_silent_get_alerts(pool: PgPool) {
+    let broker = Broker::start().expect("mosquitto starts");
+    world(&pool, 16, 25).await;
+    sqlx::query(
+        "UPDATE devices SET report_interval_s = 1, format = 'json' WHERE kind = 'bracelet'",
+    )
+    .execute(&pool)
+    .await
+    .expect("intervals");
+    let bracelets: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT a.device_id, a.subject_id FROM assignments a JOIN devices d ON d.id = a.device_id \
+         WHERE d.kind = 'bracelet' ORDER BY a.subject_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("bracelets");
+    assert_eq!(bracelets.len(), 25);
+    let mut cfg = config(broker.port, "emtrack-alerts-outage");
+    cfg.alerts.silence_buffer_s = 1;
+    cfg.alerts.outage_hold_s = 5;
+    cfg.alerts.outage_min_devices = 10;
+    cfg.alerts.outage_share = 0.5;
+    let running = Running::start_with(pool.clone(), cfg).await;
+    let fix = |d: &str| {
+        let t = store::now_ms();
+        (
+            format!("em/v1/dev/{d}/fix"),
+            json_fixes(d, &[(t, (43.238, 76.945))]),
+        )
+    };
+    let all: Vec<_> = bracelets.iter().map(|(d, _)| fix(d)).collect();
+    publish_raw(broker.port, "outage-pub-1", &all).await;
+    wait_state(&pool, "fleet_silent", "open", Duration::from_secs(20)).await;
+    let registry = running.svc.registry.clone();
+    let value = move |name: &str| {
+        let body = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .expect("metrics");
+        metric(&body, name)
+    };
+    wait_until(Duration::from_secs(10), "every bracelet silent", || {
+        let v = value("emtrack_outage_silent_bracelets");
+        async move { v == Some(25.0) }
+    })
+    .await;
+
+    // Twenty come back and keep reporting (every 500 ms, until the end).
+    let (back, silent) = bracelets.split_at(20);
+    let keep = tokio_util::sync::CancellationToken::new();
+    let online = {
+        let (keep, port) = (keep.clone(), broker.port);
+        let devices: Vec<String> = back.iter().map(|(d, _)| d.clone()).collect();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !keep.is_cancelled() {
+                let msgs: Vec<_> = devices.iter().map(|d| fix(d)).collect();
+                publish_raw(port, &format!("outage-pub-back-{n}"), &msgs).await;
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    wait_state(&pool, "fleet_silent", "resolved", Duration::from_secs(20)).await;
+    wait_until(
+        Duration::from_secs(20),
+        "the still silent's own alerts",
+        || {
+            let pool = pool.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM alerts WHERE kind = 'no_communication'",
+                )
+                .fetch_one(&pool)
+                .await
+                .expect("count");
+                n >= 5
+            }
+        },
+    )
+    .await;
+    keep.cancel();
+    online.await.expect("publisher");
+    let alerted: BTreeSet<i64> =
+        sqlx::query_scalar("SELECT subject_id FROM alerts WHERE kind = 'no_communication'")
+            .fetch_all(&pool)
+            .await
+            .expect("subjects")
+            .into_iter()
+            .collect();
+    let still: BTreeSet<i64> = silent.iter().map(|(_, s)| *s).collect();
+    assert_eq!(alerted, still, "only the bracelets silent after the outage");
+    let incidents: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT subject_id, d.target FROM alerts a JOIN alert_deliveries d ON d.alert_id = a.id \
+         WHERE a.kind = 'fleet_silent' AND d.channel = 'mqtt' AND d.version = 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("incident");
+    assert_eq!(
+        incidents,
+        vec![(0, "em/v1/duty/alerts".to_owned())],
+        "one incident, raised to the duty desk"
+    );
+    assert_eq!(value("emtrack_fleet_outages_total"), Some(1.0));
+    assert_eq!(value("emtrack_silences_absorbed_total"), Some(20.0));
+    assert_eq!(value("emtrack_outage_silent_bracelets"), Some(0.0));
     running.shut_down().await;
 }

@@ -94,6 +94,67 @@ impl Fixture {
     async fn post(&self, user: &str, path: &str, body: &str) -> Reply {
         call(self.api, "POST", path, self.t(user), Some(body)).await
     }
+
+    async fn put(&self, user: &str, path: &str, body: &str) -> Reply {
+        call(self.api, "PUT", path, self.t(user), Some(body)).await
+    }
+
+    async fn delete(&self, user: &str, path: &str) -> Reply {
+        call(self.api, "DELETE", path, self.t(user), None).await
+    }
+
+    /// Runs `change` (which must succeed), then waits until the engine and
+    /// the device registry have taken it.
+    async fn applied<F: std::future::Future<Output = Reply>>(
+        &self,
+        what: &str,
+        change: F,
+    ) -> Reply {
+        let reference = self.running.svc.reference.clone();
+        let before = reference.reloads.get();
+        let r = change.await;
+        assert!(
+            (200..300).contains(&r.status),
+            "{what}: {} {}",
+            r.status,
+            r.body
+        );
+        wait_until(Duration::from_secs(10), what, || {
+            let r = reference.clone();
+            async move { r.reloads.get() > before }
+        })
+        .await;
+        r
+    }
+
+    /// Publishes one fix from `device` now and waits until it is handled;
+    /// returns the reason it was refused, if it was.
+    async fn one_fix(&self, pool: &PgPool, device: &str, at: i64) -> Option<String> {
+        let acked = self.running.metrics.messages_acked.get();
+        let msg = vec![(
+            format!("em/v1/dev/{device}/fix"),
+            json_fixes(device, &[(at, (43.40, 77.10))]),
+        )];
+        publish_raw(self._broker.port, &format!("fix-{device}-{at}"), &msg).await;
+        wait_acked(&self.running.metrics, acked + 1, Duration::from_secs(20)).await;
+        let stored: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM fixes WHERE device_id = $1 AND fix_time = $2")
+                .bind(device)
+                .bind(store::Millis(at))
+                .fetch_one(pool)
+                .await
+                .expect("fixes");
+        if stored == 1 {
+            return None;
+        }
+        sqlx::query_scalar(
+            "SELECT reason FROM rejected_messages WHERE topic = $1 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(format!("em/v1/dev/{device}/fix"))
+        .fetch_optional(pool)
+        .await
+        .expect("rejected")
+    }
 }
 
 const USERS: [(&str, Role, Option<i64>); 6] = [
@@ -1190,7 +1251,7 @@ async fn orders_written_through_the_api_are_checked_versioned_and_enforced_at_on
         .post("off2", "/v1/subjects/20/orders", &curfew(typo))
         .await;
     assert_eq!(r.status, 422);
-    assert!(r.body.contains("unknown schedule key"), "{}", r.body);
+    assert!(r.body.contains("unknown field `exception`"), "{}", r.body);
     let no_reason = r#"{"kind": "zone", "reason": " ", "zone": {"name": "x", "kind": "exclusion", "geometry": {"type": "Point", "coordinates": [77, 43]}, "radius_m": 50}}"#;
     assert_eq!(
         f.post("off2", "/v1/subjects/20/orders", no_reason)
@@ -1543,4 +1604,310 @@ async fn gnss_shielding_raises_one_critical_alert_until_an_officer_resolves_it(p
     let noted = r#"{"note": "foil in the sock; warned", "disposition": "violation_confirmed"}"#;
     assert_eq!(f.post("off1", &path, noted).await.status, 200);
     f.running.shut_down().await;
+}
+
+/// Enrolment through the API, end to end: a subject enrolled by an
+/// officer, a bracelet registered by the administrator and fitted by the
+/// officer (its fixes are taken from then on), swapped (the old one's are
+/// refused as unassigned), the subject transferred by the supervisor, and a
+/// bracelet retired (its fixes refused). Each role reaches only what the
+/// scope table says, and every change is audited with its reason.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn subjects_are_enrolled_fitted_swapped_transferred_and_devices_retired(pool: PgPool) {
+    let f = fixture(&pool, "emtrack-api-enrol", |_| {}).await;
+    let enrol = r#"{"reference": "CASE-2026-77", "reason": "court order 2026/77"}"#;
+    for (user, status) in [("desk", 403), ("admin", 403), ("aud", 403)] {
+        assert_eq!(
+            f.post(user, "/v1/subjects", enrol).await.status,
+            status,
+            "{user}"
+        );
+    }
+    // Not into a caseload the caller does not hold.
+    let other = r#"{"reference": "CASE-2026-78", "officer_id": 2, "reason": "court order"}"#;
+    assert_eq!(f.post("off1", "/v1/subjects", other).await.status, 422);
+    let r = f
+        .applied("enrolled", f.post("off1", "/v1/subjects", enrol))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let subject = r.json()["id"].as_i64().expect("id");
+    assert!(subject >= 1_000_000_000, "an id above imported ones");
+    assert_eq!(r.json()["officer_id"], 1);
+    assert_eq!(
+        f.post("off1", "/v1/subjects", enrol).await.status,
+        409,
+        "same reference"
+    );
+    assert_eq!(
+        f.get("off1", &format!("/v1/subjects/{subject}"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        f.get("off2", &format!("/v1/subjects/{subject}"))
+            .await
+            .status,
+        404
+    );
+
+    // The inventory is the administrator's.
+    let device = |id: &str| {
+        format!(
+            r#"{{"id": "{id}", "kind": "bracelet", "format": "json", "report_interval_s": 60}}"#
+        )
+    };
+    assert_eq!(
+        f.post("off1", "/v1/devices", &device("EM-NEW-1"))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(f.get("off1", "/v1/devices").await.status, 403);
+    for bad in [
+        r#"{"id": "bad id!", "kind": "bracelet", "format": "json", "report_interval_s": 60}"#,
+        r#"{"id": "EM-X", "kind": "watch", "format": "json", "report_interval_s": 60}"#,
+        r#"{"id": "EM-X", "kind": "bracelet", "format": "json", "report_interval_s": 0}"#,
+    ] {
+        assert_eq!(
+            f.post("admin", "/v1/devices", bad).await.status,
+            422,
+            "{bad}"
+        );
+    }
+    for id in ["EM-NEW-1", "EM-NEW-2"] {
+        let r = f
+            .applied("registered", f.post("admin", "/v1/devices", &device(id)))
+            .await;
+        assert_eq!(r.json()["assigned"], false);
+    }
+    assert_eq!(
+        f.post("admin", "/v1/devices", &device("EM-NEW-1"))
+            .await
+            .status,
+        409
+    );
+
+    // Fitted by the officer: its fixes are taken from then on.
+    let path = format!("/v1/subjects/{subject}/device");
+    let fit = |d: &str| {
+        format!(r#"{{"device_id": "{d}", "report_interval_s": 30, "reason": "induction"}}"#)
+    };
+    assert_eq!(
+        f.put("off2", &path, &fit("EM-NEW-1")).await.status,
+        404,
+        "out of scope"
+    );
+    assert_eq!(f.put("desk", &path, &fit("EM-NEW-1")).await.status, 403);
+    assert_eq!(
+        f.put("off1", &path, &fit("EM-NOPE")).await.status,
+        422,
+        "not in the inventory"
+    );
+    assert_eq!(
+        f.put("off1", &path, &fit("EM-20")).await.status,
+        409,
+        "worn by subject 20"
+    );
+    let r = f
+        .applied("fitted", f.put("off1", &path, &fit("EM-NEW-1")))
+        .await;
+    assert_eq!(
+        (
+            r.json()["device_id"].as_str(),
+            r.json()["replaced"].is_null(),
+            r.json()["report_interval_s"].as_i64()
+        ),
+        (Some("EM-NEW-1"), true, Some(30))
+    );
+    let t = store::now_ms();
+    assert_eq!(
+        f.one_fix(&pool, "EM-NEW-1", t - 5_000).await,
+        None,
+        "taken once fitted"
+    );
+    assert_eq!(
+        f.one_fix(&pool, "EM-NEW-2", t - 4_000).await.as_deref(),
+        Some("device_unassigned")
+    );
+
+    // Swapped: the old one's fixes are refused, the new one's taken.
+    let r = f
+        .applied("swapped", f.put("off1", &path, &fit("EM-NEW-2")))
+        .await;
+    assert_eq!(r.json()["replaced"], "EM-NEW-1");
+    assert_eq!(
+        f.one_fix(&pool, "EM-NEW-1", t - 3_000).await.as_deref(),
+        Some("device_unassigned")
+    );
+    assert_eq!(f.one_fix(&pool, "EM-NEW-2", t - 2_000).await, None);
+    let assignments: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT device_id, valid_to IS NULL FROM assignments WHERE subject_id = $1 ORDER BY valid_from",
+    )
+    .bind(subject)
+    .fetch_all(&pool)
+    .await
+    .expect("assignments");
+    assert_eq!(
+        assignments,
+        vec![
+            ("EM-NEW-1".to_owned(), false),
+            ("EM-NEW-2".to_owned(), true)
+        ]
+    );
+
+    // A proximity order: the protected person's phone is watched from then
+    // on (its fixes are taken), and the order is in force.
+    let phone =
+        r#"{"id": "VP-1", "kind": "victim_phone", "format": "json", "report_interval_s": 60}"#;
+    f.applied("registered", f.post("admin", "/v1/devices", phone))
+        .await;
+    assert_eq!(
+        f.one_fix(&pool, "VP-1", t - 2_500).await.as_deref(),
+        Some("device_unassigned"),
+        "a phone protecting nobody"
+    );
+    let orders = format!("/v1/subjects/{subject}/orders");
+    let order = |d: &str, m: f64| {
+        format!(
+            r#"{{"kind": "proximity", "other_device": "{d}", "min_distance_m": {m}, "reason": "protective order"}}"#
+        )
+    };
+    assert_eq!(
+        f.post("off1", &orders, &order("EM-NEW-1", 500.0))
+            .await
+            .status,
+        422,
+        "not a phone"
+    );
+    assert_eq!(
+        f.post("off1", &orders, &order("VP-1", 0.0)).await.status,
+        422
+    );
+    let r = f
+        .applied("protected", f.post("off1", &orders, &order("VP-1", 500.0)))
+        .await;
+    let rule = r.json()["rule_id"].as_i64().expect("rule");
+    assert_eq!(
+        f.one_fix(&pool, "VP-1", t - 1_500).await,
+        None,
+        "watched now"
+    );
+    let now = f.get("off1", &orders).await.json();
+    assert_eq!(now["orders"][0]["rule_id"].as_i64(), Some(rule));
+    assert_eq!(now["orders"][0]["rule"]["other_device"], "VP-1");
+
+    // Transferred by the supervisor, within the team only.
+    let to = |o: i64| format!(r#"{{"officer_id": {o}, "reason": "caseload rebalancing"}}"#);
+    let transfer = format!("/v1/subjects/{subject}/transfer");
+    assert_eq!(f.post("off1", &transfer, &to(3)).await.status, 403);
+    assert_eq!(
+        f.post("sup", &transfer, &to(2)).await.status,
+        422,
+        "officer 2 is not in the team"
+    );
+    let r = f
+        .applied("transferred", f.post("sup", &transfer, &to(3)))
+        .await;
+    assert_eq!(r.json()["officer_id"].as_i64(), Some(3), "{}", r.body);
+    assert_eq!(
+        f.get("off1", &format!("/v1/subjects/{subject}"))
+            .await
+            .status,
+        404,
+        "no longer officer 1's"
+    );
+    assert_eq!(
+        f.get("sup", &format!("/v1/subjects/{subject}"))
+            .await
+            .status,
+        200
+    );
+
+    // Removed, then retired by the administrator: refused from then on.
+    assert_eq!(
+        f.delete("off1", &format!("{path}?reason=end")).await.status,
+        404
+    );
+    f.applied(
+        "removed",
+        f.delete("sup", &format!("{path}?reason=order%20ended")),
+    )
+    .await;
+    assert_eq!(
+        f.delete("sup", &format!("{path}?reason=again"))
+            .await
+            .status,
+        409
+    );
+    assert_eq!(
+        f.post("sup", "/v1/devices/EM-NEW-2/retire?reason=x", "")
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        f.post("admin", "/v1/devices/EM-NOPE/retire?reason=x", "")
+            .await
+            .status,
+        404
+    );
+    f.applied(
+        "retired",
+        f.post(
+            "admin",
+            "/v1/devices/EM-NEW-2/retire?reason=strap%20cut",
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(
+        f.one_fix(&pool, "EM-NEW-2", t - 1_000).await.as_deref(),
+        Some("device_retired")
+    );
+    assert_eq!(
+        f.put("sup", &path, &fit("EM-NEW-2")).await.status,
+        409,
+        "retired"
+    );
+    let inventory = f.get("admin", "/v1/devices").await.json();
+    let retired: Vec<&str> = inventory
+        .as_array()
+        .expect("devices")
+        .iter()
+        .filter(|d| !d["retired_at"].is_null())
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    assert_eq!(retired, vec!["EM-NEW-2"]);
+
+    // Every change is in the audit log with its reason.
+    let audited: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT action, reason FROM audit_log WHERE status < 300 AND action LIKE '% /v1/%' \
+         AND action NOT LIKE 'GET %' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("audit");
+    let audited: Vec<(&str, Option<&str>)> = audited
+        .iter()
+        .map(|(r, w)| (r.as_str(), w.as_deref()))
+        .collect();
+    assert_eq!(
+        audited,
+        vec![
+            ("POST /v1/subjects", Some("court order 2026/77")),
+            ("POST /v1/devices", None),
+            ("POST /v1/devices", None),
+            ("PUT /v1/subjects/{id}/device", Some("induction")),
+            ("PUT /v1/subjects/{id}/device", Some("induction")),
+            ("POST /v1/devices", None),
+            ("POST /v1/subjects/{id}/orders", Some("protective order")),
+            (
+                "POST /v1/subjects/{id}/transfer",
+                Some("caseload rebalancing")
+            ),
+            ("DELETE /v1/subjects/{id}/device", Some("order ended")),
+            ("POST /v1/devices/{id}/retire", Some("strap cut")),
+        ]
+    );
 }

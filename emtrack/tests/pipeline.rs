@@ -416,16 +416,32 @@ async fn a_live_zone_change_takes_effect_without_restart(pool: PgPool) {
         "the new zone is judged"
     );
 
-    // Move the zone 5 km away: the subject is now outside it.
+    // Move the zone 5 km away at 12:15 of the simulated day: the subject
+    // is outside it from then on. Fixes are judged against the zone version
+    // in force at their own time, and this test's day is in the past, so
+    // the versions are dated into it (v1 from 12:05, v2 from 12:15), in the
+    // transaction of the move, before the engine reads them.
     let before = reloads(&m);
+    let mut tx = pool.begin().await.expect("tx");
     sqlx::query(
         "UPDATE zones SET geometry = jsonb_build_object('type', 'Point', 'coordinates', jsonb_build_array($1::float8, $2::float8)) WHERE id = 999001",
     )
     .bind(lon)
     .bind(lat + 0.045)
-    .execute(&pool)
+    .execute(&mut *tx)
     .await
     .expect("move");
+    sqlx::query(
+        "UPDATE order_versions SET valid_from = CASE version WHEN 1 THEN $1 ELSE $2 END, \
+                valid_to = CASE version WHEN 1 THEN $2 END \
+         WHERE object = 'zone' AND object_id = 999001",
+    )
+    .bind(store::Millis(noon + 5 * 60_000))
+    .bind(store::Millis(noon + 15 * 60_000))
+    .execute(&mut *tx)
+    .await
+    .expect("dated into the simulated day");
+    tx.commit().await.expect("commit");
     wait_until(Duration::from_secs(10), "the move is applied", || {
         let m = m.clone();
         async move { reloads(&m) > before }

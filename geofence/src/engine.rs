@@ -12,7 +12,7 @@ use crate::index::GlobalIndex;
 use crate::rule::{RuleKind, RuleSpec, Thresholds};
 use crate::schedule::{Schedule, ScheduleCursor, ScheduleState};
 use crate::track::{Edge, EndCause, Track, Verdict};
-use crate::zone::{Presence, Zone, ZoneKind, ZoneScope, ZoneSpec, classify_signed};
+use crate::zone::{Presence, Zone, ZoneKind, ZoneScope, ZoneSpec, ZoneVersion, classify_signed};
 use jiff::Timestamp;
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -121,6 +121,10 @@ pub struct Transition {
     pub historical: bool,
     /// Why it ended (ends only).
     pub end_cause: Option<EndCause>,
+    /// The version of the zone the confirming fix was judged under
+    /// ([`ZoneVersion::id`]); `None` for an unversioned zone, a proximity
+    /// rule, or an end no fix was judged for (a closed run, a removed rule).
+    pub zone_version: Option<u64>,
 }
 
 /// Whose fixes a message carries, for [`Engine::judge_message`].
@@ -170,6 +174,10 @@ struct ZoneRef {
     env: Envelope,
     always: bool,
     epoch: u64,
+    /// The current version's id and start: a fix older than `since` is
+    /// judged by the version in force at its time, never by the fast path.
+    version: Option<u64>,
+    since: i64,
 }
 
 impl ZoneRef {
@@ -181,6 +189,8 @@ impl ZoneRef {
             env: zone.envelope,
             always: matches!(zone.schedule, Schedule::Always),
             epoch,
+            version: zone.version,
+            since: zone.since,
         }
     }
 }
@@ -407,6 +417,7 @@ fn push_edge(
     edge: Edge,
     confirmed_at: i64,
     historical: bool,
+    zone_version: Option<u64>,
 ) {
     let (started, at, end_cause) = match edge {
         Edge::Started { at } => (true, at, None),
@@ -436,6 +447,7 @@ fn push_edge(
         confirmed_at: ts(confirmed_at),
         historical,
         end_cause,
+        zone_version,
     });
 }
 
@@ -458,10 +470,12 @@ fn step_rule(
         Target::Zone(zref) | Target::Curfew(zref) => {
             let is_curfew = matches!(rule.spec.kind, RuleKind::Curfew(_));
             let seen_kind = zref.kind;
+            let mut version = zref.version;
             let verdict = if !sched.active {
                 Verdict::Void(EndCause::ScheduleEnded)
             } else if zref.epoch == cx.zone_epoch
                 && zref.always
+                && t >= zref.since
                 && !zref.env.intersects(&cx.probe.env)
             {
                 if in_grace(sched.period_start, t, &th) {
@@ -482,6 +496,9 @@ fn step_rule(
                     }
                     Some(zone) => {
                         *zref = ZoneRef::of(zone, zref.slot, cx.zone_epoch);
+                        // The version in force at the fix's own time.
+                        let zone = zone.at(t);
+                        version = zone.version;
                         zone_verdict(zone, |z| z.presence(cx.probe), sched, t, &th, cx.historical)
                     }
                 }
@@ -490,7 +507,7 @@ fn step_rule(
                 kind: seen_kind,
                 ..*zref
             };
-            step_one(rule, cx, out, verdict, Some(zone_for_edge));
+            step_one(rule, cx, out, verdict, Some(zone_for_edge), version);
         }
         Target::Proximity {
             device,
@@ -505,7 +522,7 @@ fn step_rule(
                 let other = cx.watched.get(device).and_then(|w| w.last);
                 proximity_verdict(cx.own, other, t, *min_distance_m, *max_age_ms, &th)
             };
-            step_one(rule, cx, out, verdict, None);
+            step_one(rule, cx, out, verdict, None, None);
         }
         Target::Category(cat) => {
             let cat = *cat;
@@ -520,6 +537,7 @@ fn step_one(
     out: &mut Vec<Transition>,
     mut verdict: Verdict,
     zone: Option<ZoneRef>,
+    version: Option<u64>,
 ) {
     // `step_rule` created the historical tracks if this fix is late.
     let hist = rule.hist.as_deref_mut().map(|h| &mut h.tracks);
@@ -542,7 +560,16 @@ fn step_one(
         live
     };
     if let Some(edge) = track.step(cx.t, verdict, &rule.th) {
-        push_edge(out, cx.subject, &rule.spec, zone, edge, cx.t, cx.historical);
+        push_edge(
+            out,
+            cx.subject,
+            &rule.spec,
+            zone,
+            edge,
+            cx.t,
+            cx.historical,
+            version,
+        );
     }
 }
 
@@ -598,6 +625,7 @@ fn step_category(
                 edge,
                 cx.t,
                 cx.historical,
+                zt.zone.version,
             );
         }
     }
@@ -631,6 +659,7 @@ fn step_category(
                 edge,
                 cx.t,
                 cx.historical,
+                zref.version,
             );
         }
         tracks.push(zt);
@@ -654,7 +683,9 @@ fn close_runs(subject: &mut Subject, out: &mut Vec<Transition>) {
                         Target::Zone(z) | Target::Curfew(z) => Some(z),
                         _ => None,
                     };
-                    push_edge(out, subject.id, &rule.spec, zone, edge, track.head, true);
+                    push_edge(
+                        out, subject.id, &rule.spec, zone, edge, track.head, true, None,
+                    );
                 }
                 *track = Track::default();
             }
@@ -669,6 +700,7 @@ fn close_runs(subject: &mut Subject, out: &mut Vec<Transition>) {
                             edge,
                             zt.track.head,
                             true,
+                            None,
                         );
                     }
                 }
@@ -698,7 +730,9 @@ fn close_rule(
         match tracks {
             Tracks::One(track) => {
                 if let Some(edge) = track.close(cause) {
-                    push_edge(out, subject, &rule.spec, zone, edge, track.head, historical);
+                    push_edge(
+                        out, subject, &rule.spec, zone, edge, track.head, historical, None,
+                    );
                 }
             }
             Tracks::PerZone(list) => {
@@ -712,6 +746,7 @@ fn close_rule(
                             edge,
                             zt.track.head,
                             historical,
+                            None,
                         );
                     }
                 }
@@ -728,10 +763,59 @@ impl Engine {
 
     // ----- zones -------------------------------------------------------------
 
-    /// Adds a zone, or replaces the zone with the same id. The change applies to
-    /// the next fix: rules that name the zone keep their episode state.
+    /// Adds a zone, or replaces the zone with the same id (and any earlier
+    /// versions it had). The change applies to the next fix: rules that name
+    /// the zone keep their episode state.
     pub fn upsert_zone(&mut self, spec: ZoneSpec) -> Result<(), EngineError> {
         let zone = Zone::prepare(spec)?;
+        self.install_zone(zone);
+        Ok(())
+    }
+
+    /// Adds or replaces an assigned zone with its record of versions: the
+    /// current one, in force since `version.since`, and the earlier ones
+    /// still needed (those a fix that may yet arrive could fall in), each in
+    /// force from its `since` until the next one's. A fix, live or late, is
+    /// judged against the version in force at its own time, and its
+    /// transitions name that version; a fix older than every version given is
+    /// judged against the oldest. Global (category) zones keep no earlier
+    /// versions: they are always judged as they are now.
+    pub fn upsert_zone_versions(
+        &mut self,
+        spec: ZoneSpec,
+        version: ZoneVersion,
+        earlier: Vec<(ZoneVersion, ZoneSpec)>,
+    ) -> Result<(), EngineError> {
+        let id = spec.id;
+        let mut zone = Zone::prepare(spec)?;
+        zone.version = Some(version.id);
+        zone.since = version.since.as_millisecond();
+        if zone.scope == ZoneScope::Assigned {
+            for (v, spec) in earlier {
+                let mismatch = |why| crate::error::ZoneError::VersionMismatch { zone: id, why };
+                if spec.id != id || spec.scope != ZoneScope::Assigned {
+                    return Err(mismatch("an earlier version is of another zone").into());
+                }
+                let since = v.since.as_millisecond();
+                if since >= zone.since {
+                    return Err(mismatch("an earlier version starts after the current one").into());
+                }
+                let mut old = Zone::prepare(spec)?;
+                old.version = Some(v.id);
+                old.since = since;
+                zone.earlier.push(old);
+            }
+            zone.earlier.sort_by_key(|z| z.since);
+        }
+        if zone.earlier.is_empty() {
+            // Nothing else to choose from: every fix is judged by this one.
+            zone.since = i64::MIN;
+        }
+        self.install_zone(zone);
+        Ok(())
+    }
+
+    fn install_zone(&mut self, zone: Zone) {
         let id = zone.id;
         self.zone_epoch += 1;
         let slot = match self.zones.by_id.get(&id) {
@@ -759,7 +843,6 @@ impl Engine {
             self.global.insert(slot, zone.envelope);
         }
         self.zones.slots[slot as usize] = Some(zone);
-        Ok(())
     }
 
     /// Removes a zone. Rules that name it close any open episode

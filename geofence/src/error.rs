@@ -72,6 +72,14 @@ pub enum ZoneError {
     CategoryZoneMustBeExclusion(ZoneId),
     /// No zone has this id.
     Unknown(ZoneId),
+    /// An earlier version given with a zone is of another zone, or did not
+    /// come into force before the current one.
+    VersionMismatch {
+        /// The zone.
+        zone: ZoneId,
+        /// What is wrong.
+        why: &'static str,
+    },
 }
 
 impl fmt::Display for ZoneError {
@@ -107,6 +115,9 @@ impl fmt::Display for ZoneError {
                 f,
                 "the circle reaches a pole or crosses the antimeridian; use a polygon instead"
             ),
+            ZoneError::VersionMismatch { zone, why } => {
+                write!(f, "zone {} versions: {why}", zone.0)
+            }
             ZoneError::CategoryZoneMustBeExclusion(id) => write!(
                 f,
                 "{id} is a category (global) zone but not an exclusion zone; assign inclusion \

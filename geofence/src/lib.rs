@@ -65,8 +65,14 @@
 //!   current run's newest fix, is [`Outcome::Duplicate`] and changes nothing.
 //!   Other repeats cannot be recognised without keeping every fix time. Ingest
 //!   de-duplicates on `(device, fix time)` before calling the engine.
-//! - Zone geometry is not versioned: a late fix is tested against the zone as it
-//!   is now. Schedules are evaluated at the fix's own time.
+//! - **Versions.** A zone given with its earlier versions
+//!   ([`Engine::upsert_zone_versions`]) judges every fix, live or late, by the
+//!   version in force at the fix's own time (geometry, kind, buffer and
+//!   schedule), and the transitions name that version
+//!   ([`Transition::zone_version`]). A zone given alone
+//!   ([`Engine::upsert_zone`]) judges every fix as it is now. Schedules are
+//!   evaluated at the fix's own time either way; a rule's own schedule has no
+//!   versions here.
 //! - Proximity on a late fix needs the other party's newest position to lie
 //!   within `max_age` of the late fix's time; otherwise the fix is neutral for
 //!   that rule.
@@ -106,7 +112,9 @@ pub use id::{CategoryId, DeviceId, RuleId, SubjectHandle, SubjectId, ZoneId};
 pub use rule::{Hysteresis, RuleKind, RuleSpec};
 pub use schedule::{DatedException, ExceptionKind, Schedule, Weekdays, WeeklyWindow};
 pub use track::EndCause;
-pub use zone::{MAX_BUFFER_M, MAX_RADIUS_M, Presence, Shape, ZoneKind, ZoneScope, ZoneSpec};
+pub use zone::{
+    MAX_BUFFER_M, MAX_RADIUS_M, Presence, Shape, ZoneKind, ZoneScope, ZoneSpec, ZoneVersion,
+};
 
 /// Re-exported so callers build shapes and times with the same versions.
 pub use geo;

@@ -26,6 +26,7 @@ use crate::id::{CategoryId, ZoneId};
 use crate::polygon::PreparedPolygon;
 use crate::schedule::{Schedule, ScheduleCursor};
 use geo::Validation;
+use jiff::Timestamp;
 
 /// Largest buffer a zone may have, in metres.
 pub const MAX_BUFFER_M: f64 = 50_000.0;
@@ -67,6 +68,18 @@ pub enum Shape {
         /// The radius in metres, measured along the sphere.
         radius_m: f64,
     },
+}
+
+/// One version of a zone in the caller's record of orders: a late fix is
+/// judged against the version in force at its own time
+/// ([`Engine::upsert_zone_versions`](crate::Engine::upsert_zone_versions)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZoneVersion {
+    /// The caller's id of the version (emtrack: the zone's version number
+    /// in `order_versions`); transitions judged under it name it.
+    pub id: u64,
+    /// When it came into force.
+    pub since: Timestamp,
 }
 
 /// Everything that defines a zone.
@@ -127,6 +140,13 @@ pub(crate) struct Zone {
     pub(crate) cursor: ScheduleCursor,
     /// Cold: only read by tools, kept off the hot cache lines.
     spec: Box<ZoneSpec>,
+    /// The caller's id of this version (`None`: unversioned).
+    pub(crate) version: Option<u64>,
+    /// When this version came into force (ms; `i64::MIN`: since ever).
+    pub(crate) since: i64,
+    /// The versions in force before `since`, oldest first, each until the
+    /// next one's `since` (assigned zones only; empty for most zones).
+    pub(crate) earlier: Vec<Zone>,
 }
 
 impl Zone {
@@ -198,7 +218,35 @@ impl Zone {
             geometry,
             envelope: raw_env.buffered(spec.buffer_m),
             spec: Box::new(spec),
+            version: None,
+            since: i64::MIN,
+            earlier: Vec::new(),
         })
+    }
+
+    /// Which version judges a fix at `t`: `None` for this one, else the index
+    /// in `earlier` of the last version that came into force at or before
+    /// `t` (the oldest known for a fix older than every version: the record
+    /// says nothing earlier).
+    #[inline]
+    pub(crate) fn version_index(&self, t: i64) -> Option<usize> {
+        if t >= self.since || self.earlier.is_empty() {
+            return None;
+        }
+        Some(
+            self.earlier
+                .partition_point(|z| z.since <= t)
+                .saturating_sub(1),
+        )
+    }
+
+    /// The version in force at `t` (see [`Zone::version_index`]).
+    #[inline]
+    pub(crate) fn at(&mut self, t: i64) -> &mut Zone {
+        match self.version_index(t) {
+            Some(i) if i < self.earlier.len() => &mut self.earlier[i],
+            _ => self,
+        }
     }
 
     /// The definition this zone was prepared from.

@@ -978,6 +978,102 @@ fn late_backlog_opens_and_closes_a_historical_episode_without_touching_live_stat
 }
 
 #[test]
+fn a_late_fix_is_judged_against_the_zone_version_in_force_at_its_time() {
+    // The victim's exclusion zone (2) is moved 2 km east at 13:00 (version
+    // 11 replaces version 10). The subject walked through the old zone at
+    // 12:10–12:20 while offline; the backlog arrives at 13:30.
+    let v = victim_home();
+    let old = zone(2, ZoneKind::Exclusion, circle(v.lon(), v.lat(), 200.0), 0.0);
+    let moved = zone(
+        2,
+        ZoneKind::Exclusion,
+        circle(v.lon() + 0.025, v.lat(), 200.0),
+        0.0,
+    );
+    let at = |id, since| ZoneVersion { id, since };
+    let rule = || vec![RuleSpec::new(RuleId(1), RuleKind::Zone(ZoneId(2)))];
+    let start = almaty(2, 12, 0);
+    let path = |t: Timestamp| {
+        if t >= almaty(2, 12, 10) && t < almaty(2, 12, 20) {
+            v
+        } else {
+            away()
+        }
+    };
+    let all = fixes(start, 1, 120, |i| path(mins(start, i as i64)));
+    let (before, after): (Vec<Fix>, Vec<Fix>) =
+        all.iter().partition(|f| f.time < almaty(2, 13, 30));
+    let live_first = [before[0]];
+    let backlog = &before[1..];
+
+    let play = |versioned: bool| {
+        let (mut e, h) = setup(rule());
+        e.upsert_zone_versions(old.clone(), at(10, almaty(2, 9, 0)), vec![])
+            .expect("ok");
+        let mut out = Vec::new();
+        e.evaluate(h, &live_first[0], &mut out).expect("ok");
+        // 13:00: the zone moves.
+        if versioned {
+            e.upsert_zone_versions(
+                moved.clone(),
+                at(11, almaty(2, 13, 0)),
+                vec![(at(10, almaty(2, 9, 0)), old.clone())],
+            )
+            .expect("ok");
+        } else {
+            e.upsert_zone(moved.clone()).expect("ok");
+        }
+        // 13:30: the first live fix, then the backlog, then live again.
+        e.evaluate(h, &after[0], &mut out).expect("ok");
+        for f in backlog {
+            assert_eq!(e.evaluate(h, f, &mut out), Ok(Outcome::Late));
+        }
+        e.close_late_run(h, &mut out).expect("ok");
+        for f in &after[1..] {
+            e.evaluate(h, f, &mut out).expect("ok");
+        }
+        out.iter()
+            .map(|t| (t.kind, t.at, t.historical, t.zone_version))
+            .collect::<Vec<_>>()
+    };
+    use TransitionKind::*;
+    assert_eq!(
+        play(true),
+        vec![
+            (ExclusionEntered, almaty(2, 12, 10), true, Some(10)),
+            (ExclusionLeft, almaty(2, 12, 20), true, Some(10)),
+        ],
+        "judged against the zone as it stood at 12:10"
+    );
+    assert_eq!(
+        play(false),
+        vec![],
+        "without its versions, the moved zone alone sees nothing"
+    );
+
+    // A fix older than every version known is judged against the oldest;
+    // versions must be of the same zone and start before the current one.
+    let mut e = Engine::new();
+    let other = zone(3, ZoneKind::Exclusion, circle(v.lon(), v.lat(), 200.0), 0.0);
+    let err = e
+        .upsert_zone_versions(
+            moved.clone(),
+            at(11, almaty(2, 13, 0)),
+            vec![(at(9, almaty(2, 9, 0)), other)],
+        )
+        .expect_err("another zone's version");
+    assert!(err.to_string().contains("another zone"), "{err}");
+    let err = e
+        .upsert_zone_versions(
+            moved.clone(),
+            at(11, almaty(2, 13, 0)),
+            vec![(at(12, almaty(2, 14, 0)), old.clone())],
+        )
+        .expect_err("a later version");
+    assert!(err.to_string().contains("starts after"), "{err}");
+}
+
+#[test]
 fn late_fixes_inside_a_live_episode_are_not_reported_twice() {
     // Out 23:00–01:00, online throughout: the live track reports it. Then a
     // duplicate upload of 23:30–00:30 arrives late: nothing more.

@@ -238,9 +238,9 @@ pub(crate) async fn insert_transitions(
     }
     let t = |s: &StoredTransition| s.transition;
     Ok(sqlx::query(
-        "INSERT INTO rule_transitions (subject_id, rule_id, zone_id, kind, at, historical, confirmed_at, other_device, end_cause) \
+        "INSERT INTO rule_transitions (subject_id, rule_id, zone_id, kind, at, historical, confirmed_at, other_device, end_cause, zone_version) \
          SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::text[], $5::timestamptz[], $6::bool[], \
-                              $7::timestamptz[], $8::text[], $9::text[]) \
+                              $7::timestamptz[], $8::text[], $9::text[], $10::int8[]) \
          ON CONFLICT DO NOTHING",
     )
     .bind(ts.iter().map(|s| t(s).subject.0 as i64).collect::<Vec<_>>())
@@ -252,6 +252,7 @@ pub(crate) async fn insert_transitions(
     .bind(ts.iter().map(|s| Millis(t(s).confirmed_at.as_millisecond())).collect::<Vec<_>>())
     .bind(ts.iter().map(|s| s.other_device.as_deref()).collect::<Vec<_>>())
     .bind(ts.iter().map(|s| t(s).end_cause.map(|c| c.as_str())).collect::<Vec<_>>())
+    .bind(ts.iter().map(|s| t(s).zone_version.map(|v| v as i64)).collect::<Vec<_>>())
     .execute(conn)
     .await?
     .rows_affected())

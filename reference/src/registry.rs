@@ -11,6 +11,7 @@ use geofence::{DeviceId, Engine, SubjectId};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 /// What a device is (`devices.kind`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +140,9 @@ pub struct Core {
     pub registry: Registry,
     pub(crate) zones: FxHashSet<i64>,
     pub(crate) subjects: FxHashSet<i64>,
+    /// How far back earlier zone versions are kept in the engine: as far
+    /// as a fix that may still arrive can date (ingest's `max_age`).
+    pub(crate) history: Duration,
 }
 
 impl fmt::Debug for Core {
@@ -178,6 +182,15 @@ pub struct Loaded {
 pub struct SharedCore(Arc<Mutex<Core>>);
 
 impl SharedCore {
+    /// An empty core that keeps the zone versions of the last `history`
+    /// (see [`Engine::upsert_zone_versions`]).
+    pub fn new(history: Duration) -> SharedCore {
+        SharedCore(Arc::new(Mutex::new(Core {
+            history,
+            ..Core::default()
+        })))
+    }
+
     /// Locks it. A panic while it was held (a bug) does not poison it for
     /// the rest of the service: the state is a cache of the database, and
     /// the dead worker already stops the service.

@@ -9,6 +9,7 @@ use geofence::{
     CategoryId, ExceptionKind, Position, RuleId, RuleKind, RuleSpec, Schedule, Shape, Weekdays,
     WeeklyWindow, ZoneId, ZoneKind, ZoneScope, ZoneSpec,
 };
+use serde::Deserialize;
 use serde_json::Value;
 
 /// A `zones` row.
@@ -22,6 +23,18 @@ pub(crate) struct ZoneRow {
     radius_m: Option<f64>,
     buffer_m: f64,
     schedule: Option<Value>,
+}
+
+/// A version of a zone: the current one read from `zones` with the
+/// `order_versions` row that holds it (none if that record is missing), or an
+/// earlier one read from `order_versions` itself.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct ZoneVersionRow {
+    #[sqlx(flatten)]
+    pub(crate) zone: ZoneRow,
+    /// `order_versions.version`: 1 for the zone as first drawn, then 2, ….
+    pub(crate) version: Option<i64>,
+    pub(crate) version_from: Option<store::Millis>,
 }
 
 impl ZoneRow {
@@ -115,99 +128,109 @@ fn shape(geometry: Value, radius_m: Option<f64>) -> Result<Shape, String> {
     }
 }
 
-/// `{"tz": "Asia/Almaty", "windows": [{"days": ["mon", ...], "start": "21:00", "end": "06:00"}],
-/// "exceptions": [{"kind": "suspended", "start": "2026-12-24T18:00", "end": "2026-12-25T09:00"}]}`.
+/// A stored schedule: `{"tz": "Asia/Almaty", "windows": [{"days": ["mon", ...],
+/// "start": "21:00", "end": "06:00"}], "exceptions": [{"kind": "suspended",
+/// "start": "2026-12-24T18:00", "end": "2026-12-25T09:00"}]}`.
 ///
 /// `exceptions` (optional) are dated one-off windows in the schedule's time
 /// zone: `extra` puts it in force (an extra curfew night), `suspended` takes
-/// it out (an approved absence). A key this does not know is an error, never
-/// ignored: an order the engine would silently not apply is worse than one
-/// refused.
+/// it out (an approved absence). A key this does not know, at any level, is
+/// an error, never ignored: an order the engine would silently not apply is
+/// worse than one refused.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleDoc {
+    tz: String,
+    windows: Vec<WindowDoc>,
+    #[serde(default)]
+    exceptions: Vec<ExceptionDoc>,
+}
+
+/// A weekly window: days, and local start and end (`HH:MM`; an end before
+/// the start runs into the next day).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowDoc {
+    days: Vec<Day>,
+    start: String,
+    end: String,
+}
+
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Day {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+/// A dated exception, from `start` to `end` (local `YYYY-MM-DDTHH:MM`).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExceptionDoc {
+    kind: Exception,
+    start: String,
+    end: String,
+}
+
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Exception {
+    Extra,
+    Suspended,
+}
+
+/// A stored schedule (see [`ScheduleDoc`]) as the engine takes it.
 pub(crate) fn parse_schedule(v: &Value) -> Result<Schedule, String> {
-    if let Some(obj) = v.as_object()
-        && let Some(k) = obj
-            .keys()
-            .find(|k| !matches!(k.as_str(), "tz" | "windows" | "exceptions"))
-    {
-        return Err(format!(
-            "unknown schedule key {k:?} (known: tz, windows, exceptions)"
-        ));
-    }
-    let tz = v["tz"].as_str().ok_or("a schedule needs \"tz\"")?;
-    let mut windows = Vec::new();
-    for w in v["windows"]
-        .as_array()
-        .ok_or("a schedule needs \"windows\"")?
-    {
-        let days = w["days"]
-            .as_array()
-            .ok_or("a window needs \"days\"")?
-            .iter()
-            .map(weekday)
-            .collect::<Result<Vec<_>, _>>()?;
-        let time = |key: &str| -> Result<Time, String> {
-            let s = w[key]
-                .as_str()
-                .ok_or_else(|| format!("a window needs {key:?} as \"HH:MM\""))?;
+    let doc = ScheduleDoc::deserialize(v).map_err(|e| e.to_string())?;
+    let mut windows = Vec::with_capacity(doc.windows.len());
+    for (i, w) in doc.windows.iter().enumerate() {
+        let time = |key: &str, s: &str| -> Result<Time, String> {
             s.parse::<Time>()
-                .map_err(|e| format!("{key} {s:?} is not HH:MM: {e}"))
+                .map_err(|e| format!("window {i}: {key} {s:?} is not HH:MM: {e}"))
         };
         windows.push(WeeklyWindow {
-            days: Weekdays::of(days),
-            start: time("start")?,
-            end: time("end")?,
+            days: Weekdays::of(w.days.iter().map(|d| d.weekday())),
+            start: time("start", &w.start)?,
+            end: time("end", &w.end)?,
         });
     }
-    let mut schedule = Schedule::weekly(tz, windows).map_err(|e| e.to_string())?;
-    match &v["exceptions"] {
-        Value::Null => {}
-        Value::Array(list) => {
-            for e in list {
-                let (kind, start, end) = exception(e)?;
-                schedule = schedule
-                    .with_exception(kind, start, end)
-                    .map_err(|err| err.to_string())?;
-            }
-        }
-        other => return Err(format!("\"exceptions\" must be a list, not {other}")),
+    let mut schedule = Schedule::weekly(&doc.tz, windows).map_err(|e| e.to_string())?;
+    for (i, e) in doc.exceptions.iter().enumerate() {
+        let at = |key: &str, s: &str| -> Result<DateTime, String> {
+            s.parse::<DateTime>().map_err(|err| {
+                format!(
+                    "exception {i}: {key} {s:?} is not a local date-time (YYYY-MM-DDTHH:MM): {err}"
+                )
+            })
+        };
+        let kind = match e.kind {
+            Exception::Extra => ExceptionKind::Extra,
+            Exception::Suspended => ExceptionKind::Suspended,
+        };
+        schedule = schedule
+            .with_exception(kind, at("start", &e.start)?, at("end", &e.end)?)
+            .map_err(|err| format!("exception {i}: {err}"))?;
     }
     Ok(schedule)
 }
 
-/// One dated exception: `{"kind": "extra"|"suspended", "start": "YYYY-MM-DDTHH:MM", "end": ...}`.
-fn exception(e: &Value) -> Result<(ExceptionKind, DateTime, DateTime), String> {
-    let kind = match e["kind"].as_str() {
-        Some("extra") => ExceptionKind::Extra,
-        Some("suspended") => ExceptionKind::Suspended,
-        _ => {
-            return Err(format!(
-                "an exception needs \"kind\": \"extra\" or \"suspended\", not {}",
-                e["kind"]
-            ));
+impl Day {
+    fn weekday(self) -> Weekday {
+        match self {
+            Day::Mon => Weekday::Monday,
+            Day::Tue => Weekday::Tuesday,
+            Day::Wed => Weekday::Wednesday,
+            Day::Thu => Weekday::Thursday,
+            Day::Fri => Weekday::Friday,
+            Day::Sat => Weekday::Saturday,
+            Day::Sun => Weekday::Sunday,
         }
-    };
-    let at = |key: &str| -> Result<DateTime, String> {
-        let s = e[key]
-            .as_str()
-            .ok_or_else(|| format!("an exception needs {key:?} as a local date-time"))?;
-        s.parse::<DateTime>()
-            .map_err(|err| format!("exception {key} {s:?} is not a local date-time: {err}"))
-    };
-    Ok((kind, at("start")?, at("end")?))
-}
-
-fn weekday(d: &Value) -> Result<Weekday, String> {
-    use Weekday::*;
-    Ok(match d.as_str() {
-        Some("mon") => Monday,
-        Some("tue") => Tuesday,
-        Some("wed") => Wednesday,
-        Some("thu") => Thursday,
-        Some("fri") => Friday,
-        Some("sat") => Saturday,
-        Some("sun") => Sunday,
-        _ => return Err(format!("not a weekday (mon..sun): {d}")),
-    })
+    }
 }
 
 /// A `rules` row as the engine takes it. A proximity rule's other device
@@ -318,6 +341,17 @@ mod tests {
                 .expect_err("a misspelt key")
                 .contains("exeptions")
         );
+        // At every level: a window's and an exception's keys too.
+        let window = serde_json::json!({"tz": "Asia/Almaty", "windows": [
+            {"days": ["mon"], "start": "21:00", "end": "06:00", "strict": true}]});
+        assert!(
+            parse_schedule(&window)
+                .expect_err("window key")
+                .contains("strict")
+        );
+        let exception = curfew(serde_json::json!([
+            {"kind": "extra", "start": "2026-12-26T12:00", "end": "2026-12-26T18:00", "note": "x"}]));
+        assert!(exception.expect_err("exception key").contains("note"));
     }
 
     #[test]

@@ -8,18 +8,20 @@
 //! transitions are returned for ingest to store.
 
 use crate::registry::{Core, DeviceKind, DeviceRef, SharedCore};
-use crate::rows::{DeviceRow, RuleRow, ZoneRow, rule_spec, zone_spec};
+use crate::rows::{DeviceRow, RuleRow, ZoneVersionRow, rule_spec, zone_spec};
 use bus::Fleet;
-use geofence::{SubjectId, Transition, ZoneId};
+use geofence::jiff::Timestamp;
+use geofence::{SubjectId, Transition, ZoneId, ZoneSpec, ZoneVersion};
 use rustc_hash::{FxHashMap, FxHashSet};
 use sqlx::PgPool;
 use std::fmt;
+use std::time::Duration;
 
 /// A row the engine cannot take. The row is skipped (the rest loads) and the
 /// error is reported and counted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowError {
-    /// `zones`, `rules`, `subjects` or `devices`.
+    /// `zones`, `order_versions`, `rules`, `subjects` or `devices`.
     pub table: &'static str,
     /// The row's id.
     pub id: String,
@@ -119,7 +121,8 @@ pub struct Synced {
 
 /// Reads what `scope` names and applies it to `core`.
 pub async fn sync(pool: &PgPool, core: &SharedCore, scope: &Scope) -> Result<Synced, sqlx::Error> {
-    let rows = Fetched::read(pool, scope).await?;
+    let history = core.lock().history;
+    let rows = Fetched::read(pool, scope, history).await?;
     let mut core = core.lock();
     Ok(rows.apply(&mut core, scope))
 }
@@ -127,22 +130,43 @@ pub async fn sync(pool: &PgPool, core: &SharedCore, scope: &Scope) -> Result<Syn
 /// The rows a scope names.
 #[derive(Default)]
 struct Fetched {
-    zones: Vec<ZoneRow>,
+    zones: Vec<ZoneVersionRow>,
+    /// Earlier versions of the fetched zones, in force within the history.
+    earlier: Vec<ZoneVersionRow>,
     subjects: Vec<i64>,
     rules: Vec<RuleRow>,
     devices: Vec<DeviceRow>,
 }
 
 impl Fetched {
-    async fn read(pool: &PgPool, scope: &Scope) -> Result<Fetched, sqlx::Error> {
+    async fn read(pool: &PgPool, scope: &Scope, history: Duration) -> Result<Fetched, sqlx::Error> {
         let all = scope.all;
         let mut f = Fetched::default();
         if all || !scope.zones.is_empty() {
+            let ids = (!all).then_some(&scope.zones);
             f.zones = sqlx::query_as(
-                "SELECT id, name, kind, category, geometry, radius_m, buffer_m, schedule FROM zones \
-                 WHERE $1::bigint[] IS NULL OR id = ANY($1) ORDER BY id",
+                "SELECT z.id, z.name, z.kind, z.category, z.geometry, z.radius_m, z.buffer_m, z.schedule, \
+                        v.version::int8 AS version, v.valid_from AS version_from \
+                 FROM zones z LEFT JOIN order_versions v \
+                   ON v.object = 'zone' AND v.object_id = z.id AND v.valid_to IS NULL \
+                 WHERE $1::bigint[] IS NULL OR z.id = ANY($1) ORDER BY z.id",
             )
-            .bind((!all).then_some(&scope.zones))
+            .bind(ids)
+            .fetch_all(pool)
+            .await?;
+            // Earlier versions a fix that may still arrive could fall in
+            // (zero-length ones, from two changes in one transaction, never).
+            f.earlier = sqlx::query_as(
+                "SELECT z.id, z.name, z.kind, z.category, z.geometry, z.radius_m, z.buffer_m, z.schedule, \
+                        v.version::int8 AS version, v.valid_from AS version_from \
+                 FROM order_versions v CROSS JOIN LATERAL jsonb_populate_record(NULL::zones, v.row) z \
+                 WHERE v.object = 'zone' AND v.row IS NOT NULL AND v.valid_to > v.valid_from \
+                   AND v.valid_to > now() - make_interval(secs => $2) \
+                   AND ($1::bigint[] IS NULL OR v.object_id = ANY($1)) \
+                 ORDER BY v.object_id, v.version",
+            )
+            .bind(ids)
+            .bind(history.as_secs_f64())
             .fetch_all(pool)
             .await?;
         }
@@ -190,7 +214,7 @@ impl Fetched {
         let mut done = Synced::default();
         // Zones first: rules refer to them. Vanished zones last: the subjects
         // no longer name them by then.
-        let fetched_zones = apply_zones(core, self.zones, &mut done);
+        let fetched_zones = apply_zones(core, self.zones, self.earlier, &mut done);
         apply_subjects(core, self.subjects, self.rules, scope, &mut done);
         remove_zones(core, &fetched_zones, scope, &mut done);
         if scope.touches_devices() {
@@ -201,16 +225,39 @@ impl Fetched {
     }
 }
 
-/// Upserts the fetched zones; returns their ids.
-fn apply_zones(core: &mut Core, zones: Vec<ZoneRow>, done: &mut Synced) -> FxHashSet<i64> {
+/// Upserts the fetched zones, each with its earlier versions; returns their ids.
+fn apply_zones(
+    core: &mut Core,
+    zones: Vec<ZoneVersionRow>,
+    earlier: Vec<ZoneVersionRow>,
+    done: &mut Synced,
+) -> FxHashSet<i64> {
+    let mut before: FxHashMap<i64, Vec<(ZoneVersion, ZoneSpec)>> = FxHashMap::default();
+    for row in earlier {
+        let (id, version) = (row.zone.id, row.version.unwrap_or_default());
+        match versioned(row) {
+            Ok((Some(v), spec)) => before.entry(id).or_default().push((v, spec)),
+            Ok((None, _)) => {}
+            // The version before it then stands for its interval too.
+            Err(message) => done.errors.push(RowError {
+                table: "order_versions",
+                id: format!("zone {id} version {version}"),
+                message,
+            }),
+        }
+    }
     let mut fetched = FxHashSet::default();
     for row in zones {
-        let id = row.id;
+        let id = row.zone.id;
         fetched.insert(id);
-        match zone_spec(row).and_then(|spec| {
-            core.engine
-                .upsert_zone(spec)
-                .map_err(|e| format!("the engine refused it: {e}"))
+        let earlier = before.remove(&id).unwrap_or_default();
+        match versioned(row).and_then(|(version, spec)| {
+            match version {
+                Some(v) => core.engine.upsert_zone_versions(spec, v, earlier),
+                // No record of its versions (written with the trigger off).
+                None => core.engine.upsert_zone(spec),
+            }
+            .map_err(|e| format!("the engine refused it: {e}"))
         }) {
             Ok(()) => {
                 core.zones.insert(id);
@@ -224,6 +271,19 @@ fn apply_zones(core: &mut Core, zones: Vec<ZoneRow>, done: &mut Synced) -> FxHas
         }
     }
     fetched
+}
+
+/// A zone version as the engine takes it.
+fn versioned(row: ZoneVersionRow) -> Result<(Option<ZoneVersion>, ZoneSpec), String> {
+    let version = match (row.version, row.version_from) {
+        (Some(n), Some(from)) => Some(ZoneVersion {
+            id: n as u64,
+            since: Timestamp::from_millisecond(from.0)
+                .map_err(|e| format!("version {n} starts at an impossible time: {e}"))?,
+        }),
+        _ => None,
+    };
+    Ok((version, zone_spec(row.zone)?))
 }
 
 /// Upserts the fetched subjects with their rules, and removes those named
