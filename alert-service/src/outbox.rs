@@ -259,10 +259,11 @@ async fn insert_new(tx: &mut PgConnection, c: &Changes<'_>) -> Result<Vec<AlertI
 async fn update(tx: &mut PgConnection, alerts: &[&Alert]) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE alerts a SET state = u.state, repeats = u.repeats, level = u.level, \
-             escalate_at = u.escalate, resolved_at = u.resolved, \
+             escalate_at = u.escalate, resolved_at = u.resolved, condition_ended_at = u.ended, \
              version = greatest(a.version, u.version), updated_at = now() \
-         FROM UNNEST($1::int8[], $2::text[], $3::int4[], $4::int2[], $5::timestamptz[], $6::timestamptz[], $7::int4[]) \
-              AS u(id, state, repeats, level, escalate, resolved, version) \
+         FROM UNNEST($1::int8[], $2::text[], $3::int4[], $4::int2[], $5::timestamptz[], $6::timestamptz[], $7::int4[], \
+                     $8::timestamptz[]) \
+              AS u(id, state, repeats, level, escalate, resolved, version, ended) \
          WHERE a.id = u.id",
     )
     .bind(alerts.iter().map(|a| a.id.0 as i64).collect::<Vec<_>>())
@@ -272,6 +273,7 @@ async fn update(tx: &mut PgConnection, alerts: &[&Alert]) -> Result<(), sqlx::Er
     .bind(alerts.iter().map(|a| a.escalate_at_ms.map(Millis)).collect::<Vec<_>>())
     .bind(alerts.iter().map(|a| a.resolved_ms.map(Millis)).collect::<Vec<_>>())
     .bind(alerts.iter().map(|a| a.version as i32).collect::<Vec<_>>())
+    .bind(alerts.iter().map(|a| a.condition_ended_ms.map(Millis)).collect::<Vec<_>>())
     .execute(tx)
     .await?;
     Ok(())

@@ -93,6 +93,7 @@ struct AlertRow {
     device_id: Option<String>,
     version: i32,
     resolved_at: Option<Millis>,
+    condition_ended_at: Option<Millis>,
 }
 
 impl AlertRow {
@@ -115,6 +116,7 @@ impl AlertRow {
             escalate_at_ms: self.escalate_at.map(i64::from),
             version: self.version.max(0) as u32,
             resolved_ms: self.resolved_at.map(i64::from),
+            condition_ended_ms: self.condition_ended_at.map(i64::from),
         })
     }
 }
@@ -141,7 +143,7 @@ pub(crate) async fn alerts(
     let since = Millis(processed_to.0 - i64::from(replay_s) * 1000);
     let rows: Vec<AlertRow> = sqlx::query_as(
         "SELECT id, subject_id, kind, scope, episode_at, severity, state, event_at, raised_at, \
-                historical, repeats, level, escalate_at, device_id, version, resolved_at \
+                historical, repeats, level, escalate_at, device_id, version, resolved_at, condition_ended_at \
          FROM alerts WHERE state <> 'resolved' OR resolved_at >= $1",
     )
     .bind(since)

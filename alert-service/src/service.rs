@@ -636,7 +636,7 @@ impl Alerter {
                     m.alert_ack_seconds
                         .observe((e.at_ms - a.raised_ms).max(0) as f64 / 1000.0);
                 }
-                Change::Acknowledged | Change::Repeated => {}
+                Change::Acknowledged | Change::Repeated | Change::ConditionEnded => {}
             }
         }
         self.count_open();

@@ -104,6 +104,10 @@ pub struct Alert {
     pub version: u32,
     /// When it was resolved.
     pub resolved_ms: Option<i64>,
+    /// When the device reported its condition over (a tamper alert's
+    /// strap or case closed again: device time, ms); the alert stays open
+    /// until an officer resolves it.
+    pub condition_ended_ms: Option<i64>,
 }
 
 /// Who did something.
@@ -166,6 +170,10 @@ pub enum Change {
     Acknowledged,
     /// Escalated to a level.
     Escalated(Level),
+    /// The device reported the condition over (a strap or case closed
+    /// again, at the device time in the event's note); the alert stays
+    /// open.
+    ConditionEnded,
     /// Resolved; `automatic` when by the episode ending, else with the
     /// officer's disposition.
     Resolved {
@@ -184,6 +192,7 @@ impl Change {
             Change::Repeated => "repeated",
             Change::Acknowledged => "acknowledged",
             Change::Escalated(_) => "escalated",
+            Change::ConditionEnded => "condition_ended",
             Change::Resolved { .. } => "resolved",
         }
     }
@@ -392,6 +401,7 @@ impl AlertBook {
                 escalate_at_ms,
                 version: 0,
                 resolved_ms: None,
+                condition_ended_ms: None,
             },
         );
         self.by_key.insert(key, id);
@@ -450,6 +460,35 @@ impl AlertBook {
             Some(note),
         );
         Ok(())
+    }
+
+    /// The device reports the condition behind an unresolved alert over at
+    /// `at_ms` (device time): a tamper alert's strap or case closed again.
+    /// Logged once per report (a re-read after a restart adds nothing); the
+    /// alert stays open for an officer's note. `None` if `key` has no
+    /// unresolved alert or this report is not newer than the last.
+    pub fn condition_ended(&mut self, key: &AlertKey, at_ms: i64, now_ms: i64) -> Option<AlertId> {
+        let id = *self.by_key.get(key)?;
+        let a = self.alerts.get_mut(&id)?;
+        if a.state == AlertState::Resolved || a.condition_ended_ms.is_some_and(|t| t >= at_ms) {
+            return None;
+        }
+        a.condition_ended_ms = Some(at_ms);
+        let when = geofence::jiff::Timestamp::from_millisecond(at_ms)
+            .map_or_else(|_| format!("{at_ms} ms"), |t| t.to_string());
+        let what = match key.kind {
+            AlertType::StrapTamper => "strap closed",
+            AlertType::CaseTamper => "case closed",
+            _ => "condition over",
+        };
+        self.log(
+            id,
+            now_ms,
+            Actor::System,
+            Change::ConditionEnded,
+            Some(format!("{what} at {when} (device time)")),
+        );
+        Some(id)
     }
 
     /// The episode behind `key` ended (the subject returned, the curfew

@@ -92,6 +92,10 @@ pub enum DeviceEvent {
     ConflictingRecord,
     /// The device detected GNSS jamming or shielding.
     ShieldingDetected,
+    /// The strap closed again: recorded on the open strap tamper alert.
+    StrapClosed,
+    /// The case closed again: recorded on the open case tamper alert.
+    CaseClosed,
 }
 
 impl DeviceEvent {
@@ -101,6 +105,8 @@ impl DeviceEvent {
         Some(match k {
             K::StrapOpened => DeviceEvent::StrapOpened,
             K::CaseOpened => DeviceEvent::CaseOpened,
+            K::StrapClosed => DeviceEvent::StrapClosed,
+            K::CaseClosed => DeviceEvent::CaseClosed,
             K::BatteryLow => DeviceEvent::BatteryLow,
             K::BatteryCritical => DeviceEvent::BatteryCritical,
             K::ChargerConnected => DeviceEvent::ChargerConnected,
@@ -202,6 +208,8 @@ pub struct Router {
     book: AlertBook,
     episodes: HashMap<(u64, ViolationKind, u64, bool), AlertKey>,
     conditions: HashMap<(u64, AlertType), AlertKey>,
+    /// Each subject's newest strap and case tamper alert.
+    tampers: HashMap<(u64, AlertType), AlertKey>,
 }
 
 impl Router {
@@ -271,6 +279,9 @@ impl Router {
             return;
         }
         let k = alert.key;
+        if matches!(k.kind, AlertType::StrapTamper | AlertType::CaseTamper) {
+            self.note_tamper(k);
+        }
         if let Some(kind) = ViolationKind::of(k.kind) {
             self.episodes
                 .insert((k.subject, kind, k.scope, alert.historical), k);
@@ -348,7 +359,7 @@ impl Router {
                 event,
                 at_ms,
                 historical,
-            } => Some(self.event(subject, event, at_ms, historical, now_ms)),
+            } => self.event(subject, event, at_ms, historical, now_ms),
             Input::Silent {
                 subject,
                 last_seen_ms,
@@ -415,8 +426,27 @@ impl Router {
         self.book.raise(key, at_ms, historical, now_ms)
     }
 
-    /// A device event: tamper opens an alert of its own, battery a condition
-    /// (ended by the charger), charger events are records (resolved at once).
+    /// Remembers `k` as its subject's newest tamper alert of its kind.
+    fn note_tamper(&mut self, k: AlertKey) {
+        let slot = self.tampers.entry((k.subject, k.kind)).or_insert(k);
+        if slot.episode_ms < k.episode_ms {
+            *slot = k;
+        }
+    }
+
+    /// A strap or case closed again: recorded on the subject's open tamper
+    /// alert of that kind, which stays open for an officer's note.
+    fn tamper_closed(&mut self, subject: u64, kind: AlertType, at_ms: i64, now_ms: i64) {
+        if let Some(k) = self.tampers.get(&(subject, kind)).copied()
+            && k.episode_ms <= at_ms
+        {
+            self.book.condition_ended(&k, at_ms, now_ms);
+        }
+    }
+
+    /// A device event: tamper opens an alert of its own (its closing is
+    /// recorded on it), battery a condition (ended by the charger), charger
+    /// events are records (resolved at once).
     fn event(
         &mut self,
         subject: u64,
@@ -424,21 +454,30 @@ impl Router {
         at_ms: i64,
         historical: bool,
         now_ms: i64,
-    ) -> Raised {
+    ) -> Option<Raised> {
         let key = |kind| AlertKey {
             subject,
             kind,
             scope: 0,
             episode_ms: at_ms,
         };
-        match event {
-            DeviceEvent::StrapOpened => {
-                self.book
-                    .raise(key(AlertType::StrapTamper), at_ms, historical, now_ms)
+        Some(match event {
+            DeviceEvent::StrapOpened | DeviceEvent::CaseOpened => {
+                let kind = if event == DeviceEvent::StrapOpened {
+                    AlertType::StrapTamper
+                } else {
+                    AlertType::CaseTamper
+                };
+                self.note_tamper(key(kind));
+                self.book.raise(key(kind), at_ms, historical, now_ms)
             }
-            DeviceEvent::CaseOpened => {
-                self.book
-                    .raise(key(AlertType::CaseTamper), at_ms, historical, now_ms)
+            DeviceEvent::StrapClosed => {
+                self.tamper_closed(subject, AlertType::StrapTamper, at_ms, now_ms);
+                return None;
+            }
+            DeviceEvent::CaseClosed => {
+                self.tamper_closed(subject, AlertType::CaseTamper, at_ms, now_ms);
+                return None;
             }
             DeviceEvent::BatteryLow => {
                 self.condition(subject, AlertType::BatteryLow, at_ms, at_ms, now_ms)
@@ -471,7 +510,7 @@ impl Router {
                 self.book.end_episode(&k, now_ms);
                 r
             }
-        }
+        })
     }
 }
 
@@ -605,6 +644,47 @@ mod tests {
         let raised: std::collections::BTreeSet<AlertType> =
             r.book().alerts().map(|a| a.key.kind).collect();
         assert_eq!(raised.len(), AlertType::ALL.len(), "every type raised");
+    }
+
+    /// A strap closing again is recorded on the open strap tamper alert
+    /// (once, whatever replays it, also after a restart), which stays open
+    /// for an officer's note; a case closing with no case alert open adds
+    /// nothing.
+    #[test]
+    fn a_closed_strap_is_recorded_on_its_open_tamper_alert() {
+        let ev = |event, at_ms| Input::Event {
+            subject: 4,
+            event,
+            at_ms,
+            historical: false,
+        };
+        let mut r = Router::new(AlertBook::new(Policy::default(), 0));
+        r.handle(ev(DeviceEvent::StrapOpened, 10_000), 10_100);
+        r.take_events();
+        r.handle(ev(DeviceEvent::StrapClosed, 70_000), 70_100);
+        r.handle(ev(DeviceEvent::StrapClosed, 70_000), 70_200);
+        r.handle(ev(DeviceEvent::CaseClosed, 71_000), 71_100);
+        let events = r.take_events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].what, crate::Change::ConditionEnded);
+        let note = events[0].note.as_deref().unwrap_or("");
+        assert!(
+            note.starts_with("strap closed at 1970-01-01T00:01:10Z"),
+            "{note}"
+        );
+        assert_eq!(
+            state(&mut r, AlertType::StrapTamper),
+            vec![AlertState::Open]
+        );
+        // After a restart: the stored alert remembers it.
+        let stored = r.book().alerts().next().cloned().expect("the alert");
+        assert_eq!(stored.condition_ended_ms, Some(70_000));
+        let mut after = Router::new(AlertBook::new(Policy::default(), 0));
+        after.restore(stored);
+        after.handle(ev(DeviceEvent::StrapClosed, 70_000), 80_000);
+        assert!(after.take_events().is_empty(), "a re-read adds nothing");
+        after.handle(ev(DeviceEvent::StrapClosed, 90_000), 90_100);
+        assert_eq!(after.take_events().len(), 1, "a later closing is recorded");
     }
 
     /// After a restart, an adopted alert is ended by its episode's end and

@@ -69,6 +69,9 @@ pub(crate) struct AlertSummary {
     device_id: Option<String>,
     repeats: i32,
     resolved_at: Option<Time>,
+    /// A tamper alert: when the device reported the strap or case closed
+    /// again (device time); it stays open until an officer resolves it.
+    condition_ended_at: Option<Time>,
     /// The zone (zone alerts) or rule (proximity) it is about; 0 for device alerts.
     scope: i64,
 }
@@ -83,7 +86,7 @@ pub(crate) struct AlertPage {
 
 const SUMMARY: &str = "SELECT a.id, a.subject_id, s.reference AS subject_reference, s.officer_id, a.kind, \
        a.severity, a.state, a.event_at, a.raised_at, a.historical, a.level, a.device_id, a.repeats, \
-       a.resolved_at, a.scope \
+       a.resolved_at, a.condition_ended_at, a.scope \
      FROM alerts a LEFT JOIN subjects s ON s.id = a.subject_id";
 
 fn label<T>(name: &str, v: Option<&str>, parse: impl Fn(&str) -> Option<T>) -> ApiResult<()> {
@@ -165,7 +168,9 @@ pub(crate) async fn list(
 pub(crate) struct AlertChange {
     version: i32,
     at: Time,
-    /// `raised`, `repeated`, `acknowledged`, `escalated`, `resolved`.
+    /// `raised`, `repeated`, `acknowledged`, `escalated`, `condition_ended`
+    /// (a tamper alert's strap or case closed again; the note says when),
+    /// `resolved`.
     change: String,
     level: Option<i16>,
     automatic: Option<bool>,

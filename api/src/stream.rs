@@ -32,7 +32,7 @@ pub(crate) struct StreamedChange {
     event_id: i64,
     alert_id: i64,
     version: i32,
-    /// `raised`, `acknowledged`, `escalated`, `resolved`.
+    /// `raised`, `acknowledged`, `escalated`, `condition_ended`, `resolved`.
     change: String,
     at: Time,
     #[serde(rename = "type")]

@@ -345,6 +345,25 @@ async fn a_scenario_gives_exactly_its_alerts_and_they_reach_officers_and_webhook
     .await;
     let n = check_alerts(&pool).await;
     assert!(n >= 20, "only {n} alerts");
+    // Each strap closing again is recorded on its open tamper alert (a
+    // change the officer hears of), which stays open for a note.
+    let closed: Vec<(String, Option<String>, bool)> = sqlx::query_as(
+        "SELECT a.kind, e.note, a.condition_ended_at IS NOT NULL FROM alert_events e \
+         JOIN alerts a ON a.id = e.alert_id WHERE e.change = 'condition_ended'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("closings");
+    assert!(!closed.is_empty(), "the scenario closes straps");
+    for (kind, note, marked) in &closed {
+        assert_eq!(kind, "strap_tamper");
+        assert!(
+            note.as_deref()
+                .is_some_and(|n| n.starts_with("strap closed at ")),
+            "{note:?}"
+        );
+        assert!(marked);
+    }
 
     // MQTT: every notification on its topic; escalations went up the chain.
     tokio::time::sleep(Duration::from_millis(300)).await;
