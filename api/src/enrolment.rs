@@ -24,15 +24,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
-/// The reason of a change: 1–1000 bytes, kept in the audit log.
+/// The reason of a change, kept in the audit log.
 fn reason(r: &str) -> ApiResult<&str> {
-    let r = r.trim();
-    if r.is_empty() || r.len() > 1000 {
-        return Err(ApiError::Invalid(
-            "a change needs a reason (1–1000 bytes): it is kept in the audit log".into(),
-        ));
-    }
-    Ok(r)
+    crate::params::reason(r, "in the audit log")
 }
 
 /// A reporting interval: 1 s to a day.

@@ -23,6 +23,8 @@
 //! - `alerts`: list, one alert, acknowledge, resolve. `stream`: the SSE
 //!   stream, resumable with `Last-Event-ID`.
 //! - `subjects`: the caseload overview, one subject, track playback.
+//! - `agency`: agency configuration (admin): global category zones
+//!   (versioned like orders) and webhooks.
 //! - `enrolment`: enrol a subject, fit, swap or remove its bracelet (and
 //!   its reporting interval), transfer it to another officer; the device
 //!   inventory (register, retire).
@@ -41,6 +43,7 @@
 #![deny(missing_docs)]
 
 pub mod accounts;
+mod agency;
 mod alerts;
 mod audit;
 mod enrolment;
@@ -213,6 +216,7 @@ impl ApiState {
         (name = "alerts", description = "The alert queue and officers' actions"),
         (name = "subjects", description = "Caseloads, enrolment, positions, tracks, orders"),
         (name = "devices", description = "The device inventory"),
+        (name = "agency", description = "Agency configuration: category zones, webhooks"),
         (name = "audit", description = "The audit log")
     )
 )]
@@ -301,6 +305,10 @@ fn guarded() -> OpenApiRouter<ApiState> {
         .routes(routes!(enrolment::fit, enrolment::remove))
         .routes(routes!(enrolment::devices, enrolment::register))
         .routes(routes!(enrolment::retire))
+        .routes(routes!(agency::zones, agency::create_zone))
+        .routes(routes!(agency::replace_zone, agency::remove_zone))
+        .routes(routes!(agency::webhooks, agency::add_webhook))
+        .routes(routes!(agency::change_webhook))
         .routes(routes!(subjects::one))
         .routes(routes!(subjects::track))
         .routes(routes!(orders::at, orders::create))

@@ -199,6 +199,9 @@ pub(crate) struct NewOrder {
     kind: String,
     /// The zone of a zone order or curfew.
     zone: Option<NewZone>,
+    /// A category order's restriction category (the subject must stay out
+    /// of every global zone of it: `GET /v1/zones`).
+    category: Option<i32>,
     /// A proximity order's protected person's phone (a registered
     /// `victim_phone`).
     other_device: Option<String>,
@@ -240,19 +243,12 @@ pub(crate) struct Written {
     zone_id: i64,
 }
 
-/// The reason of a change: 1–1000 bytes.
+/// The reason of a change to an order.
 fn reason(r: &str) -> ApiResult<&str> {
-    let r = r.trim();
-    if r.is_empty() || r.len() > 1000 {
-        return Err(crate::error::ApiError::Invalid(
-            "a change to an order needs a reason (1–1000 bytes): it is kept with the version"
-                .into(),
-        ));
-    }
-    Ok(r)
+    params::reason(r, "with the version")
 }
 
-fn checked(s: &ApiState, zone: &NewZone) -> ApiResult<()> {
+pub(crate) fn checked(s: &ApiState, zone: &NewZone) -> ApiResult<()> {
     if zone.name.trim().is_empty() || zone.name.len() > 200 {
         return Err(crate::error::ApiError::Unprocessable(
             "a zone's name is 1–200 bytes".into(),
@@ -270,7 +266,7 @@ fn checked_schedule(s: &ApiState, schedule: &serde_json::Value) -> ApiResult<()>
 }
 
 /// A transaction whose order versions name the caller and the reason.
-async fn attributed<'a>(
+pub(crate) async fn attributed<'a>(
     s: &'a ApiState,
     scope: &Scope,
     why: &str,
@@ -331,9 +327,10 @@ pub(crate) async fn create(
     let written = match b.kind.as_str() {
         "zone" | "curfew" => zone_order(&s, &scope, id, &b, why).await?,
         "proximity" => proximity_order(&s, &scope, id, &b, why).await?,
+        "category" => category_order(&s, &scope, id, &b, why).await?,
         k => {
             return Err(ApiError::Unprocessable(format!(
-                "order kind {k:?} is unknown (zone, curfew, proximity)"
+                "order kind {k:?} is unknown (zone, curfew, proximity, category)"
             )));
         }
     };
@@ -361,6 +358,11 @@ async fn zone_order(
     if b.other_device.is_some() || b.min_distance_m.is_some() || b.max_age_s.is_some() {
         return Err(ApiError::Unprocessable(
             "other_device, min_distance_m and max_age_s are for proximity orders".into(),
+        ));
+    }
+    if b.category.is_some() {
+        return Err(ApiError::Unprocessable(
+            "category is for category orders".into(),
         ));
     }
     match (b.kind.as_str(), &b.schedule) {
@@ -399,6 +401,45 @@ async fn zone_order(
     Ok(Written { rule_id, zone_id })
 }
 
+/// A category order: the subject stays out of every global zone of the
+/// category (schools, playgrounds), as the agency draws them.
+async fn category_order(
+    s: &ApiState,
+    scope: &Scope,
+    subject: i64,
+    b: &NewOrder,
+    why: &str,
+) -> ApiResult<Written> {
+    let Some(category) = b.category else {
+        return Err(ApiError::Unprocessable(
+            "a category order needs category".into(),
+        ));
+    };
+    if b.zone.is_some() || b.other_device.is_some() || b.min_distance_m.is_some() {
+        return Err(ApiError::Unprocessable(
+            "a category order names only its category (and a schedule, if any)".into(),
+        ));
+    }
+    if let Some(sch) = &b.schedule {
+        checked_schedule(s, sch)?;
+    }
+    let mut tx = attributed(s, scope, why).await?;
+    let rule_id: i64 = sqlx::query_scalar(
+        "INSERT INTO rules (id, subject_id, kind, category, schedule) \
+         VALUES (nextval('order_ids'), $1, 'category', $2, $3) RETURNING id",
+    )
+    .bind(subject)
+    .bind(category)
+    .bind(&b.schedule)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Written {
+        rule_id,
+        zone_id: 0,
+    })
+}
+
 /// A proximity order: the protected person's phone becomes watched (a
 /// `victims` row) and the rule keeps the subject `min_distance_m` away.
 async fn proximity_order(
@@ -413,9 +454,10 @@ async fn proximity_order(
             "a proximity order needs other_device and min_distance_m".into(),
         ));
     };
-    if b.zone.is_some() {
+    if b.zone.is_some() || b.category.is_some() {
         return Err(ApiError::Unprocessable(
-            "a proximity order has no zone (the protected person's home is a zone order)".into(),
+            "a proximity order has no zone or category (the protected person's home is a zone order)"
+                .into(),
         ));
     }
     if !distance.is_finite() || !(1.0..=50_000.0).contains(&distance) {

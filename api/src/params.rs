@@ -42,6 +42,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     }
 }
 
+/// The reason given for a change: 1–1000 bytes, trimmed; `kept` says where
+/// it is kept ("with the version", "in the audit log").
+pub(crate) fn reason<'a>(r: &'a str, kept: &str) -> Result<&'a str, ApiError> {
+    let r = r.trim();
+    if r.is_empty() || r.len() > 1000 {
+        return Err(ApiError::Invalid(format!(
+            "a change needs a reason (1–1000 bytes): it is kept {kept}"
+        )));
+    }
+    Ok(r)
+}
+
 /// A page size: `given`, else `default`, within 1..=`max`.
 pub(crate) fn limit(given: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
     match given {

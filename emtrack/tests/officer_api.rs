@@ -103,6 +103,10 @@ impl Fixture {
         call(self.api, "DELETE", path, self.t(user), None).await
     }
 
+    async fn call_patch(&self, user: &str, path: &str, body: &str) -> Reply {
+        call(self.api, "PATCH", path, self.t(user), Some(body)).await
+    }
+
     /// Runs `change` (which must succeed), then waits until the engine and
     /// the device registry have taken it.
     async fn applied<F: std::future::Future<Output = Reply>>(
@@ -1910,4 +1914,188 @@ async fn subjects_are_enrolled_fitted_swapped_transferred_and_devices_retired(po
             ("POST /v1/devices/{id}/retire", Some("strap cut")),
         ]
     );
+}
+
+/// Agency configuration is the administrator's: global category zones
+/// (checked, versioned with author and reason, applied to the running
+/// engine, and enforced on a subject's category order) and webhooks (whose
+/// secret is never shown or audited).
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn agency_zones_and_webhooks_are_the_administrators(pool: PgPool) {
+    let f = fixture(&pool, "emtrack-api-agency", |_| {}).await;
+    let school = |lon: f64| {
+        format!(
+            r#"{{"name": "School No. 12", "category": 7, "geometry": {{"type": "Point", "coordinates": [{lon}, 43.30]}}, "radius_m": 200, "reason": "schools register 2026"}}"#
+        )
+    };
+    for user in ["off1", "sup", "desk", "aud"] {
+        assert_eq!(
+            f.post(user, "/v1/zones", &school(77.0)).await.status,
+            403,
+            "{user}"
+        );
+    }
+    let bad = r#"{"name": "x", "category": 7, "geometry": {"type": "Point", "coordinates": [277.0, 43.3]}, "radius_m": 200, "reason": "r"}"#;
+    assert_eq!(f.post("admin", "/v1/zones", bad).await.status, 422);
+    let r = f
+        .applied("drawn", f.post("admin", "/v1/zones", &school(77.0)))
+        .await;
+    let zone = r.json()["id"].as_i64().expect("id");
+    let listed = f.get("off1", "/v1/zones?category=7").await;
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.json()[0]["id"].as_i64(), Some(zone));
+    assert_eq!(f.get("aud", "/v1/zones").await.status, 403);
+
+    // A category order keeps subject 20 out of it: fixes inside raise the
+    // alert, scoped to the zone.
+    let order = r#"{"kind": "category", "category": 7, "reason": "licence condition 4"}"#;
+    f.applied("ordered", f.post("off2", "/v1/subjects/20/orders", order))
+        .await;
+    let t = store::now_ms() - 60_000;
+    let inside: Vec<(i64, (f64, f64))> = (0..4).map(|i| (t + i * 15_000, (43.30, 77.00))).collect();
+    let msg = vec![(
+        "em/v1/dev/EM-20/fix".to_owned(),
+        json_fixes("EM-20", &inside),
+    )];
+    publish_raw(f._broker.port, "agency-pub", &msg).await;
+    wait_until(Duration::from_secs(20), "the category zone's alert", || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM alerts WHERE subject_id = 20 AND kind = 'exclusion_zone_entered' AND scope = $1",
+            )
+            .bind(zone)
+            .fetch_one(&pool)
+            .await
+            .expect("alerts");
+            n == 1
+        }
+    })
+    .await;
+
+    // Moved and removed, each a version with its author and reason; an
+    // assigned zone is not the agency's to change here.
+    let moved = f
+        .applied(
+            "moved",
+            f.put("admin", &format!("/v1/zones/{zone}"), &school(77.01)),
+        )
+        .await;
+    assert_eq!(moved.json()["geometry"]["coordinates"][0], 77.01);
+    assert_eq!(
+        f.put("admin", "/v1/zones/900", &school(77.0)).await.status,
+        404
+    );
+    assert_eq!(
+        f.delete("admin", "/v1/zones/900?reason=x").await.status,
+        404
+    );
+    f.applied(
+        "removed",
+        f.delete("admin", &format!("/v1/zones/{zone}?reason=school%20closed")),
+    )
+    .await;
+    assert_eq!(
+        f.get("off1", "/v1/zones")
+            .await
+            .json()
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+    let versions: Vec<(i32, bool, String, Option<String>)> = sqlx::query_as(
+        "SELECT version, row IS NOT NULL, changed_by, reason FROM order_versions \
+         WHERE object = 'zone' AND object_id = $1 ORDER BY version",
+    )
+    .bind(zone)
+    .fetch_all(&pool)
+    .await
+    .expect("versions");
+    let admin = format!("user:{} admin", f.user["admin"]);
+    assert_eq!(
+        versions,
+        vec![
+            (
+                1,
+                true,
+                admin.clone(),
+                Some("schools register 2026".to_owned())
+            ),
+            (
+                2,
+                true,
+                admin.clone(),
+                Some("schools register 2026".to_owned())
+            ),
+            (3, false, admin, Some("school closed".to_owned())),
+        ]
+    );
+
+    // Webhooks: the secret goes in and never comes out.
+    let secret = "0123456789abcdef0123456789abcdef-receiver";
+    let hook = |url: &str, secret: &str| format!(r#"{{"url": "{url}", "secret": "{secret}"}}"#);
+    assert_eq!(f.get("off1", "/v1/webhooks").await.status, 403);
+    assert_eq!(
+        f.post(
+            "sup",
+            "/v1/webhooks",
+            &hook("https://example.org/h", secret)
+        )
+        .await
+        .status,
+        403
+    );
+    assert_eq!(
+        f.post(
+            "admin",
+            "/v1/webhooks",
+            &hook("https://example.org/h", "short")
+        )
+        .await
+        .status,
+        422
+    );
+    assert_eq!(
+        f.post(
+            "admin",
+            "/v1/webhooks",
+            &hook("ftp://example.org/h", secret)
+        )
+        .await
+        .status,
+        422
+    );
+    let r = f
+        .post(
+            "admin",
+            "/v1/webhooks",
+            &hook("https://example.org/h", secret),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_i64().expect("id");
+    let r = f
+        .call_patch(
+            "admin",
+            &format!("/v1/webhooks/{id}"),
+            r#"{"active": false}"#,
+        )
+        .await;
+    assert_eq!((r.status, r.json()["active"].as_bool()), (200, Some(false)));
+    assert_eq!(
+        f.call_patch("admin", "/v1/webhooks/1", r#"{"active": true}"#)
+            .await
+            .status,
+        404
+    );
+    let listed = f.get("admin", "/v1/webhooks").await;
+    assert!(listed.body.contains("example.org") && !listed.body.contains(secret));
+    let leaked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE detail::text LIKE '%' || $1 || '%'",
+    )
+    .bind(secret)
+    .fetch_one(&pool)
+    .await
+    .expect("audit");
+    assert_eq!(leaked, 0, "the secret is not in the audit log");
 }
