@@ -274,6 +274,8 @@ pub(crate) async fn stored_since(pool: &PgPool, since_ms: i64) -> Result<Observe
     .fetch_all(pool)
     .await?;
     Ok(Observed {
+        // Watching phones starts afresh after a restart.
+        phones: Vec::new(),
         committed_ms: 0,
         findings: findings
             .into_iter()

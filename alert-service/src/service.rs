@@ -52,11 +52,14 @@ impl fmt::Display for AlertError {
 
 impl std::error::Error for AlertError {}
 
-/// The bracelets watched for silence, by engine id.
+/// The devices watched for silence, by engine id: bracelets, and the
+/// protected persons' phones.
 #[derive(Default)]
 struct Watchlist {
     /// Engine id → subject (0: none).
     subject_of: Vec<u64>,
+    /// A phone's engine id → the subjects it is protected from.
+    protects: FxHashMap<u32, Vec<u64>>,
     /// Engine id → protocol id.
     names: FxHashMap<u32, Arc<str>>,
     watched: FxHashSet<u32>,
@@ -165,7 +168,8 @@ impl Alerter {
     /// a device gets one allowance to be heard (its backlog is still in the
     /// broker) before it counts as silent. Each device's location-failure
     /// clock starts from its last stored fix. Devices with an open
-    /// `no_communication` or `location_failure` alert are marked, so that
+    /// `no_communication`, `protection_degraded` (the phone) or
+    /// `location_failure` alert are marked, so that
     /// their next message or fix resolves it.
     pub(crate) fn start_watching(&mut self, last_fixes: Vec<(String, Option<Millis>)>) {
         let fleet = self.fleet.borrow_and_update().clone();
@@ -174,6 +178,7 @@ impl Alerter {
             .bracelets
             .iter()
             .map(|w| (&*w.name, w.device))
+            .chain(fleet.phones.iter().map(|p| (&*p.name, p.device)))
             .collect();
         for (d, last_fix) in last_fixes {
             if let (Some(id), Some(f)) = (by_name.get(d.as_str()), last_fix) {
@@ -188,6 +193,7 @@ impl Alerter {
             .collect();
         for (kind, silence) in [
             (AlertType::NoCommunication, true),
+            (AlertType::ProtectionDegraded, true),
             (AlertType::LocationFailure, false),
         ] {
             for id in self.router.book().ids_of(kind) {
@@ -202,6 +208,7 @@ impl Alerter {
                 // the subject's bracelet now.
                 let dev = match self.devices.get(&id) {
                     Some(d) => by_name.get(d.as_str()).copied(),
+                    None if kind == AlertType::ProtectionDegraded => None,
                     None => bracelet.get(&a.key.subject).copied(),
                 };
                 match (dev, silence) {
@@ -218,20 +225,35 @@ impl Alerter {
     fn sync_fleet(&mut self, fleet: &Fleet) {
         let now_s = (now_ms() / 1000) as u64;
         let mut now_watched = FxHashSet::default();
-        for w in &fleet.bracelets {
-            let allowance = w
-                .report_interval_s
-                .saturating_add(self.cfg.silence_buffer_s);
-            let from = if self.watch.watched.contains(&w.device) {
+        let devices = fleet
+            .bracelets
+            .iter()
+            .map(|w| (w.device, &w.name, w.report_interval_s))
+            .chain(
+                fleet
+                    .phones
+                    .iter()
+                    .map(|p| (p.device, &p.name, p.report_interval_s)),
+            );
+        for (device, name, interval) in devices {
+            let allowance = interval.saturating_add(self.cfg.silence_buffer_s);
+            let from = if self.watch.watched.contains(&device) {
                 0
             } else {
                 now_s
             };
-            self.wheel.watch(w.device, allowance, from);
-            self.watch.set_subject(w.device, w.subject);
-            self.watch.names.insert(w.device, w.name.clone());
-            now_watched.insert(w.device);
+            self.wheel.watch(device, allowance, from);
+            self.watch.names.insert(device, name.clone());
+            now_watched.insert(device);
         }
+        for w in &fleet.bracelets {
+            self.watch.set_subject(w.device, w.subject);
+        }
+        self.watch.protects = fleet
+            .phones
+            .iter()
+            .map(|p| (p.device, p.protects.clone()))
+            .collect();
         for id in self.watch.watched.difference(&now_watched) {
             self.wheel.unwatch(*id);
         }
@@ -356,6 +378,9 @@ impl Alerter {
         for r in &o.reports {
             self.report(r, arrived_s, now);
         }
+        for phone in &o.phones {
+            self.heard(*phone, arrived_s, now);
+        }
         self.watermark = self.watermark.max(o.committed_ms);
     }
 
@@ -365,7 +390,7 @@ impl Alerter {
         if let Some(SilenceEvent::BackOnline { .. }) = self.wheel.seen(r.device, arrived_s) {
             // A silence still held is raised first, then resolved.
             let mut ev = Vec::new();
-            self.outage.back(r.subject, arrived_s, &mut ev);
+            self.outage.back(r.device, arrived_s, &mut ev);
             self.outage_events(ev, now);
             self.router
                 .handle(Input::BackOnline { subject: r.subject }, now);
@@ -388,6 +413,20 @@ impl Alerter {
                     .handle(Input::LocationRestored { subject: r.subject }, now);
             }
             None => {}
+        }
+    }
+
+    /// A protected person's phone was heard from: if it had been silent,
+    /// the protection of the subjects it is protected from is restored.
+    fn heard(&mut self, phone: u32, arrived_s: u64, now: i64) {
+        if let Some(SilenceEvent::BackOnline { .. }) = self.wheel.seen(phone, arrived_s) {
+            let mut ev = Vec::new();
+            self.outage.back(phone, arrived_s, &mut ev);
+            self.outage_events(ev, now);
+            for subject in self.watch.protects.get(&phone).cloned().unwrap_or_default() {
+                self.router
+                    .handle(Input::ProtectionRestored { subject }, now);
+            }
         }
     }
 
@@ -451,8 +490,10 @@ impl Alerter {
             else {
                 continue;
             };
-            let Some(subject) = self.watch.subject(device) else {
-                continue;
+            let subject = match self.watch.subject(device) {
+                Some(s) => s,
+                None if self.watch.protects.contains_key(&device) => 0,
+                None => continue,
             };
             let s = Silence {
                 subject,
@@ -467,20 +508,36 @@ impl Alerter {
         self.router.escalate_due(now);
     }
 
-    /// Raises what the outage watch released: a bracelet's own silence, or
+    /// A device's own silence: a bracelet's `no_communication`, or a
+    /// phone's `protection_degraded` for each subject it is protected from.
+    fn silent(&mut self, s: Silence, now: i64) {
+        let last_seen_ms = s.last_seen_s as i64 * 1000;
+        let inputs: Vec<Input> = match self.watch.protects.get(&s.device) {
+            Some(subjects) => subjects
+                .iter()
+                .map(|&subject| Input::ProtectionDegraded {
+                    subject,
+                    last_seen_ms,
+                })
+                .collect(),
+            None => vec![Input::Silent {
+                subject: s.subject,
+                last_seen_ms,
+            }],
+        };
+        let name = self.watch.names.get(&s.device).cloned();
+        for input in inputs {
+            let raised = self.router.handle(input, now);
+            self.note(raised, name.as_deref(), None);
+        }
+    }
+
+    /// Raises what the outage watch released: a device's own silence, or
     /// the start or end of a fleet outage.
     fn outage_events(&mut self, events: Vec<OutageEvent>, now: i64) {
         for e in events {
             match e {
-                OutageEvent::Silent(s) => {
-                    let input = Input::Silent {
-                        subject: s.subject,
-                        last_seen_ms: s.last_seen_s as i64 * 1000,
-                    };
-                    let raised = self.router.handle(input, now);
-                    let name = self.watch.names.get(&s.device).cloned();
-                    self.note(raised, name.as_deref(), None);
-                }
+                OutageEvent::Silent(s) => self.silent(s, now),
                 OutageEvent::Started { at_s, silent } => {
                     tracing::error!(
                         silent,

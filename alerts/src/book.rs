@@ -644,7 +644,7 @@ mod tests {
             assert_eq!(a.state, AlertState::Open);
         }
         assert_eq!(b.open_count(Severity::Critical), 6);
-        assert_eq!(b.open_count(Severity::Serious), 7);
+        assert_eq!(b.open_count(Severity::Serious), 8);
         assert_eq!(b.open_count(Severity::Info), 3);
     }
 

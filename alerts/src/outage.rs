@@ -43,12 +43,12 @@ impl Default for OutageConfig {
     }
 }
 
-/// A bracelet's silence, as the silence wheel reported it.
+/// A device's silence, as the silence wheel reported it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Silence {
-    /// The subject.
+    /// The subject (of a bracelet; 0 for a protected person's phone).
     pub subject: u64,
-    /// The bracelet (engine id).
+    /// The device (engine id): a bracelet or a protected person's phone.
     pub device: u32,
     /// Last heard from (s).
     pub last_seen_s: u64,
@@ -59,7 +59,8 @@ pub struct Silence {
 /// What the caller does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutageEvent {
-    /// Raise this bracelet's own `no_communication` alert.
+    /// Raise this device's own alert (a bracelet's `no_communication`, a
+    /// phone's `protection_degraded`).
     Silent(Silence),
     /// A fleet outage started: raise the fleet incident.
     Started {
@@ -84,7 +85,8 @@ pub enum OutageEvent {
 #[derive(Debug)]
 struct Outage {
     threshold: usize,
-    absorbed: HashMap<u64, Silence>,
+    /// By device.
+    absorbed: HashMap<u32, Silence>,
     came_back: usize,
 }
 
@@ -149,7 +151,7 @@ impl OutageWatch {
     pub fn silent(&mut self, s: Silence, watched: usize, out: &mut Vec<OutageEvent>) {
         self.recent.push_back(s.at_s);
         if let Some(o) = self.outage.as_mut() {
-            o.absorbed.insert(s.subject, s);
+            o.absorbed.insert(s.device, s);
             return;
         }
         self.held.push_back(Held {
@@ -160,10 +162,10 @@ impl OutageWatch {
         self.forget_before(s.at_s);
         let threshold = self.threshold(watched);
         if self.recent.len() >= threshold {
-            let absorbed: HashMap<u64, Silence> = self
+            let absorbed: HashMap<u32, Silence> = self
                 .held
                 .drain(..)
-                .map(|h| (h.silence.subject, h.silence))
+                .map(|h| (h.silence.device, h.silence))
                 .collect();
             let at_s = absorbed.values().map(|h| h.at_s).min().unwrap_or(s.at_s);
             out.push(OutageEvent::Started {
@@ -178,10 +180,10 @@ impl OutageWatch {
         }
     }
 
-    /// The subject's bracelet spoke again at `now_s`.
-    pub fn back(&mut self, subject: u64, now_s: u64, out: &mut Vec<OutageEvent>) {
+    /// The device spoke again at `now_s`.
+    pub fn back(&mut self, device: u32, now_s: u64, out: &mut Vec<OutageEvent>) {
         if let Some(o) = self.outage.as_mut() {
-            if o.absorbed.remove(&subject).is_some() {
+            if o.absorbed.remove(&device).is_some() {
                 o.came_back += 1;
             }
             if o.absorbed.len() < o.threshold.div_ceil(2) {
@@ -189,7 +191,7 @@ impl OutageWatch {
             }
             return;
         }
-        if let Some(i) = self.held.iter().position(|h| h.silence.subject == subject)
+        if let Some(i) = self.held.iter().position(|h| h.silence.device == device)
             && let Some(h) = self.held.remove(i)
         {
             out.push(if h.after_outage {
@@ -232,7 +234,7 @@ impl OutageWatch {
             absorbed: o.came_back,
         });
         let mut still: Vec<Silence> = o.absorbed.into_values().collect();
-        still.sort_by_key(|s| (s.at_s, s.subject));
+        still.sort_by_key(|s| (s.at_s, s.device));
         self.held.extend(still.into_iter().map(|silence| Held {
             silence,
             from_s: now_s,

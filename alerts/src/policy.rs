@@ -41,11 +41,14 @@ pub enum AlertType {
     /// emtrack outage): one incident for the duty desk (subject 0) instead
     /// of an alert per bracelet.
     FleetSilent,
+    /// The phone of a person protected from the subject went silent: the
+    /// proximity order cannot be judged until it is heard again.
+    ProtectionDegraded,
 }
 
 impl AlertType {
     /// Every type, in a fixed order.
-    pub const ALL: [AlertType; 16] = [
+    pub const ALL: [AlertType; 17] = [
         AlertType::ExclusionZoneEntered,
         AlertType::VictimProximity,
         AlertType::StrapTamper,
@@ -62,6 +65,7 @@ impl AlertType {
         AlertType::DeviceIntegrity,
         AlertType::ShieldingDetected,
         AlertType::FleetSilent,
+        AlertType::ProtectionDegraded,
     ];
 
     /// The type whose [`AlertType::as_str`] label is `name`.
@@ -88,6 +92,7 @@ impl AlertType {
             AlertType::DeviceIntegrity => "device_integrity",
             AlertType::ShieldingDetected => "shielding_detected",
             AlertType::FleetSilent => "fleet_silent",
+            AlertType::ProtectionDegraded => "protection_degraded",
         }
     }
 
@@ -103,6 +108,7 @@ impl AlertType {
             AlertType::InclusionZoneLeft
             | AlertType::CurfewViolation
             | AlertType::NoCommunication
+            | AlertType::ProtectionDegraded
             | AlertType::BatteryCritical
             | AlertType::LocationFailure
             | AlertType::DeviceClockFault
@@ -160,7 +166,7 @@ impl Severity {
 /// An agency's alert policy. Times are in seconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
-    severities: [Severity; 16],
+    severities: [Severity; 17],
     /// Unacknowledged this long, an alert escalates one level (officer →
     /// supervisor → duty desk), per severity; `None` never escalates.
     pub escalate_after_s: [Option<u32>; 3],

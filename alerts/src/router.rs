@@ -172,6 +172,18 @@ pub enum Input {
         /// Subject.
         subject: u64,
     },
+    /// The phone of a person protected from the subject went silent.
+    ProtectionDegraded {
+        /// Subject.
+        subject: u64,
+        /// The phone was last heard from (ms).
+        last_seen_ms: i64,
+    },
+    /// That phone spoke again.
+    ProtectionRestored {
+        /// Subject.
+        subject: u64,
+    },
     /// A fleet outage started or ended ([`crate::OutageWatch`]): the
     /// incident is a condition of subject 0, for the duty desk.
     FleetSilence {
@@ -292,6 +304,7 @@ impl Router {
                 | AlertType::NoCommunication
                 | AlertType::LocationFailure
                 | AlertType::FleetSilent
+                | AlertType::ProtectionDegraded
         ) {
             self.conditions.insert((k.subject, k.kind), k);
         }
@@ -387,6 +400,20 @@ impl Router {
             )),
             Input::LocationRestored { subject } => {
                 self.end_condition(subject, AlertType::LocationFailure, now_ms);
+                None
+            }
+            Input::ProtectionDegraded {
+                subject,
+                last_seen_ms,
+            } => Some(self.condition(
+                subject,
+                AlertType::ProtectionDegraded,
+                last_seen_ms,
+                last_seen_ms,
+                now_ms,
+            )),
+            Input::ProtectionRestored { subject } => {
+                self.end_condition(subject, AlertType::ProtectionDegraded, now_ms);
                 None
             }
             Input::FleetSilence { start: true, at_ms } => {
@@ -619,6 +646,14 @@ mod tests {
         }
         assert_eq!(r.book().ids_of(AlertType::FleetSilent).len(), 1);
         r.handle(
+            Input::ProtectionDegraded {
+                subject: s,
+                last_seen_ms: 29_000,
+            },
+            29_500,
+        );
+        r.handle(Input::ProtectionRestored { subject: s }, 29_800);
+        r.handle(
             Input::FleetSilence {
                 start: false,
                 at_ms: 28_000,
@@ -626,6 +661,7 @@ mod tests {
             29_000,
         );
         for (kind, want) in [
+            (AlertType::ProtectionDegraded, AlertState::Resolved),
             (AlertType::FleetSilent, AlertState::Resolved),
             (AlertType::ShieldingDetected, AlertState::Open),
             (AlertType::DeviceClockFault, AlertState::Open),

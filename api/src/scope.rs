@@ -16,7 +16,7 @@
 //! | officer | own caseload | own caseload | own caseload | – | – | – |
 //! | supervisor | own and supervised officers' caseloads | same | same | within the team | – | – |
 //! | duty | every subject, read-only | every alert | – | – | – | – |
-//! | admin | – | – | – | – | yes | – |
+//! | admin | – | – | – | – | yes, and category zones, webhooks | – |
 //! | auditor | – | – | – | – | – | yes |
 //!
 //! A write that names an officer (enrolling a subject, a transfer) may

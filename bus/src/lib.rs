@@ -124,6 +124,9 @@ pub struct Observed {
     pub reports: Vec<Report>,
     /// Findings about bracelets with a subject.
     pub findings: Vec<Finding>,
+    /// The engine ids of protected persons' phones heard from (one per
+    /// accepted message), for their silence.
+    pub phones: Vec<u32>,
 }
 
 impl Observed {
@@ -133,6 +136,7 @@ impl Observed {
             && self.events.is_empty()
             && self.reports.is_empty()
             && self.findings.is_empty()
+            && self.phones.is_empty()
     }
 }
 
@@ -155,6 +159,24 @@ pub struct Watched {
 pub struct Fleet {
     /// The bracelets.
     pub bracelets: Vec<Watched>,
+    /// The protected persons' phones (proximity orders need their
+    /// positions: one silent degrades the protection of the subjects it
+    /// is protected from).
+    pub phones: Vec<WatchedPhone>,
+}
+
+/// A protected person's phone to watch for silence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchedPhone {
+    /// Its engine id (dense, assigned by the reference loader; distinct
+    /// from every bracelet's).
+    pub device: u32,
+    /// Its protocol id.
+    pub name: Arc<str>,
+    /// The subjects it is protected from (`victims.protected_from`).
+    pub protects: Vec<u64>,
+    /// How often it reports (`devices.report_interval_s`).
+    pub report_interval_s: u32,
 }
 
 /// How many commits may wait for the alert service. Bounded: a slow alert

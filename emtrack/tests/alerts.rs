@@ -913,3 +913,88 @@ async fn a_mass_silence_is_one_incident_and_only_the_still_silent_get_alerts(poo
     assert_eq!(value("emtrack_outage_silent_bracelets"), Some(0.0));
     running.shut_down().await;
 }
+
+/// A protected person's phone that goes silent degrades the proximity
+/// order (it cannot be judged without the phone's position): the subject's
+/// officer gets `protection_degraded`, resolved when the phone is heard
+/// again.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_silent_victim_phone_degrades_protection_until_it_is_heard(pool: PgPool) {
+    let broker = Broker::start().expect("mosquitto starts");
+    let setup = [
+        "INSERT INTO officers (id, name, role) VALUES (1, 'Officer One', 'officer')",
+        "INSERT INTO subjects (id, reference, officer_id) VALUES (1, 'S-1', 1)",
+        "INSERT INTO devices (id, kind, format, report_interval_s) VALUES ('EM-P-1', 'bracelet', 'json', 3600)",
+        "INSERT INTO devices (id, kind, format, report_interval_s) VALUES ('VP-1', 'victim_phone', 'json', 1)",
+        "INSERT INTO assignments (device_id, subject_id) VALUES ('EM-P-1', 1)",
+        "INSERT INTO victims (id, device_id, protected_from) VALUES (1, 'VP-1', 1)",
+        "INSERT INTO rules (id, subject_id, kind, other_device, min_distance_m, max_age_s) \
+         VALUES (1, 1, 'proximity', 'VP-1', 500, 300)",
+    ];
+    for q in setup {
+        sqlx::query(q).execute(&pool).await.expect(q);
+    }
+    let mut cfg = config(broker.port, "emtrack-alerts-phone");
+    cfg.alerts.silence_buffer_s = 1;
+    cfg.alerts.outage_hold_s = 1;
+    let inbox = subscribe(broker.port, "officer-console-phone").await;
+    let running = Running::start_with(pool.clone(), cfg).await;
+    let phone = |n: i64| {
+        let t = store::now_ms();
+        vec![(
+            "em/v1/dev/VP-1/fix".to_owned(),
+            json_fixes("VP-1", &[(t - n, (43.25, 76.95))]),
+        )]
+    };
+    publish_raw(broker.port, "phone-pub-1", &phone(0)).await;
+    wait_state(
+        &pool,
+        "protection_degraded",
+        "open",
+        Duration::from_secs(15),
+    )
+    .await;
+    let (subject, device): (i64, Option<String>) = sqlx::query_as(
+        "SELECT subject_id, device_id FROM alerts WHERE kind = 'protection_degraded'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("alert");
+    assert_eq!((subject, device.as_deref()), (1, Some("VP-1")));
+    publish_raw(broker.port, "phone-pub-2", &phone(0)).await;
+    wait_state(
+        &pool,
+        "protection_degraded",
+        "resolved",
+        Duration::from_secs(10),
+    )
+    .await;
+    let bracelet_alerts: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM alerts WHERE kind = 'no_communication'")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(
+        bracelet_alerts, 0,
+        "the phone's silence is not the bracelet's"
+    );
+    wait_until(Duration::from_secs(10), "every delivery delivered", || {
+        let pool = pool.clone();
+        async move { undelivered(&pool).await == 0 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let told: BTreeSet<(String, String)> = inbox
+        .lock()
+        .expect("inbox")
+        .iter()
+        .map(|(topic, v)| (topic.clone(), v["change"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    for change in ["raised", "resolved"] {
+        assert!(
+            told.contains(&("em/v1/officers/1/alerts".to_owned(), change.to_owned())),
+            "the officer was told: {told:?}"
+        );
+    }
+    running.shut_down().await;
+}

@@ -119,6 +119,8 @@ pub(crate) struct Rows {
     pub(crate) live_fix_ms: Vec<i64>,
     pub(crate) alert_events: Vec<ObservedEvent>,
     pub(crate) reports: Vec<Report>,
+    /// Protected persons' phones heard from.
+    pub(crate) phones: Vec<u32>,
     pub(crate) messages: Vec<MessageFixes>,
     pub(crate) heartbeats: u64,
     /// Fixes dropped as already stored or repeated within the batch.
@@ -375,6 +377,12 @@ pub(crate) fn build(
             }
         }
         rows.reports.extend(report(c));
+        if c.dev.kind == DeviceKind::VictimPhone
+            && !c.dev.protected.is_empty()
+            && let Ok(id) = u32::try_from(c.dev.engine.0)
+        {
+            rows.phones.push(id);
+        }
     }
     for (i, d) in rows.names.iter().enumerate() {
         if let Some(s) = states.get(d) {

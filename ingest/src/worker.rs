@@ -243,6 +243,7 @@ async fn publish(ctx: &Context, rows: Rows, committed: i64) {
         events: rows.alert_events,
         reports: rows.reports,
         findings: rows.bus_findings,
+        phones: rows.phones,
     };
     if !observed.is_empty() {
         // Closed only when the alert service stopped; the store has it all

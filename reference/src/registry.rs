@@ -6,7 +6,7 @@
 //! restart, and name the devices of transitions). The alert service never
 //! does; what it needs travels on the [`bus`].
 
-use bus::{Fleet, Watched};
+use bus::{Fleet, Watched, WatchedPhone};
 use geofence::{DeviceId, Engine, SubjectId};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::fmt;
@@ -54,6 +54,8 @@ pub struct DeviceRef {
     pub subject: Option<SubjectId>,
     /// A victim phone registered in `victims` (its fixes feed proximity rules).
     pub protects: bool,
+    /// The subjects a victim phone is protected from.
+    pub protected: Vec<u64>,
     /// How often it reports (`devices.report_interval_s`); silence detection
     /// allows this plus a buffer.
     pub report_interval_s: u32,
@@ -110,8 +112,9 @@ impl Registry {
         (id, name)
     }
 
-    /// The bracelets to watch for silence: assigned, not retired, with an
-    /// engine id the alert service can index.
+    /// The bracelets to watch for silence (assigned, not retired, with an
+    /// engine id the alert service can index), and the protected persons'
+    /// phones.
     pub fn fleet(&self) -> Fleet {
         let mut bracelets: Vec<Watched> = self
             .devices
@@ -127,7 +130,21 @@ impl Registry {
             })
             .collect();
         bracelets.sort_by_key(|w| w.device);
-        Fleet { bracelets }
+        let mut phones: Vec<WatchedPhone> = self
+            .devices
+            .values()
+            .filter(|d| d.kind == DeviceKind::VictimPhone && !d.retired && !d.protected.is_empty())
+            .filter_map(|d| {
+                Some(WatchedPhone {
+                    device: u32::try_from(d.engine.0).ok()?,
+                    name: d.name.clone(),
+                    protects: d.protected.clone(),
+                    report_interval_s: d.report_interval_s,
+                })
+            })
+            .collect();
+        phones.sort_by_key(|w| w.device);
+        Fleet { bracelets, phones }
     }
 }
 

@@ -75,6 +75,8 @@ pub(crate) struct DeviceRow {
     pub(crate) retired: bool,
     pub(crate) subject_id: Option<i64>,
     pub(crate) protects: bool,
+    /// The subjects it is protected from (a victim's phone).
+    pub(crate) protected: Vec<i64>,
     pub(crate) report_interval_s: i32,
     pub(crate) format: String,
 }

@@ -192,6 +192,7 @@ impl Fetched {
             f.devices = sqlx::query_as(
                 "SELECT d.id, d.kind, d.retired_at IS NOT NULL AND d.retired_at <= now() AS retired, \
                         a.subject_id, EXISTS (SELECT 1 FROM victims v WHERE v.device_id = d.id) AS protects, \
+                        ARRAY(SELECT DISTINCT v.protected_from FROM victims v WHERE v.device_id = d.id) AS protected, \
                         d.report_interval_s, d.format \
                  FROM devices d \
                  LEFT JOIN LATERAL (SELECT subject_id FROM assignments a WHERE a.device_id = d.id \
@@ -410,6 +411,7 @@ fn apply_devices(core: &mut Core, devices: Vec<DeviceRow>, scope: &Scope, done: 
             retired: row.retired,
             subject: row.subject_id.map(|s| SubjectId(s as u64)),
             protects: row.protects,
+            protected: row.protected.iter().map(|s| *s as u64).collect(),
             report_interval_s: row.report_interval_s.max(1) as u32,
         };
         fetched.insert(row.id.clone());
