@@ -163,6 +163,8 @@ pub trait OrderCheck: Send + Sync {
     fn zone(&self, zone: &NewZone) -> Result<(), String>;
     /// Whether the engine takes this schedule.
     fn schedule(&self, schedule: &serde_json::Value) -> Result<(), String>;
+    /// Whether the engine takes this tuning.
+    fn tuning(&self, tuning: &serde_json::Value) -> Result<(), String>;
 }
 
 /// A zone as written.
@@ -217,6 +219,12 @@ pub(crate) struct NewOrder {
     /// "end": "2026-12-25T09:00"}]}`.
     #[schema(value_type = Option<Object>)]
     schedule: Option<serde_json::Value>,
+    /// How much evidence opens and closes an episode, instead of the
+    /// defaults of the order's kind: `{"enter_fixes", "enter_span_s",
+    /// "exit_fixes", "grace_s", "strict"}` (all of them; `strict` counts a
+    /// fix straddling the boundary as violating).
+    #[schema(value_type = Option<Object>)]
+    tuning: Option<serde_json::Value>,
     /// Why (the court order, the approved absence); kept with the version.
     reason: String,
 }
@@ -231,6 +239,9 @@ pub(crate) struct OrderUpdate {
     /// exception in it).
     #[schema(value_type = Option<Object>)]
     schedule: Option<serde_json::Value>,
+    /// The tuning, replaced whole (as on create).
+    #[schema(value_type = Option<Object>)]
+    tuning: Option<serde_json::Value>,
     /// Why; kept with the version.
     reason: String,
 }
@@ -257,6 +268,12 @@ pub(crate) fn checked(s: &ApiState, zone: &NewZone) -> ApiResult<()> {
     s.orders
         .zone(zone)
         .map_err(|e| crate::error::ApiError::Unprocessable(format!("zone: {e}")))
+}
+
+fn checked_tuning(s: &ApiState, tuning: &serde_json::Value) -> ApiResult<()> {
+    s.orders
+        .tuning(tuning)
+        .map_err(crate::error::ApiError::Unprocessable)
 }
 
 fn checked_schedule(s: &ApiState, schedule: &serde_json::Value) -> ApiResult<()> {
@@ -324,6 +341,9 @@ pub(crate) async fn create(
 ) -> ApiResult<(StatusCode, Json<Written>)> {
     scope.require(Need::WriteOrders)?;
     let why = reason(&b.reason)?;
+    if let Some(t) = &b.tuning {
+        checked_tuning(&s, t)?;
+    }
     let written = match b.kind.as_str() {
         "zone" | "curfew" => zone_order(&s, &scope, id, &b, why).await?,
         "proximity" => proximity_order(&s, &scope, id, &b, why).await?,
@@ -388,13 +408,14 @@ async fn zone_order(
     let mut tx = attributed(s, scope, why).await?;
     let zone_id = write_zone(&mut tx, None, zone).await?;
     let rule_id: i64 = sqlx::query_scalar(
-        "INSERT INTO rules (id, subject_id, kind, zone_id, schedule) \
-         VALUES (nextval('order_ids'), $1, $2, $3, $4) RETURNING id",
+        "INSERT INTO rules (id, subject_id, kind, zone_id, schedule, tuning) \
+         VALUES (nextval('order_ids'), $1, $2, $3, $4, $5) RETURNING id",
     )
     .bind(subject)
     .bind(&b.kind)
     .bind(zone_id)
     .bind(&b.schedule)
+    .bind(&b.tuning)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -425,12 +446,13 @@ async fn category_order(
     }
     let mut tx = attributed(s, scope, why).await?;
     let rule_id: i64 = sqlx::query_scalar(
-        "INSERT INTO rules (id, subject_id, kind, category, schedule) \
-         VALUES (nextval('order_ids'), $1, 'category', $2, $3) RETURNING id",
+        "INSERT INTO rules (id, subject_id, kind, category, schedule, tuning) \
+         VALUES (nextval('order_ids'), $1, 'category', $2, $3, $4) RETURNING id",
     )
     .bind(subject)
     .bind(category)
     .bind(&b.schedule)
+    .bind(&b.tuning)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -500,14 +522,15 @@ async fn proximity_order(
     .execute(&mut *tx)
     .await?;
     let rule_id: i64 = sqlx::query_scalar(
-        "INSERT INTO rules (id, subject_id, kind, other_device, min_distance_m, max_age_s, schedule) \
-         VALUES (nextval('order_ids'), $1, 'proximity', $2, $3, $4, $5) RETURNING id",
+        "INSERT INTO rules (id, subject_id, kind, other_device, min_distance_m, max_age_s, schedule, tuning) \
+         VALUES (nextval('order_ids'), $1, 'proximity', $2, $3, $4, $5, $6) RETURNING id",
     )
     .bind(subject)
     .bind(phone)
     .bind(distance)
     .bind(max_age)
     .bind(&b.schedule)
+    .bind(&b.tuning)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -559,10 +582,13 @@ pub(crate) async fn update(
             .bind(order.id)
             .fetch_one(&s.pool)
             .await?;
-    if b.zone.is_none() && b.schedule.is_none() {
+    if b.zone.is_none() && b.schedule.is_none() && b.tuning.is_none() {
         return Err(ApiError::Invalid(
-            "nothing to change: give zone and/or schedule".into(),
+            "nothing to change: give zone, schedule and/or tuning".into(),
         ));
+    }
+    if let Some(t) = &b.tuning {
+        checked_tuning(&s, t)?;
     }
     if let Some(sch) = &b.schedule {
         if kind != "curfew" && schedule_now.is_none() {
@@ -593,9 +619,19 @@ pub(crate) async fn update(
             .execute(&mut *tx)
             .await?;
     }
+    if let Some(t) = &b.tuning {
+        sqlx::query("UPDATE rules SET tuning = $2 WHERE id = $1")
+            .bind(order.id)
+            .bind(t)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     slot.reason(why);
-    slot.detail(serde_json::json!({"rule_id": order.id, "zone": b.zone.is_some(), "schedule": b.schedule.is_some()}));
+    slot.detail(
+        serde_json::json!({"rule_id": order.id, "zone": b.zone.is_some(),
+        "schedule": b.schedule.is_some(), "tuning": b.tuning.is_some()}),
+    );
     Ok(Json(Written {
         rule_id: order.id,
         zone_id: zone_id.unwrap_or(0),

@@ -210,6 +210,10 @@ impl api::orders::OrderCheck for EngineRules {
     fn schedule(&self, s: &serde_json::Value) -> Result<(), String> {
         reference::check::schedule(s)
     }
+
+    fn tuning(&self, t: &serde_json::Value) -> Result<(), String> {
+        reference::check::tuning(t)
+    }
 }
 
 /// Binds an HTTP listener; returns it with the address actually bound.

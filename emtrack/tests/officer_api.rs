@@ -2099,3 +2099,101 @@ async fn agency_zones_and_webhooks_are_the_administrators(pool: PgPool) {
     .expect("audit");
     assert_eq!(leaked, 0, "the secret is not in the audit log");
 }
+
+/// An order's tuning replaces its kind's evidence thresholds: with one fix
+/// enough, a single fix inside raises the alert the default (two fixes 30 s
+/// apart) would not. A tuning the engine would not take is refused, saying
+/// why.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn an_orders_tuning_changes_how_much_evidence_opens_an_episode(pool: PgPool) {
+    let f = fixture(&pool, "emtrack-api-tuning", |_| {}).await;
+    let order = |lat: f64, tuning: &str| {
+        format!(
+            r#"{{"kind": "zone", "reason": "court order", "zone": {{"name": "victim work", "kind": "exclusion",
+                 "geometry": {{"type": "Point", "coordinates": [77.05, {lat}]}}, "radius_m": 150}}{tuning}}}"#
+        )
+    };
+    for (bad, why) in [
+        (
+            r#", "tuning": {"enter_fixes": 0, "enter_span_s": 0, "exit_fixes": 3, "grace_s": 0, "strict": false}"#,
+            "1–20",
+        ),
+        (
+            r#", "tuning": {"enter_fixes": 1, "enter_span_s": 0, "exit_fixes": 3, "grace_s": 0}"#,
+            "missing field `strict`",
+        ),
+        (
+            r#", "tuning": {"enter_fixes": 1, "enter_span_s": 0, "exit_fixes": 3, "grace_s": 0, "strict": true, "x": 1}"#,
+            "unknown field `x`",
+        ),
+    ] {
+        let r = f
+            .post("off2", "/v1/subjects/20/orders", &order(43.35, bad))
+            .await;
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert!(r.body.contains(why), "{why}: {}", r.body);
+    }
+    // Subject 20 gets a tuned order (one fix is enough), subject 10 the same
+    // zone elsewhere with the defaults; one fix inside each.
+    let one = r#", "tuning": {"enter_fixes": 1, "enter_span_s": 0, "exit_fixes": 2, "grace_s": 0, "strict": true}"#;
+    let tuned = f
+        .applied(
+            "tuned",
+            f.post("off2", "/v1/subjects/20/orders", &order(43.35, one)),
+        )
+        .await;
+    let plain = f
+        .applied(
+            "plain",
+            f.post("off1", "/v1/subjects/10/orders", &order(43.36, "")),
+        )
+        .await;
+    let t = store::now_ms() - 30_000;
+    let msgs = vec![
+        (
+            "em/v1/dev/EM-20/fix".to_owned(),
+            json_fixes("EM-20", &[(t, (43.35, 77.05))]),
+        ),
+        (
+            "em/v1/dev/EM-10/fix".to_owned(),
+            json_fixes("EM-10", &[(t, (43.36, 77.05))]),
+        ),
+    ];
+    let acked = f.running.metrics.messages_acked.get();
+    publish_raw(f._broker.port, "tuning-pub", &msgs).await;
+    wait_acked(&f.running.metrics, acked + 2, Duration::from_secs(20)).await;
+    let zone = |r: &Reply| r.json()["zone_id"].as_i64().expect("zone");
+    let (tz, pz) = (zone(&tuned), zone(&plain));
+    wait_until(Duration::from_secs(20), "the tuned order's alert", || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts WHERE scope = $1")
+                .bind(tz)
+                .fetch_one(&pool)
+                .await
+                .expect("alerts");
+            n == 1
+        }
+    })
+    .await;
+    let plain_transitions: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rule_transitions WHERE zone_id = $1")
+            .bind(pz)
+            .fetch_one(&pool)
+            .await
+            .expect("transitions");
+    assert_eq!(
+        plain_transitions, 0,
+        "one fix opens nothing under the defaults"
+    );
+    // The tuning is part of the order's version.
+    let now = f.get("off2", "/v1/subjects/20/orders").await.json();
+    let mine = now["orders"]
+        .as_array()
+        .expect("orders")
+        .iter()
+        .find(|o| o["rule_id"] == tuned.json()["rule_id"])
+        .cloned()
+        .expect("the tuned order");
+    assert_eq!(mine["rule"]["tuning"]["enter_fixes"], 1);
+}

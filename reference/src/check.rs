@@ -117,6 +117,11 @@ pub fn schedule(v: &Value) -> Result<(), String> {
     rows::parse_schedule(v).map(|_| ())
 }
 
+/// Whether the engine takes a rule's tuning (every key, in range).
+pub fn tuning(v: &Value) -> Result<(), String> {
+    rows::parse_tuning(v).map(|_| ())
+}
+
 /// Twice the signed area of a ring of (lon, lat) positions (shoelace):
 /// positive when counterclockwise.
 fn signed_area(xy: &[(f64, f64)]) -> f64 {

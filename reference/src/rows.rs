@@ -6,8 +6,8 @@ use crate::registry::Registry;
 use geofence::jiff::SignedDuration;
 use geofence::jiff::civil::{DateTime, Time, Weekday};
 use geofence::{
-    CategoryId, ExceptionKind, Position, RuleId, RuleKind, RuleSpec, Schedule, Shape, Weekdays,
-    WeeklyWindow, ZoneId, ZoneKind, ZoneScope, ZoneSpec,
+    CategoryId, ExceptionKind, Hysteresis, Position, RuleId, RuleKind, RuleSpec, Schedule, Shape,
+    Weekdays, WeeklyWindow, ZoneId, ZoneKind, ZoneScope, ZoneSpec,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -65,6 +65,7 @@ pub(crate) struct RuleRow {
     min_distance_m: Option<f64>,
     max_age_s: Option<i32>,
     schedule: Option<Value>,
+    tuning: Option<Value>,
 }
 
 /// A `devices` row with its current assignment and whether a victim carries it.
@@ -274,9 +275,50 @@ pub(crate) fn rule_spec(row: RuleRow, registry: &mut Registry) -> Result<RuleSpe
         }
         other => return Err(format!("unknown rule kind {other:?}")),
     };
-    Ok(match &row.schedule {
+    let spec = match &row.schedule {
         Some(s) => spec.with_schedule(parse_schedule(s)?),
         None => spec,
+    };
+    Ok(match &row.tuning {
+        Some(t) => spec.with_hysteresis(parse_tuning(t)?),
+        None => spec,
+    })
+}
+
+/// A rule's tuning: how much evidence opens and closes an episode, replacing
+/// the defaults of its kind. Every key is required, none other is taken.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TuningDoc {
+    /// Consecutive violating fixes that open an episode (1–20).
+    enter_fixes: u16,
+    /// Least time from the first to the last of them, in seconds (0–3600).
+    enter_span_s: u32,
+    /// Consecutive compliant fixes that close it (1–20).
+    exit_fixes: u16,
+    /// Fixes in the first this many seconds of each in-force period count
+    /// for nothing (0–3600).
+    grace_s: u32,
+    /// Strict mode: a fix whose accuracy disc straddles the boundary counts
+    /// as violating (high-risk cases).
+    strict: bool,
+}
+
+/// A stored tuning (see [`TuningDoc`]) as the engine takes it.
+pub(crate) fn parse_tuning(v: &Value) -> Result<Hysteresis, String> {
+    let t = TuningDoc::deserialize(v).map_err(|e| format!("tuning: {e}"))?;
+    if !(1..=20).contains(&t.enter_fixes) || !(1..=20).contains(&t.exit_fixes) {
+        return Err("tuning: enter_fixes and exit_fixes must be 1–20".into());
+    }
+    if t.enter_span_s > 3600 || t.grace_s > 3600 {
+        return Err("tuning: enter_span_s and grace_s must be 0–3600".into());
+    }
+    Ok(Hysteresis {
+        enter_fixes: t.enter_fixes,
+        enter_span: SignedDuration::from_secs(i64::from(t.enter_span_s)),
+        exit_fixes: t.exit_fixes,
+        grace: SignedDuration::from_secs(i64::from(t.grace_s)),
+        count_uncertain: t.strict,
     })
 }
 

@@ -179,7 +179,7 @@ impl Fetched {
             .fetch_all(pool)
             .await?;
             f.rules = sqlx::query_as(
-                "SELECT id, subject_id, kind, zone_id, category, other_device, min_distance_m, max_age_s, schedule \
+                "SELECT id, subject_id, kind, zone_id, category, other_device, min_distance_m, max_age_s, schedule, tuning \
                  FROM rules WHERE $1::bigint[] IS NULL OR subject_id = ANY($1) ORDER BY subject_id, id",
             )
             .bind(ids)
