@@ -174,10 +174,6 @@ struct ZoneRef {
     env: Envelope,
     always: bool,
     epoch: u64,
-    /// The current version's id and start: a fix older than `since` is
-    /// judged by the version in force at its time, never by the fast path.
-    version: Option<u64>,
-    since: i64,
 }
 
 impl ZoneRef {
@@ -187,10 +183,10 @@ impl ZoneRef {
             slot,
             kind: zone.kind,
             env: zone.envelope,
-            always: matches!(zone.schedule, Schedule::Always),
+            // A zone with earlier versions never takes the fast path: the
+            // envelope is the current version's.
+            always: matches!(zone.schedule, Schedule::Always) && zone.earlier.is_empty(),
             epoch,
-            version: zone.version,
-            since: zone.since,
         }
     }
 }
@@ -470,12 +466,12 @@ fn step_rule(
         Target::Zone(zref) | Target::Curfew(zref) => {
             let is_curfew = matches!(rule.spec.kind, RuleKind::Curfew(_));
             let seen_kind = zref.kind;
-            let mut version = zref.version;
+            // The version that judged the fix, when the zone was read.
+            let mut version = None;
             let verdict = if !sched.active {
                 Verdict::Void(EndCause::ScheduleEnded)
             } else if zref.epoch == cx.zone_epoch
                 && zref.always
-                && t >= zref.since
                 && !zref.env.intersects(&cx.probe.env)
             {
                 if in_grace(sched.period_start, t, &th) {
@@ -507,7 +503,16 @@ fn step_rule(
                 kind: seen_kind,
                 ..*zref
             };
+            let before = out.len();
             step_one(rule, cx, out, verdict, Some(zone_for_edge), version);
+            // An edge from the fast path (or a void verdict): the current
+            // version, read only now, off the hot path.
+            if out.len() > before && version.is_none() {
+                let current = zones.get(zone_for_edge.id).and_then(|z| z.version);
+                for e in &mut out[before..] {
+                    e.zone_version = current;
+                }
+            }
         }
         Target::Proximity {
             device,
@@ -625,7 +630,7 @@ fn step_category(
                 edge,
                 cx.t,
                 cx.historical,
-                zt.zone.version,
+                zones.get(zt.zone.id).and_then(|z| z.version),
             );
         }
     }
@@ -659,7 +664,7 @@ fn step_category(
                 edge,
                 cx.t,
                 cx.historical,
-                zref.version,
+                zone.version,
             );
         }
         tracks.push(zt);
