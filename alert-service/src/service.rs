@@ -99,6 +99,8 @@ pub(crate) struct Alerter {
     wheel: SilenceWheel,
     /// Silences held, and fleet outages.
     outage: OutageWatch,
+    /// Phones whose silence was raised and that have not been heard since.
+    silent_phones: FxHashSet<u32>,
     gps: GpsWatch,
     watch: Watchlist,
     fleet: FleetRx,
@@ -143,6 +145,7 @@ impl Alerter {
         let a = Alerter {
             wheel: SilenceWheel::new(4_096, (now / 1000) as u64),
             outage: OutageWatch::new(cfg.outage()),
+            silent_phones: FxHashSet::default(),
             gps: GpsWatch::new(cfg.location_failure_after_s),
             router: restored.router,
             devices: restored.devices,
@@ -256,6 +259,8 @@ impl Alerter {
             .collect();
         for id in self.watch.watched.difference(&now_watched) {
             self.wheel.unwatch(*id);
+            self.outage.forget(*id);
+            self.silent_phones.remove(id);
         }
         self.watch.watched = now_watched;
     }
@@ -423,9 +428,20 @@ impl Alerter {
             let mut ev = Vec::new();
             self.outage.back(phone, arrived_s, &mut ev);
             self.outage_events(ev, now);
+            self.silent_phones.remove(&phone);
+            // Restored for a subject once none of the phones protected from
+            // them is silent.
             for subject in self.watch.protects.get(&phone).cloned().unwrap_or_default() {
-                self.router
-                    .handle(Input::ProtectionRestored { subject }, now);
+                let other_silent = self.silent_phones.iter().any(|p| {
+                    self.watch
+                        .protects
+                        .get(p)
+                        .is_some_and(|s| s.contains(&subject))
+                });
+                if !other_silent {
+                    self.router
+                        .handle(Input::ProtectionRestored { subject }, now);
+                }
             }
         }
     }
@@ -470,6 +486,14 @@ impl Alerter {
             .act(c.alert, c.officer, c.action, c.note, now)
             .map_err(ActionError::Book);
         self.replies.push((c.reply, result));
+        // The duty desk resolved the fleet incident: the outage is over for
+        // the watch too, and the silences still going on get their own
+        // alerts after the hold.
+        if self.outage.in_outage() && !self.router.has_open(alerts::FLEET, AlertType::FleetSilent) {
+            let mut ev = Vec::new();
+            self.outage.end((now / 1000).max(0) as u64, &mut ev);
+            self.outage_events(ev, now);
+        }
     }
 
     fn tick(&mut self, now: i64) {
@@ -513,13 +537,18 @@ impl Alerter {
     fn silent(&mut self, s: Silence, now: i64) {
         let last_seen_ms = s.last_seen_s as i64 * 1000;
         let inputs: Vec<Input> = match self.watch.protects.get(&s.device) {
-            Some(subjects) => subjects
-                .iter()
-                .map(|&subject| Input::ProtectionDegraded {
-                    subject,
-                    last_seen_ms,
-                })
-                .collect(),
+            Some(subjects) => {
+                self.silent_phones.insert(s.device);
+                subjects
+                    .iter()
+                    .map(|&subject| Input::ProtectionDegraded {
+                        subject,
+                        last_seen_ms,
+                    })
+                    .collect()
+            }
+            // A phone no longer protecting anyone: nothing to raise.
+            None if s.subject == alerts::FLEET => Vec::new(),
             None => vec![Input::Silent {
                 subject: s.subject,
                 last_seen_ms,

@@ -7,8 +7,11 @@
 //! `hold_s` before it becomes its own alert. When the silences of the last
 //! `hold_s` reach the threshold, `max(min_devices, share × watched)`, an
 //! outage starts: every held silence, and every later one, is absorbed into
-//! it. A bracelet absorbed that speaks again leaves it. When fewer than half
-//! the threshold remain silent, the outage ends; those still silent are held
+//! it. A bracelet absorbed that speaks again leaves it. The outage ends when
+//! fewer than half the threshold remain silent, or when fewer than the
+//! threshold remain and none has come back or gone silent for `hold_s` (the
+//! rest are not one event: a dead battery, an absconder), or when the duty
+//! desk resolves the incident ([`OutageWatch::end`]); those still silent are held
 //! once more, from the end: a bracelet that speaks within that hold was part
 //! of the outage (no alert of its own), one still silent after it gets its
 //! own alert: its silence outlived the outage. A held bracelet that speaks
@@ -87,6 +90,8 @@ struct Outage {
     threshold: usize,
     /// By device.
     absorbed: HashMap<u32, Silence>,
+    /// When a silence last joined or left it (s).
+    changed_s: u64,
     came_back: usize,
 }
 
@@ -152,6 +157,7 @@ impl OutageWatch {
         self.recent.push_back(s.at_s);
         if let Some(o) = self.outage.as_mut() {
             o.absorbed.insert(s.device, s);
+            o.changed_s = s.at_s;
             return;
         }
         self.held.push_back(Held {
@@ -175,6 +181,7 @@ impl OutageWatch {
             self.outage = Some(Outage {
                 threshold,
                 absorbed,
+                changed_s: s.at_s,
                 came_back: 0,
             });
         }
@@ -185,6 +192,7 @@ impl OutageWatch {
         if let Some(o) = self.outage.as_mut() {
             if o.absorbed.remove(&device).is_some() {
                 o.came_back += 1;
+                o.changed_s = now_s;
             }
             if o.absorbed.len() < o.threshold.div_ceil(2) {
                 self.end(now_s, out);
@@ -202,11 +210,18 @@ impl OutageWatch {
         }
     }
 
-    /// Releases the silences whose hold is over (none during an outage).
+    /// Releases the silences whose hold is over (none during an outage),
+    /// and ends an outage that has dwindled below the threshold and stood
+    /// still for `hold_s`.
     pub fn poll(&mut self, now_s: u64, out: &mut Vec<OutageEvent>) {
         self.forget_before(now_s);
-        if self.outage.is_some() {
-            return;
+        if let Some(o) = &self.outage {
+            let dwindled = o.absorbed.len() < o.threshold
+                && o.changed_s.saturating_add(self.cfg.hold_s) <= now_s;
+            if !dwindled {
+                return;
+            }
+            self.end(now_s, out);
         }
         while let Some(h) = self.held.front() {
             if h.from_s.saturating_add(self.cfg.hold_s) > now_s {
@@ -225,7 +240,18 @@ impl OutageWatch {
         }
     }
 
-    fn end(&mut self, now_s: u64, out: &mut Vec<OutageEvent>) {
+    /// A device no longer watched (unassigned, retired): its silence is
+    /// forgotten, held or absorbed.
+    pub fn forget(&mut self, device: u32) {
+        self.held.retain(|h| h.silence.device != device);
+        if let Some(o) = self.outage.as_mut() {
+            o.absorbed.remove(&device);
+        }
+    }
+
+    /// Ends the outage going on, if any (the duty desk resolved the
+    /// incident): those still silent are held once more, as after any end.
+    pub fn end(&mut self, now_s: u64, out: &mut Vec<OutageEvent>) {
         let Some(o) = self.outage.take() else {
             return;
         };
@@ -340,6 +366,37 @@ mod tests {
         w.poll(2_161, &mut out);
         assert_eq!(silent_subjects(&out), (26..=30).collect::<Vec<_>>());
         assert!(!w.in_outage() && w.is_empty());
+    }
+
+    #[test]
+    fn an_outage_that_dwindles_below_the_threshold_ends_and_the_rest_get_alerts() {
+        let mut w = OutageWatch::new(cfg());
+        let mut out = Vec::new();
+        for s in 1..=25 {
+            w.silent(silence(s, 1_000), 100, &mut out);
+        }
+        assert!(w.in_outage());
+        // 15 come back; 10 stay silent (dead batteries, an absconder):
+        // fewer than the threshold (20), not fewer than half of it.
+        for s in 1..=15 {
+            w.back(s, 1_100, &mut out);
+        }
+        out.clear();
+        w.poll(1_159, &mut out);
+        assert!(w.in_outage(), "still changing within the hold");
+        w.poll(1_160, &mut out);
+        assert!(!w.in_outage(), "stood still for the hold");
+        w.poll(1_220, &mut out);
+        assert_eq!(silent_subjects(&out), (16..=25).collect::<Vec<_>>());
+        // A device no longer watched is forgotten; the desk can end one.
+        for s in 1..=25 {
+            w.silent(silence(s, 2_000), 100, &mut out);
+        }
+        w.forget(25);
+        out.clear();
+        w.end(2_010, &mut out);
+        w.poll(2_070, &mut out);
+        assert_eq!(silent_subjects(&out).len(), 24);
     }
 
     #[test]

@@ -336,6 +336,13 @@ impl Router {
         self.book.raise(k, at_ms, false, now_ms)
     }
 
+    /// Whether the subject's condition of `kind` has an unresolved alert.
+    pub fn has_open(&self, subject: u64, kind: AlertType) -> bool {
+        self.conditions
+            .get(&(subject, kind))
+            .is_some_and(|k| self.is_open(k))
+    }
+
     fn is_open(&self, k: &AlertKey) -> bool {
         matches!(self.book.state_of(k), Some(s) if s != AlertState::Resolved)
     }

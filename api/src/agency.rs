@@ -261,13 +261,19 @@ fn attempts(max_attempts: i32) -> ApiResult<i32> {
 fn url(url: &str) -> ApiResult<()> {
     let uri: axum::http::Uri = url
         .parse()
-        .map_err(|e| ApiError::Unprocessable(format!("url {url:?}: {e}")))?;
+        .map_err(|e| ApiError::Unprocessable(format!("url: {e}")))?;
     if !matches!(uri.scheme_str(), Some("http" | "https"))
         || uri.host().is_none()
         || url.len() > 2000
     {
         return Err(ApiError::Unprocessable(
             "url must be an http:// or https:// URL with a host".into(),
+        ));
+    }
+    // The URL is listed and audited: no credential may ride in it.
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(ApiError::Unprocessable(
+            "url must not carry credentials (user:password@); the secret signs each request".into(),
         ));
     }
     Ok(())

@@ -112,8 +112,9 @@ pub(crate) struct Transfer {
 }
 
 /// `POST /v1/subjects/{id}/transfer`: moves a subject to another officer's
-/// caseload within the supervisor's team. Alerts already raised stay with
-/// the officers they were sent to; new ones go to the new officer.
+/// caseload within the supervisor's team. The subject's alerts, raised and
+/// new, follow them: the new officer sees and receives them, the previous
+/// one no longer does (what was sent before stays in the deliveries).
 #[utoipa::path(post, path = "/v1/subjects/{id}/transfer", tag = "subjects",
     security(("bearer" = [])), request_body = Transfer,
     params(("id" = i64, Path, description = "The subject's id")),
@@ -195,19 +196,30 @@ pub(crate) async fn fit(
     let why = reason(&b.reason)?;
     let every = interval(b.report_interval_s)?;
     let mut tx = s.pool.begin().await?;
-    // The device, locked, with whoever wears it now. One answer for a device
-    // that does not exist and one that is no bracelet: the inventory is not
-    // the caller's to explore.
-    let device: Option<(bool, i32, Option<i64>)> = sqlx::query_as(
-        "SELECT d.retired_at IS NOT NULL, d.report_interval_s, \
-                (SELECT a.subject_id FROM assignments a WHERE a.device_id = d.id \
-                   AND a.valid_from <= now() AND (a.valid_to IS NULL OR a.valid_to > now())) \
-         FROM devices d WHERE d.id = $1 AND d.kind = 'bracelet' FOR UPDATE",
+    // The subject and the device, locked (in that order; `remove` locks the
+    // subject too), so that concurrent changes to either wait; then, in a
+    // statement of its own (a snapshot taken after the locks), who wears the
+    // device now. One answer for a device that does not exist and one that
+    // is no bracelet.
+    sqlx::query("SELECT 1 FROM subjects WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let device: Option<(bool, i32)> = sqlx::query_as(
+        "SELECT retired_at IS NOT NULL, report_interval_s FROM devices \
+         WHERE id = $1 AND kind = 'bracelet' FOR UPDATE",
     )
     .bind(&b.device_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((retired, current_every, wearer)) = device else {
+    let wearer: Option<i64> = sqlx::query_scalar(
+        "SELECT subject_id FROM assignments WHERE device_id = $1 \
+         AND valid_from <= now() AND (valid_to IS NULL OR valid_to > now()) LIMIT 1",
+    )
+    .bind(&b.device_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((retired, current_every)) = device else {
         return Err(ApiError::Unprocessable(format!(
             "no bracelet {:?} in the inventory",
             b.device_id
@@ -305,6 +317,10 @@ pub(crate) async fn remove(
     scope.require(Need::WriteOrders)?;
     let why = reason(&q.reason)?;
     let mut tx = s.pool.begin().await?;
+    sqlx::query("SELECT 1 FROM subjects WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     let Some(device) = end_bracelet(&mut tx, id).await? else {
         return Err(ApiError::Conflict("the subject wears no bracelet".into()));
     };

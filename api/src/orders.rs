@@ -436,7 +436,11 @@ async fn category_order(
             "a category order needs category".into(),
         ));
     };
-    if b.zone.is_some() || b.other_device.is_some() || b.min_distance_m.is_some() {
+    if b.zone.is_some()
+        || b.other_device.is_some()
+        || b.min_distance_m.is_some()
+        || b.max_age_s.is_some()
+    {
         return Err(ApiError::Unprocessable(
             "a category order names only its category (and a schedule, if any)".into(),
         ));
@@ -591,15 +595,19 @@ pub(crate) async fn update(
         checked_tuning(&s, t)?;
     }
     if let Some(sch) = &b.schedule {
-        if kind != "curfew" && schedule_now.is_none() {
+        if kind == "zone" && schedule_now.is_none() {
             return Err(ApiError::Unprocessable(
-                "only a curfew has a schedule of its own; a zone's hours go in zone.schedule"
-                    .into(),
+                "a zone order's hours go in zone.schedule".into(),
             ));
         }
         checked_schedule(&s, sch)?;
     }
     let zone_id = own_zone(&s, &order).await?;
+    if b.zone.is_some() && zone_id.is_none() {
+        return Err(ApiError::Unprocessable(format!(
+            "a {kind} order has no zone to replace"
+        )));
+    }
     if let Some(z) = &b.zone {
         checked(&s, z)?;
         if kind == "curfew" && z.kind != "inclusion" {
@@ -668,10 +676,24 @@ pub(crate) async fn lift(
         Err(e) => return Err(e),
     };
     let mut tx = attributed(&s, &scope, why).await?;
-    sqlx::query("DELETE FROM rules WHERE id = $1")
-        .bind(order.id)
+    let phone: Option<String> =
+        sqlx::query_scalar("DELETE FROM rules WHERE id = $1 RETURNING other_device")
+            .bind(order.id)
+            .fetch_one(&mut *tx)
+            .await?;
+    // A proximity order's phone stops being watched for this subject once
+    // no order protects its carrier from them.
+    if let Some(p) = phone {
+        sqlx::query(
+            "DELETE FROM victims v WHERE v.device_id = $1 AND v.protected_from = $2 \
+             AND NOT EXISTS (SELECT 1 FROM rules r WHERE r.kind = 'proximity' \
+                             AND r.other_device = $1 AND r.subject_id = $2)",
+        )
+        .bind(p)
+        .bind(order.subject)
         .execute(&mut *tx)
         .await?;
+    }
     if let Some(z) = zone_id {
         sqlx::query("DELETE FROM zones WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM rules WHERE zone_id = $1)")
             .bind(z)

@@ -1828,6 +1828,22 @@ async fn subjects_are_enrolled_fitted_swapped_transferred_and_devices_retired(po
         200
     );
 
+    // The proximity order lifted: the phone is no longer watched for them.
+    assert_eq!(
+        f.delete(
+            "sup",
+            &format!("/v1/orders/{rule}?reason=order%20discharged")
+        )
+        .await
+        .status,
+        204
+    );
+    let victims: i64 = sqlx::query_scalar("SELECT count(*) FROM victims WHERE device_id = 'VP-1'")
+        .fetch_one(&pool)
+        .await
+        .expect("victims");
+    assert_eq!(victims, 0);
+
     // Removed, then retired by the administrator: refused from then on.
     assert_eq!(
         f.delete("off1", &format!("{path}?reason=end")).await.status,
@@ -1910,6 +1926,7 @@ async fn subjects_are_enrolled_fitted_swapped_transferred_and_devices_retired(po
                 "POST /v1/subjects/{id}/transfer",
                 Some("caseload rebalancing")
             ),
+            ("DELETE /v1/orders/{id}", Some("order discharged")),
             ("DELETE /v1/subjects/{id}/device", Some("order ended")),
             ("POST /v1/devices/{id}/retire", Some("strap cut")),
         ]
@@ -2065,6 +2082,18 @@ async fn agency_zones_and_webhooks_are_the_administrators(pool: PgPool) {
         .status,
         422
     );
+    let with_user = f
+        .post(
+            "admin",
+            "/v1/webhooks",
+            &hook("https://u:pw@example.org/h", secret),
+        )
+        .await;
+    assert_eq!(
+        with_user.status, 422,
+        "no credential in a URL that is listed and audited"
+    );
+    assert!(!with_user.body.contains("pw@"), "{}", with_user.body);
     let r = f
         .post(
             "admin",

@@ -468,6 +468,7 @@ fn step_rule(
             let seen_kind = zref.kind;
             // The version that judged the fix, when the zone was read.
             let mut version = None;
+            let mut edge_kind = seen_kind;
             let verdict = if !sched.active {
                 Verdict::Void(EndCause::ScheduleEnded)
             } else if zref.epoch == cx.zone_epoch
@@ -492,15 +493,20 @@ fn step_rule(
                     }
                     Some(zone) => {
                         *zref = ZoneRef::of(zone, zref.slot, cx.zone_epoch);
-                        // The version in force at the fix's own time.
+                        // The version in force at the fix's own time, whose
+                        // kind also names the edge if it is an earlier one.
+                        let earlier = zone.version_index(t).is_some();
                         let zone = zone.at(t);
                         version = zone.version;
+                        if earlier {
+                            edge_kind = zone.kind;
+                        }
                         zone_verdict(zone, |z| z.presence(cx.probe), sched, t, &th, cx.historical)
                     }
                 }
             };
             let zone_for_edge = ZoneRef {
-                kind: seen_kind,
+                kind: edge_kind,
                 ..*zref
             };
             let before = out.len();

@@ -1006,7 +1006,7 @@ fn a_late_fix_is_judged_against_the_zone_version_in_force_at_its_time() {
     let live_first = [before[0]];
     let backlog = &before[1..];
 
-    let play = |versioned: bool| {
+    let play = |versioned: bool, moved: &ZoneSpec| {
         let (mut e, h) = setup(rule());
         e.upsert_zone_versions(old.clone(), at(10, almaty(2, 9, 0)), vec![])
             .expect("ok");
@@ -1038,7 +1038,7 @@ fn a_late_fix_is_judged_against_the_zone_version_in_force_at_its_time() {
     };
     use TransitionKind::*;
     assert_eq!(
-        play(true),
+        play(true, &moved),
         vec![
             (ExclusionEntered, almaty(2, 12, 10), true, Some(10)),
             (ExclusionLeft, almaty(2, 12, 20), true, Some(10)),
@@ -1046,9 +1046,25 @@ fn a_late_fix_is_judged_against_the_zone_version_in_force_at_its_time() {
         "judged against the zone as it stood at 12:10"
     );
     assert_eq!(
-        play(false),
+        play(false, &moved),
         vec![],
         "without its versions, the moved zone alone sees nothing"
+    );
+    // The zone became an inclusion zone (somewhere the subject is): the
+    // backlog's episode is still the exclusion zone's, as version 10 was.
+    let now_inclusion = zone(
+        2,
+        ZoneKind::Inclusion,
+        circle(v.lon(), v.lat() + 0.01, 3_000.0),
+        0.0,
+    );
+    assert_eq!(
+        play(true, &now_inclusion),
+        vec![
+            (ExclusionEntered, almaty(2, 12, 10), true, Some(10)),
+            (ExclusionLeft, almaty(2, 12, 20), true, Some(10)),
+        ],
+        "named by the kind of the version that judged it"
     );
 
     // A fix older than every version known is judged against the oldest;
