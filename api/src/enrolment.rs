@@ -196,51 +196,7 @@ pub(crate) async fn fit(
     let why = reason(&b.reason)?;
     let every = interval(b.report_interval_s)?;
     let mut tx = s.pool.begin().await?;
-    // The subject and the device, locked (in that order; `remove` locks the
-    // subject too), so that concurrent changes to either wait; then, in a
-    // statement of its own (a snapshot taken after the locks), who wears the
-    // device now. One answer for a device that does not exist and one that
-    // is no bracelet.
-    sqlx::query("SELECT 1 FROM subjects WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    let device: Option<(bool, i32)> = sqlx::query_as(
-        "SELECT retired_at IS NOT NULL, report_interval_s FROM devices \
-         WHERE id = $1 AND kind = 'bracelet' FOR UPDATE",
-    )
-    .bind(&b.device_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let wearer: Option<i64> = sqlx::query_scalar(
-        "SELECT subject_id FROM assignments WHERE device_id = $1 \
-         AND valid_from <= now() AND (valid_to IS NULL OR valid_to > now()) LIMIT 1",
-    )
-    .bind(&b.device_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((retired, current_every)) = device else {
-        return Err(ApiError::Unprocessable(format!(
-            "no bracelet {:?} in the inventory",
-            b.device_id
-        )));
-    };
-    if retired {
-        return Err(ApiError::Conflict(format!(
-            "bracelet {:?} is retired",
-            b.device_id
-        )));
-    }
-    match wearer {
-        Some(w) if w == id => {}
-        Some(_) => {
-            return Err(ApiError::Conflict(format!(
-                "bracelet {:?} is assigned to another subject",
-                b.device_id
-            )));
-        }
-        None => {}
-    }
+    let (current_every, wearer) = lock_bracelet(&mut tx, id, &b.device_id).await?;
     let replaced = if wearer == Some(id) {
         None
     } else {
@@ -272,6 +228,53 @@ pub(crate) async fn fit(
         replaced,
         report_interval_s: every.unwrap_or(current_every),
     }))
+}
+
+/// Locks the subject and the bracelet (in that order; `remove` locks the
+/// subject too), so that concurrent changes to either wait; then, in a
+/// statement of its own (a snapshot taken after the locks), reads who wears
+/// the bracelet now. Returns its reporting interval and wearer (none, or
+/// `subject` itself); a bracelet not in the inventory (or no bracelet) is
+/// 422, a retired one or one worn by another subject 409.
+async fn lock_bracelet(
+    tx: &mut sqlx::PgConnection,
+    subject: i64,
+    device: &str,
+) -> ApiResult<(i32, Option<i64>)> {
+    sqlx::query("SELECT 1 FROM subjects WHERE id = $1 FOR UPDATE")
+        .bind(subject)
+        .execute(&mut *tx)
+        .await?;
+    let row: Option<(bool, i32)> = sqlx::query_as(
+        "SELECT retired_at IS NOT NULL, report_interval_s FROM devices \
+         WHERE id = $1 AND kind = 'bracelet' FOR UPDATE",
+    )
+    .bind(device)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((retired, every)) = row else {
+        return Err(ApiError::Unprocessable(format!(
+            "no bracelet {device:?} in the inventory"
+        )));
+    };
+    if retired {
+        return Err(ApiError::Conflict(format!(
+            "bracelet {device:?} is retired"
+        )));
+    }
+    let wearer: Option<i64> = sqlx::query_scalar(
+        "SELECT subject_id FROM assignments WHERE device_id = $1 \
+         AND valid_from <= now() AND (valid_to IS NULL OR valid_to > now()) LIMIT 1",
+    )
+    .bind(device)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if wearer.is_some_and(|w| w != subject) {
+        return Err(ApiError::Conflict(format!(
+            "bracelet {device:?} is assigned to another subject"
+        )));
+    }
+    Ok((every, wearer))
 }
 
 /// Ends the subject's current bracelet assignment, if any; returns the

@@ -448,6 +448,8 @@ fn push_edge(
 }
 
 /// Steps one rule with one fix (live or late).
+// Over 80 lines: the hot path of every rule kind; one function keeps the
+// envelope fast path, the version choice and the edge's naming together.
 fn step_rule(
     rule: &mut RuleState,
     zones: &mut ZoneStore,
