@@ -10,12 +10,44 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+/// `url` with the password of its user info (`user:password@`) and any
+/// `password=` parameter replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        let authority_end = out[rest..].find(['/', '?']).map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..authority_end].rfind('@')
+            && let Some(colon) = out[rest..rest + at].find(':')
+        {
+            out.replace_range(rest + colon + 1..rest + at, "***");
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let query: Vec<String> = out[q + 1..]
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out = format!("{}?{}", &out[..q], query.join("&"));
+    }
+    out
+}
+
 /// The whole configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// PostgreSQL connection URL. The database is created if it is missing.
+    /// A password in it is never printed (`check-config` shows `***`).
     pub database_url: String,
+    /// A file holding the connection URL (its first line), read at load:
+    /// a secret kept out of the file, the environment and `ps`. Beats
+    /// `database_url` from every layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url_file: Option<String>,
     /// MQTT broker host.
     pub mqtt_host: String,
     /// MQTT broker port.
@@ -69,6 +101,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             database_url: "postgres://postgres@127.0.0.1/emtrack".into(),
+            database_url_file: None,
             mqtt_host: "127.0.0.1".into(),
             mqtt_port: 1883,
             mqtt_client_id: "emtrack-ingest".into(),
@@ -236,8 +269,26 @@ impl Config {
         if let Some(v) = &flags.mqtt_client_id {
             c.mqtt_client_id = v.clone();
         }
+        if let Some(v) = env("EMTRACK_DATABASE_URL_FILE") {
+            c.database_url_file = Some(v);
+        }
+        if let Some(path) = &c.database_url_file {
+            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+                path: path.clone(),
+                error,
+            })?;
+            c.database_url = text.lines().next().unwrap_or_default().trim().to_owned();
+        }
         c.validate()?;
         Ok(c)
+    }
+
+    /// The configuration as `check-config` shows it: TOML, with the
+    /// database password replaced by `***`.
+    pub fn shown(&self) -> String {
+        let mut c = self.clone();
+        c.database_url = redacted(&self.database_url);
+        c.to_toml()
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -246,7 +297,7 @@ impl Config {
         {
             return Err(ConfigError::Invalid(format!(
                 "database_url must be a postgres:// URL, not {:?}",
-                self.database_url
+                redacted(&self.database_url)
             )));
         }
         self.validate_http()?;

@@ -256,7 +256,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        Command::CheckConfig => print!("{}", config.to_toml()),
+        Command::CheckConfig => print!("{}", config.shown()),
         Command::Migrate => {
             let pool = open(&config).await?;
             let today = jiff::Timestamp::now()

@@ -110,3 +110,63 @@ fn errors_say_what_is_wrong() {
         Config::load(Some(&missing), env(&[]), &Overrides::default()).expect_err("missing file");
     assert!(e.to_string().contains("emtrack-no-such-config.toml"), "{e}");
 }
+
+/// `check-config` shows no secret: the database password is `***` wherever
+/// it is written (user info, a `password=` parameter), also in an error;
+/// and the URL can come from a file (`database_url_file`,
+/// `EMTRACK_DATABASE_URL_FILE`), kept out of the environment and `ps`.
+#[test]
+fn the_shown_configuration_holds_no_secret() {
+    let secret = "s3cr3t-Pa55";
+    let e = env(&[(
+        "EMTRACK_DATABASE_URL",
+        "postgres://emtrack:s3cr3t-Pa55@db.example:5432/emtrack?sslmode=require&password=s3cr3t-Pa55",
+    )]);
+    let c = Config::load(None, &e, &Overrides::default()).expect("valid");
+    assert!(c.database_url.contains(secret), "the service still has it");
+    let shown = c.shown();
+    assert!(!shown.contains(secret), "{shown}");
+    assert!(
+        shown.contains(
+            "postgres://emtrack:***@db.example:5432/emtrack?sslmode=require&password=***"
+        ),
+        "{shown}"
+    );
+    let bad = Config::load(
+        None,
+        env(&[("EMTRACK_DATABASE_URL", "mysql://root:s3cr3t-Pa55@db/x")]),
+        &Overrides::default(),
+    )
+    .expect_err("not postgres");
+    assert!(!bad.to_string().contains(secret), "{bad}");
+
+    let url = file("postgres://emtrack:s3cr3t-Pa55@db.example/emtrack\n");
+    let from_file = Config::load(
+        None,
+        env(&[("EMTRACK_DATABASE_URL_FILE", url.0.to_str().expect("path"))]),
+        &Overrides::default(),
+    )
+    .expect("valid");
+    assert_eq!(
+        from_file.database_url,
+        "postgres://emtrack:s3cr3t-Pa55@db.example/emtrack"
+    );
+    assert!(!from_file.shown().contains(secret));
+    // The real binary's check-config prints the same.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emtrack"))
+        .arg("check-config")
+        .env("EMTRACK_DATABASE_URL_FILE", &url.0)
+        .output()
+        .expect("emtrack runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("postgres://emtrack:***@db.example/emtrack"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(secret) && !String::from_utf8_lossy(&out.stderr).contains(secret));
+}
