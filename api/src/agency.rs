@@ -12,7 +12,7 @@ use crate::ApiState;
 use crate::audit::AuditSlot;
 use crate::error::{ApiError, ApiResult};
 use crate::orders::{NewZone, attributed, checked};
-use crate::params::{Body, Id, Params, reason};
+use crate::params::{Body, Id, Params, Why, reason};
 use crate::scope::{Need, Scope};
 use axum::Json;
 use axum::extract::State;
@@ -175,15 +175,6 @@ pub(crate) async fn replace_zone(
     slot.reason(why);
     slot.detail(serde_json::json!({"zone_id": id, "category": zone.category}));
     Ok(Json(zone))
-}
-
-/// The reason of a removal, as a query parameter.
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct Why {
-    /// Why; kept with the version.
-    reason: String,
 }
 
 /// `DELETE /v1/zones/{id}?reason=`: removes a category zone (admin); its

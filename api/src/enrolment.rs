@@ -17,7 +17,7 @@
 use crate::ApiState;
 use crate::audit::AuditSlot;
 use crate::error::{ApiError, ApiResult};
-use crate::params::{Body, Params};
+use crate::params::{Body, Params, Why};
 use crate::scope::{Need, Scope, ScopedSubject};
 use crate::time::Time;
 use axum::Json;
@@ -292,15 +292,6 @@ async fn end_bracelet(
     .bind(subject)
     .fetch_optional(tx)
     .await
-}
-
-/// The reason of a removal or retirement, as a query parameter.
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct Why {
-    /// Why; kept in the audit log.
-    reason: String,
 }
 
 /// `DELETE /v1/subjects/{id}/device?reason=`: removes the subject's bracelet

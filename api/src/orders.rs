@@ -8,7 +8,7 @@
 use crate::ApiState;
 use crate::audit::AuditSlot;
 use crate::error::{ApiError, ApiResult};
-use crate::params::{self, Body, Params};
+use crate::params::{self, Body, Params, Why};
 use crate::scope::{Need, Scope, ScopedOrder, ScopedSubject};
 use crate::time::Time;
 use axum::Json;
@@ -361,6 +361,43 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(written)))
 }
 
+/// What a new rule names, by kind (the rest stays NULL).
+#[derive(Default)]
+struct Target<'a> {
+    zone_id: Option<i64>,
+    category: Option<i32>,
+    other_device: Option<&'a str>,
+    min_distance_m: Option<f64>,
+    max_age_s: Option<i32>,
+}
+
+/// Inserts a rule of `kind` for `subject`, with the order's schedule and
+/// tuning; returns its id.
+async fn insert_rule(
+    tx: &mut sqlx::PgConnection,
+    subject: i64,
+    kind: &str,
+    t: Target<'_>,
+    b: &NewOrder,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO rules (id, subject_id, kind, zone_id, category, other_device, min_distance_m, \
+                            max_age_s, schedule, tuning) \
+         VALUES (nextval('order_ids'), $1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+    )
+    .bind(subject)
+    .bind(kind)
+    .bind(t.zone_id)
+    .bind(t.category)
+    .bind(t.other_device)
+    .bind(t.min_distance_m)
+    .bind(t.max_age_s)
+    .bind(&b.schedule)
+    .bind(&b.tuning)
+    .fetch_one(tx)
+    .await
+}
+
 /// A zone order or a curfew: its zone and the rule, in one transaction.
 async fn zone_order(
     s: &ApiState,
@@ -407,17 +444,11 @@ async fn zone_order(
     checked(s, zone)?;
     let mut tx = attributed(s, scope, why).await?;
     let zone_id = write_zone(&mut tx, None, zone).await?;
-    let rule_id: i64 = sqlx::query_scalar(
-        "INSERT INTO rules (id, subject_id, kind, zone_id, schedule, tuning) \
-         VALUES (nextval('order_ids'), $1, $2, $3, $4, $5) RETURNING id",
-    )
-    .bind(subject)
-    .bind(&b.kind)
-    .bind(zone_id)
-    .bind(&b.schedule)
-    .bind(&b.tuning)
-    .fetch_one(&mut *tx)
-    .await?;
+    let target = Target {
+        zone_id: Some(zone_id),
+        ..Target::default()
+    };
+    let rule_id = insert_rule(&mut tx, subject, &b.kind, target, b).await?;
     tx.commit().await?;
     Ok(Written { rule_id, zone_id })
 }
@@ -449,16 +480,11 @@ async fn category_order(
         checked_schedule(s, sch)?;
     }
     let mut tx = attributed(s, scope, why).await?;
-    let rule_id: i64 = sqlx::query_scalar(
-        "INSERT INTO rules (id, subject_id, kind, category, schedule, tuning) \
-         VALUES (nextval('order_ids'), $1, 'category', $2, $3, $4) RETURNING id",
-    )
-    .bind(subject)
-    .bind(category)
-    .bind(&b.schedule)
-    .bind(&b.tuning)
-    .fetch_one(&mut *tx)
-    .await?;
+    let target = Target {
+        category: Some(category),
+        ..Target::default()
+    };
+    let rule_id = insert_rule(&mut tx, subject, "category", target, b).await?;
     tx.commit().await?;
     Ok(Written {
         rule_id,
@@ -525,18 +551,13 @@ async fn proximity_order(
     .bind(subject)
     .execute(&mut *tx)
     .await?;
-    let rule_id: i64 = sqlx::query_scalar(
-        "INSERT INTO rules (id, subject_id, kind, other_device, min_distance_m, max_age_s, schedule, tuning) \
-         VALUES (nextval('order_ids'), $1, 'proximity', $2, $3, $4, $5, $6) RETURNING id",
-    )
-    .bind(subject)
-    .bind(phone)
-    .bind(distance)
-    .bind(max_age)
-    .bind(&b.schedule)
-    .bind(&b.tuning)
-    .fetch_one(&mut *tx)
-    .await?;
+    let target = Target {
+        other_device: Some(phone),
+        min_distance_m: Some(distance),
+        max_age_s: Some(max_age),
+        ..Target::default()
+    };
+    let rule_id = insert_rule(&mut tx, subject, "proximity", target, b).await?;
     tx.commit().await?;
     Ok(Written {
         rule_id,
@@ -646,26 +667,17 @@ pub(crate) async fn update(
     }))
 }
 
-/// `DELETE /v1/orders/{id}`'s parameters.
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct Lift {
-    /// Why the order is lifted; kept with the version.
-    reason: String,
-}
-
 /// `DELETE /v1/orders/{id}?reason=`: lifts the order (its zone too, when
 /// no other order uses it). Its versions stay in `order_versions`.
 #[utoipa::path(delete, path = "/v1/orders/{id}", tag = "subjects", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "The order's (rule's) id"), Lift),
+    params(("id" = i64, Path, description = "The order's (rule's) id"), Why),
     responses((status = 204)))]
 pub(crate) async fn lift(
     State(s): State<ApiState>,
     scope: Scope,
     order: ScopedOrder,
     slot: AuditSlot,
-    Params(q): Params<Lift>,
+    Params(q): Params<Why>,
 ) -> ApiResult<StatusCode> {
     scope.require(Need::WriteOrders)?;
     let why = reason(&q.reason)?;

@@ -42,6 +42,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     }
 }
 
+/// `?reason=`: the reason of a removal, retirement or lift, as a query
+/// parameter.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct Why {
+    /// Why; kept with the order's version, or in the audit log.
+    pub(crate) reason: String,
+}
+
 /// The reason given for a change: 1–1000 bytes, trimmed; `kept` says where
 /// it is kept ("with the version", "in the audit log").
 pub(crate) fn reason<'a>(r: &'a str, kept: &str) -> Result<&'a str, ApiError> {

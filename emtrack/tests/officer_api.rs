@@ -131,6 +131,37 @@ impl Fixture {
         r
     }
 
+    /// Four fixes from `device` at (43.30, 77.00), 15 s apart over the last
+    /// minute (an exclusion needs two at least 30 s apart), then waits for
+    /// the subject's one `exclusion_zone_entered` alert about `zone`.
+    async fn inside_zone(&self, pool: &PgPool, device: &str, zone: i64, what: &str) {
+        let t = store::now_ms() - 60_000;
+        let inside: Vec<(i64, (f64, f64))> =
+            (0..4).map(|i| (t + i * 15_000, (43.30, 77.00))).collect();
+        let msg = vec![(
+            format!("em/v1/dev/{device}/fix"),
+            json_fixes(device, &inside),
+        )];
+        publish_raw(self._broker.port, &format!("inside-{device}-{zone}"), &msg).await;
+        wait_until(Duration::from_secs(20), what, || {
+            let pool = pool.clone();
+            let device = device.to_owned();
+            async move {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM alerts WHERE device_id = $1 \
+                     AND kind = 'exclusion_zone_entered' AND scope = $2",
+                )
+                .bind(device)
+                .bind(zone)
+                .fetch_one(&pool)
+                .await
+                .expect("alerts");
+                n == 1
+            }
+        })
+        .await;
+    }
+
     /// Publishes one fix from `device` now and waits until it is handled;
     /// returns the reason it was refused, if it was.
     async fn one_fix(&self, pool: &PgPool, device: &str, at: i64) -> Option<String> {
@@ -1295,27 +1326,8 @@ async fn orders_written_through_the_api_are_checked_versioned_and_enforced_at_on
     })
     .await;
     // Four fixes 15 s apart (an exclusion needs two at least 30 s apart).
-    let t = store::now_ms() - 60_000;
-    let inside: Vec<(i64, (f64, f64))> = (0..4).map(|i| (t + i * 15_000, (43.30, 77.00))).collect();
-    let msg = vec![(
-        "em/v1/dev/EM-20/fix".to_owned(),
-        json_fixes("EM-20", &inside),
-    )];
-    publish_raw(f._broker.port, "write-pub", &msg).await;
-    wait_until(Duration::from_secs(20), "the new zone's alert", || {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM alerts WHERE subject_id = 20 AND kind = 'exclusion_zone_entered' AND scope = $1",
-            )
-            .bind(zone)
-            .fetch_one(&pool)
-            .await
-            .expect("alerts")
-                == 1
-        }
-    })
-    .await;
+    f.inside_zone(&pool, "EM-20", zone, "the new zone's alert")
+        .await;
     let history = f.get("off2", "/v1/subjects/20/orders/history").await.json();
     let mine: Vec<&serde_json::Value> = history
         .as_array()
@@ -1968,27 +1980,8 @@ async fn agency_zones_and_webhooks_are_the_administrators(pool: PgPool) {
     let order = r#"{"kind": "category", "category": 7, "reason": "licence condition 4"}"#;
     f.applied("ordered", f.post("off2", "/v1/subjects/20/orders", order))
         .await;
-    let t = store::now_ms() - 60_000;
-    let inside: Vec<(i64, (f64, f64))> = (0..4).map(|i| (t + i * 15_000, (43.30, 77.00))).collect();
-    let msg = vec![(
-        "em/v1/dev/EM-20/fix".to_owned(),
-        json_fixes("EM-20", &inside),
-    )];
-    publish_raw(f._broker.port, "agency-pub", &msg).await;
-    wait_until(Duration::from_secs(20), "the category zone's alert", || {
-        let pool = pool.clone();
-        async move {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM alerts WHERE subject_id = 20 AND kind = 'exclusion_zone_entered' AND scope = $1",
-            )
-            .bind(zone)
-            .fetch_one(&pool)
-            .await
-            .expect("alerts");
-            n == 1
-        }
-    })
-    .await;
+    f.inside_zone(&pool, "EM-20", zone, "the category zone's alert")
+        .await;
 
     // Moved and removed, each a version with its author and reason; an
     // assigned zone is not the agency's to change here.

@@ -497,10 +497,10 @@ fn step_rule(
                         *zref = ZoneRef::of(zone, zref.slot, cx.zone_epoch);
                         // The version in force at the fix's own time, whose
                         // kind also names the edge if it is an earlier one.
-                        let earlier = zone.version_index(t).is_some();
+                        let current = zone.version;
                         let zone = zone.at(t);
                         version = zone.version;
-                        if earlier {
+                        if version != current {
                             edge_kind = zone.kind;
                         }
                         zone_verdict(zone, |z| z.presence(cx.probe), sched, t, &th, cx.historical)
