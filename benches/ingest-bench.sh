@@ -5,7 +5,7 @@
 #   benches/ingest-bench.sh [fixes-per-run]    (default 500,000)
 #
 # 1. Throughput, for 1-fix and 10-fix messages: device-sim at max rate (QoS 1)
-#    → a private tuned Mosquitto (deploy/mosquitto/emtrack.conf, free
+#    → a private tuned Mosquitto (deploy/mosquitto/insecure-loopback-demo.conf, free
 #    loopback port) → first a null QoS 1 subscriber that only counts
 #    (`device-sim sink`), then emtrack with PostgreSQL. Both see the same
 #    messages. Reports fixes/s of each, their ratio, and emtrack's CPU time

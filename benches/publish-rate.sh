@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Maximum publish rate of device-sim into a local Mosquitto, checked against a
 # null subscriber's receive count. Starts its own broker from
-# deploy/mosquitto/emtrack.conf on a free loopback port, and stops it.
+# deploy/mosquitto/insecure-loopback-demo.conf on a free loopback port, and stops it.
 #
 #   benches/publish-rate.sh [fixes-per-run]    (default 1,000,000)
 #

@@ -1,5 +1,5 @@
 # Sourced by deploy/demo.sh and the benches/*.sh scripts: a private Mosquitto
-# started from deploy/mosquitto/emtrack.conf on a free loopback port, with its
+# started from deploy/mosquitto/insecure-loopback-demo.conf on a free loopback port, with its
 # persistence in a given directory. (The packaged defaults drop QoS 1 messages
 # for a slow subscriber.)
 
@@ -21,7 +21,7 @@ start_broker() {
   fi
   sed -e "s|^listener 1883 127.0.0.1|listener $PORT 127.0.0.1|" \
       -e "s|^persistence_location .*|persistence_location $1/broker-data/|" \
-      deploy/mosquitto/emtrack.conf > "$1/mosquitto.conf"
+      deploy/mosquitto/insecure-loopback-demo.conf > "$1/mosquitto.conf"
   mosquitto -c "$1/mosquitto.conf" > "$1/mosquitto.log" 2>&1 &
   BROKER=$!
   for _ in $(seq 200); do

@@ -6,7 +6,7 @@
 #   KEEP=1 deploy/demo.sh                    (then keep emtrack running for
 #                                             the officer API, until Ctrl-C)
 #
-# - Starts a private Mosquitto from deploy/mosquitto/emtrack.conf on a free
+# - Starts a private Mosquitto from deploy/mosquitto/insecure-loopback-demo.conf on a free
 #   loopback port (the packaged defaults drop QoS 1 messages under load).
 # - Recreates the database emtrack_demo on the local PostgreSQL, imports a
 #   seeded world (zones, subjects, devices, rules) and runs `emtrack run`.

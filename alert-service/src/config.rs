@@ -51,6 +51,15 @@ pub struct AlertConfig {
     pub webhook_backoff_max_s: u64,
     /// Webhook request timeout, in seconds.
     pub webhook_timeout_s: u64,
+    /// PEM CA bundle that `https://` webhook receivers' certificates must
+    /// chain to; none trusts the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_ca_file: Option<String>,
+    /// A file whose first line (32 characters or more, e.g. `openssl rand
+    /// -hex 32`) keys the sealing of webhook secrets in the database. None
+    /// stores them in plain text (a warning at start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_key_file: Option<String>,
 }
 
 impl Default for AlertConfig {
@@ -72,6 +81,8 @@ impl Default for AlertConfig {
             webhook_backoff_ms: 1_000,
             webhook_backoff_max_s: 600,
             webhook_timeout_s: 10,
+            webhook_ca_file: None,
+            webhook_key_file: None,
         }
     }
 }

@@ -35,8 +35,8 @@ mod restore;
 mod service;
 
 pub use config::{AlertConfig, PolicyError};
-pub use delivery::mqtt::MqttTarget;
-pub use delivery::webhook::{backoff, signature};
+pub use delivery::Outbound;
+pub use delivery::webhook::{backoff, seal_stored_secrets, signature};
 pub use delivery::{Channel, Delivery};
 pub use handle::{ActionError, AlertHandle};
 pub use metrics::Metrics;
@@ -84,7 +84,7 @@ pub async fn start(
     pool: PgPool,
     cfg: AlertConfig,
     policy: Policy,
-    mqtt: MqttTarget,
+    outbound: Outbound,
     metrics: Metrics,
     inputs: Inputs,
     stop: CancellationToken,
@@ -126,7 +126,7 @@ pub async fn start(
         cfg,
         held,
     };
-    delivery::spawn(senders, mqtt, queues, receivers, sweep, stop);
+    delivery::spawn(senders, outbound, queues, receivers, sweep, stop);
     let (commands_tx, commands) = mpsc::channel(256);
     let stopped = CancellationToken::new();
     let handle = AlertHandle {

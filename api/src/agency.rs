@@ -288,12 +288,26 @@ pub(crate) async fn add_webhook(
             "secret must be 32–256 bytes (random: the receiver checks signatures with it)".into(),
         ));
     }
+    // Sealed (bound to its id) when the service has a key: the database
+    // never holds it in clear.
+    let id: i64 = sqlx::query_scalar("SELECT nextval('webhook_ids')")
+        .fetch_one(&s.pool)
+        .await?;
+    let (plain, sealed) = match &s.seal {
+        Some(key) => (
+            None,
+            Some(key.seal(b.secret.as_bytes(), id.to_string().as_bytes())),
+        ),
+        None => (Some(&b.secret), None),
+    };
     let hook: Webhook = sqlx::query_as(
-        "INSERT INTO webhooks (id, url, secret, max_attempts) \
-         VALUES (nextval('webhook_ids'), $1, $2, $3) RETURNING id, url, active, max_attempts",
+        "INSERT INTO webhooks (id, url, secret, secret_sealed, max_attempts) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id, url, active, max_attempts",
     )
+    .bind(id)
     .bind(&b.url)
-    .bind(&b.secret)
+    .bind(plain)
+    .bind(sealed)
     .bind(attempts)
     .fetch_one(&s.pool)
     .await?;

@@ -377,14 +377,15 @@ pub(crate) struct NewDevice {
 /// `POST /v1/devices`: registers a device (admin).
 #[utoipa::path(post, path = "/v1/devices", tag = "devices", security(("bearer" = [])),
     request_body = NewDevice,
-    responses((status = 201, body = Device), (status = 409, body = crate::error::ErrorBody),
-              (status = 422, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = Registered), (status = 409, body = crate::error::ErrorBody),
+              (status = 422, body = crate::error::ErrorBody),
+              (status = 503, body = crate::error::ErrorBody)))]
 pub(crate) async fn register(
     State(s): State<ApiState>,
     scope: Scope,
     slot: AuditSlot,
     Body(b): Body<NewDevice>,
-) -> ApiResult<(StatusCode, Json<Device>)> {
+) -> ApiResult<(StatusCode, Json<Registered>)> {
     scope.require(Need::Administer)?;
     if !matches!(b.kind.as_str(), "bracelet" | "victim_phone") {
         return Err(ApiError::Unprocessable(
@@ -397,6 +398,7 @@ pub(crate) async fn register(
         ));
     }
     interval(Some(b.report_interval_s))?;
+    let mut tx = s.pool.begin().await?;
     let added = sqlx::query(
         "INSERT INTO devices (id, kind, format, report_interval_s) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (id) DO NOTHING",
@@ -405,7 +407,7 @@ pub(crate) async fn register(
     .bind(&b.kind)
     .bind(&b.format)
     .bind(b.report_interval_s)
-    .execute(&s.pool)
+    .execute(&mut *tx)
     .await;
     match added {
         Ok(r) if r.rows_affected() == 0 => {
@@ -422,19 +424,40 @@ pub(crate) async fn register(
         }
         Err(e) => return Err(e.into()),
     }
-    slot.detail(serde_json::json!({"device_id": b.id, "kind": b.kind}));
-    let row = sqlx::query_as(&format!("{DEVICE} WHERE d.id = $1"))
+    // The broker's credential before the commit: a refusal stores nothing.
+    let credential = crate::credentials::issue(&s, &b.id).await?;
+    if let Err(e) = tx.commit().await {
+        if credential.is_some() {
+            // Best effort: a credential for a device that was not stored.
+            let _ = crate::credentials::revoke(&s, &b.id).await;
+        }
+        return Err(e.into());
+    }
+    slot.detail(serde_json::json!({"device_id": b.id, "kind": b.kind,
+        "credential": if credential.is_some() { "issued" } else { "none" }}));
+    let device = sqlx::query_as(&format!("{DEVICE} WHERE d.id = $1"))
         .bind(&b.id)
         .fetch_one(&s.pool)
         .await?;
-    Ok((StatusCode::CREATED, Json(row)))
+    Ok((StatusCode::CREATED, Json(Registered { device, credential })))
+}
+
+/// A registered device, with its broker credential when the service
+/// issues them (shown once).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Registered {
+    #[serde(flatten)]
+    device: Device,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credential: Option<crate::credentials::Credential>,
 }
 
 /// `POST /v1/devices/{id}/retire?reason=`: retires a device (admin): its
 /// messages are refused from now on and whoever wore it no longer does.
 #[utoipa::path(post, path = "/v1/devices/{id}/retire", tag = "devices", security(("bearer" = [])),
     params(("id" = String, Path, description = "The device's id"), Why),
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody),
+              (status = 503, body = crate::error::ErrorBody)))]
 pub(crate) async fn retire(
     State(s): State<ApiState>,
     scope: Scope,
@@ -460,6 +483,9 @@ pub(crate) async fn retire(
     .bind(&id)
     .execute(&mut *tx)
     .await?;
+    // Its broker credential goes before the commit: a refusal keeps it in
+    // service rather than leave a retired device able to publish.
+    crate::credentials::revoke(&s, &id).await?;
     tx.commit().await?;
     slot.reason(why);
     slot.detail(serde_json::json!({"device_id": id}));

@@ -46,6 +46,7 @@ pub mod accounts;
 mod agency;
 mod alerts;
 mod audit;
+mod credentials;
 mod enrolment;
 mod error;
 mod evidence;
@@ -170,6 +171,12 @@ pub struct ApiState {
     verifying: Arc<tokio::sync::Semaphore>,
     metrics: ApiMetrics,
     orders: Arc<dyn orders::OrderCheck>,
+    /// The broker's admin side, for device credentials; none leaves them
+    /// to `emtrack device`.
+    broker: Option<Arc<identities::Broker>>,
+    /// Seals webhook secrets before they are stored; none stores them as
+    /// given.
+    seal: Option<Arc<link::SealKey>>,
 }
 
 impl std::fmt::Debug for dyn orders::OrderCheck {
@@ -197,7 +204,21 @@ impl ApiState {
             streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
             verifying: Arc::new(tokio::sync::Semaphore::new(8)),
             metrics: ApiMetrics::new(registry),
+            broker: None,
+            seal: None,
         }
+    }
+
+    /// Seals webhook secrets with `seal` before they are stored.
+    pub fn with_seal(mut self, seal: Option<Arc<link::SealKey>>) -> Self {
+        self.seal = seal;
+        self
+    }
+
+    /// Issues, rotates and revokes device credentials through `broker`.
+    pub fn with_broker(mut self, broker: Option<Arc<identities::Broker>>) -> Self {
+        self.broker = broker;
+        self
     }
 }
 
@@ -305,6 +326,7 @@ fn guarded() -> OpenApiRouter<ApiState> {
         .routes(routes!(enrolment::fit, enrolment::remove))
         .routes(routes!(enrolment::devices, enrolment::register))
         .routes(routes!(enrolment::retire))
+        .routes(routes!(credentials::rotate))
         .routes(routes!(agency::zones, agency::create_zone))
         .routes(routes!(agency::replace_zone, agency::remove_zone))
         .routes(routes!(agency::webhooks, agency::add_webhook))

@@ -2,11 +2,13 @@
 //! header-read timeout (a client that sends half a request is dropped
 //! after [`HEADER_READ_TIMEOUT`]; `axum::serve` sets none), the peer's
 //! address on every request (for the audit log), and a graceful shutdown
-//! bounded by [`SHUTDOWN_GRACE`].
+//! bounded by [`SHUTDOWN_GRACE`]. With a TLS acceptor it serves HTTPS: the
+//! handshake runs in the connection's own task, bounded by the same
+//! timeout, so a slow or broken client never holds up the accept loop.
 
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,10 +21,11 @@ pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections get to finish once shutdown begins.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves `app` on `listener` until `stop` is cancelled, then lets open
-/// requests finish (at most [`SHUTDOWN_GRACE`]).
+/// Serves `app` on `listener` (over TLS with `tls`) until `stop` is
+/// cancelled, then lets open requests finish (at most [`SHUTDOWN_GRACE`]).
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     app: axum::Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
@@ -49,11 +52,16 @@ pub async fn serve(
                 req.extensions_mut().insert(ConnectInfo(peer));
                 req
             });
-        let conn = http.serve_connection(TokioIo::new(socket), TowerToHyperService::new(app));
-        let conn = graceful.watch(conn);
+        let service = TowerToHyperService::new(app);
+        let (http, watcher, tls) = (http.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "HTTP connection ended with an error");
+            let Some(tls) = tls else {
+                return serve_one(socket, http, service, watcher, peer).await;
+            };
+            match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(socket)).await {
+                Ok(Ok(stream)) => serve_one(stream, http, service, watcher, peer).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
     }
@@ -65,6 +73,29 @@ pub async fn serve(
         tracing::warn!("HTTP connections still open after the shutdown grace; closing them");
     }
     Ok(())
+}
+
+/// Serves one connection (plain or TLS) under the graceful shutdown.
+async fn serve_one<I, S>(
+    io: I,
+    http: hyper::server::conn::http1::Builder,
+    service: S,
+    watcher: Watcher,
+    peer: SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = http.serve_connection(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, %peer, "HTTP connection ended with an error");
+    }
 }
 
 /// The peer address of a request served by [`serve`] (`None` elsewhere,

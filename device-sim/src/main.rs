@@ -8,6 +8,7 @@ use device_sim::truth::write_jsonl;
 use device_sim::world::{World, WorldConfig};
 use jiff::Timestamp;
 use rumqttc::QoS;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -326,6 +327,14 @@ struct MqttArgs {
     /// Client ids are `{prefix}-{n}`.
     #[arg(long, default_value = "device-sim")]
     client_id_prefix: String,
+    /// MQTT over TLS, verifying the broker against this PEM CA bundle.
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    /// Each device's broker credential, as `emtrack device enrol --out`
+    /// writes them (`<device id> <password>` lines): every device then
+    /// connects on its own, as itself.
+    #[arg(long)]
+    credentials: Option<std::path::PathBuf>,
     /// Unacknowledged QoS 1 publishes per connection.
     #[arg(long, default_value_t = 100)]
     inflight: u16,
@@ -394,6 +403,65 @@ fn run() -> Result<(), String> {
             client_id,
         } => sink_cmd(broker, expect, idle_secs, max_secs, client_id),
     }
+}
+
+/// The TLS trust and device credentials for a secured broker, if given.
+#[allow(clippy::type_complexity)]
+fn secured(
+    mqtt: &MqttArgs,
+) -> Result<
+    (
+        Option<Arc<rustls::ClientConfig>>,
+        Option<HashMap<String, link::Secret>>,
+    ),
+    String,
+> {
+    let tls = match &mqtt.ca_file {
+        Some(ca) => Some(link::tls::client_config(Some(ca)).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let credentials = match &mqtt.credentials {
+        Some(path) => Some(read_credentials(path)?),
+        None => None,
+    };
+    Ok((tls, credentials))
+}
+
+/// `<id> <password>` lines (see `emtrack device enrol --out`).
+fn read_credentials(path: &std::path::Path) -> Result<HashMap<String, link::Secret>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = HashMap::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let (id, password) = line.split_once(' ').ok_or_else(|| {
+            format!(
+                "{}:{}: expected `<device id> <password>`",
+                path.display(),
+                n + 1
+            )
+        })?;
+        out.insert(id.to_owned(), link::Secret::new(password.trim_end()));
+    }
+    Ok(out)
+}
+
+/// Each device's identity, by device index; every device needs one.
+fn identities_of(
+    sc: &Scenario,
+    creds: &HashMap<String, link::Secret>,
+) -> Result<Vec<(String, link::Secret)>, String> {
+    (0..sc.device_count() as u32)
+        .map(|i| {
+            let id = sc.device_id(i).as_str().to_owned();
+            let password = creds
+                .get(&id)
+                .ok_or_else(|| format!("no credential for device {id} in --credentials"))?;
+            Ok((id, password.clone()))
+        })
+        .collect()
 }
 
 /// `device-sim world`: the world, exported.
@@ -480,12 +548,15 @@ fn run_cmd(
             ));
         }
     }
-    let pcfg = PublishConfig {
+    let (tls, credentials) = secured(&mqtt)?;
+    let mut pcfg = PublishConfig {
         host: mqtt.broker.host,
         port: mqtt.broker.port,
         qos: mqtt.broker.qos.into(),
         connections: mqtt.connections,
         conn_per_device: mqtt.conn_per_device,
+        tls,
+        identities: None,
         client_id_prefix: mqtt.client_id_prefix,
         pace,
         duration: Duration::from_secs_f64(mqtt.duration),
@@ -497,7 +568,10 @@ fn run_cmd(
     let start_ms = cfg.start.as_millisecond();
     let mut sc = Scenario::new(w, cfg);
     let devices = sc.device_count();
-    let connections = if pcfg.conn_per_device {
+    if let Some(creds) = credentials {
+        pcfg.identities = Some(Arc::new(identities_of(&sc, &creds)?));
+    }
+    let connections = if pcfg.conn_per_device || pcfg.identities.is_some() {
         devices
     } else {
         pcfg.connections.clamp(1, devices.max(1))

@@ -43,6 +43,12 @@ pub struct PublishConfig {
     pub connections: usize,
     /// One connection per device instead.
     pub conn_per_device: bool,
+    /// MQTT over TLS, trusting these roots.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Each device's broker identity (its id and password), by device
+    /// index: as a secured broker demands, every device then connects on its
+    /// own, with its id as user name and client id.
+    pub identities: Option<Arc<Vec<(String, link::Secret)>>>,
     /// Client ids are `{prefix}-{n}`.
     pub client_id_prefix: String,
     /// Pacing.
@@ -133,7 +139,7 @@ impl fmt::Display for PublishError {
         match self {
             PublishError::Unreachable { addr, detail } => write!(
                 f,
-                "cannot connect to the MQTT broker at {addr} ({detail}); start it (mosquitto -c deploy/mosquitto/emtrack.conf) or pass --host/--port"
+                "cannot connect to the MQTT broker at {addr} ({detail}); start it (mosquitto -c deploy/mosquitto/insecure-loopback-demo.conf) or pass --host/--port"
             ),
             PublishError::Client(e) => write!(f, "MQTT client failed: {e}"),
         }
@@ -147,8 +153,7 @@ struct Counters {
     errors: AtomicU64,
 }
 
-fn options(id: String, host: &str, port: u16, inflight: u16) -> MqttOptions {
-    let mut o = MqttOptions::new(id, host, port);
+fn options(mut o: MqttOptions, inflight: u16) -> MqttOptions {
     o.set_keep_alive(Duration::from_secs(30));
     o.set_inflight(inflight.max(1));
     o.set_max_packet_size(300 * 1024, 300 * 1024);
@@ -207,7 +212,7 @@ pub async fn publish(
     cfg: &PublishConfig,
     sim_start_ms: i64,
 ) -> Result<PublishReport, PublishError> {
-    let n = if cfg.conn_per_device {
+    let n = if cfg.conn_per_device || cfg.identities.is_some() {
         devices.max(1)
     } else {
         cfg.connections.clamp(1, devices.max(1))
@@ -220,13 +225,19 @@ pub async fn publish(
     let mut loops = Vec::with_capacity(n);
     let mut ready = Vec::with_capacity(n);
     for k in 0..n {
-        let (client, el) = AsyncClient::new(
-            options(
-                format!("{}-{k}", cfg.client_id_prefix),
-                &cfg.host,
-                cfg.port,
-                cfg.inflight,
+        let link = link::MqttLink {
+            tls: cfg.tls.clone(),
+            ..link::MqttLink::plain(cfg.host.clone(), cfg.port)
+        };
+        let (link, id) = match cfg.identities.as_ref().and_then(|ids| ids.get(k)) {
+            Some((user, password)) => (
+                link.as_identity(user.clone(), password.clone()),
+                user.clone(),
             ),
+            None => (link, format!("{}-{k}", cfg.client_id_prefix)),
+        };
+        let (client, el) = AsyncClient::new(
+            options(link.options(id), cfg.inflight),
             usize::from(cfg.inflight.max(1)) * 2,
         );
         let (tx, rx) = watch::channel(None);
@@ -362,7 +373,7 @@ impl Sink {
         client_id: &str,
         keep: bool,
     ) -> Result<Sink, PublishError> {
-        let mut o = options(client_id.to_owned(), host, port, 1000);
+        let mut o = options(MqttOptions::new(client_id, host, port), 1000);
         o.set_request_channel_capacity(64);
         let (client, mut el) = AsyncClient::new(o, 64);
         let received = Arc::new(AtomicU64::new(0));

@@ -1,6 +1,7 @@
 //! Test and benchmark fixtures shared by `device-sim`, `alerts` and the
-//! service's tests: a Mosquitto started from `deploy/mosquitto/emtrack.conf`
-//! on a free loopback port, the screening of fixes as ingest does it before
+//! service's tests: a Mosquitto on a free loopback port, started from
+//! `deploy/mosquitto/insecure-loopback-demo.conf` ([`Broker::start`]) or from
+//! the deployed, secure `emtrack.conf` ([`Broker::start_secure`]), the screening of fixes as ingest does it before
 //! judging, and the check of observed rule transitions against the ground
 //! truth.
 
@@ -14,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A private Mosquitto with the deployed (tuned) configuration. Killed and
+/// A private Mosquitto with one of the shipped configurations. Killed and
 /// its directory removed on drop.
 #[derive(Debug)]
 pub struct Broker {
@@ -40,37 +41,77 @@ pub fn free_port() -> std::io::Result<u16> {
 }
 
 impl Broker {
-    /// Starts `mosquitto -c` with the deployed config rewritten to listen on a
-    /// free loopback port and persist under a temporary directory; returns
-    /// once the port accepts connections (at most 10 s).
+    /// Starts `mosquitto -c` with the insecure loopback demo config (for
+    /// tests of other concerns) rewritten to listen on a free loopback port
+    /// and persist under a temporary directory; returns once the port
+    /// accepts connections (at most 10 s).
     pub fn start() -> Result<Broker, String> {
+        Broker::launch(
+            "insecure-loopback-demo.conf",
+            "listener 1883 127.0.0.1",
+            |c, _| Ok(c),
+        )
+    }
+
+    /// Starts the deployed, secure config (`emtrack.conf`): TLS with
+    /// `tls`'s certificate and key, dynamic security initialised with the
+    /// admin identity `admin` / `admin_password`, no anonymous access.
+    pub fn start_secure(tls: &BrokerTls, admin_password: &str) -> Result<Broker, String> {
+        Broker::launch("emtrack.conf", "listener 8883", |conf, dir| {
+            let dynsec = dir.join("dynsec.json");
+            let init = Command::new("mosquitto_ctrl")
+                .args(["dynsec", "init"])
+                .arg(&dynsec)
+                .args(["admin", admin_password])
+                .stdout(Stdio::null())
+                .status()
+                .map_err(|e| {
+                    format!("cannot run mosquitto_ctrl (apt install mosquitto-clients): {e}")
+                })?;
+            if !init.success() {
+                return Err(format!("mosquitto_ctrl dynsec init failed: {init}"));
+            }
+            // mosquitto drops to its own user: it must read and rewrite it.
+            world_writable(&dynsec, 0o666)?;
+            let conf = rewrite(
+                conf,
+                "certfile /etc/mosquitto/certs/emtrack-broker.crt",
+                &format!("certfile {}", tls.cert_file.display()),
+            )?;
+            let conf = rewrite(
+                conf,
+                "keyfile /etc/mosquitto/certs/emtrack-broker.key",
+                &format!("keyfile {}", tls.key_file.display()),
+            )?;
+            rewrite(
+                conf,
+                "plugin_opt_config_file /var/lib/mosquitto/emtrack-dynsec.json",
+                &format!("plugin_opt_config_file {}", dynsec.display()),
+            )
+        })
+    }
+
+    fn launch(
+        file: &str,
+        listener: &str,
+        finish: impl FnOnce(String, &std::path::Path) -> Result<String, String>,
+    ) -> Result<Broker, String> {
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
         let dir =
             std::env::temp_dir().join(format!("emtrack-broker-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
         // Started as root, mosquitto drops to its own user: the folder must
         // be writable by it, or the broker persists nothing.
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
-                .map_err(|e| format!("temp dir: {e}"))?;
-        }
-        let conf = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/mosquitto/emtrack.conf"
-        ))
-        .map_err(|e| format!("deploy/mosquitto/emtrack.conf: {e}"))?
-        .replace(
-            "listener 1883 127.0.0.1",
-            &format!("listener {port} 127.0.0.1"),
-        )
-        .replace(
+        world_writable(&dir, 0o777)?;
+        let path = format!("{}/../deploy/mosquitto/{file}", env!("CARGO_MANIFEST_DIR"));
+        let conf = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+        let conf = rewrite(conf, listener, &format!("listener {port} 127.0.0.1"))?;
+        let conf = rewrite(
+            conf,
             "persistence_location /var/lib/mosquitto/",
             &format!("persistence_location {}/", dir.display()),
-        );
-        if !conf.contains(&format!("listener {port} ")) {
-            return Err("the deployed config has no `listener 1883 127.0.0.1` line".into());
-        }
+        )?;
+        let conf = finish(conf, &dir)?;
         let path = dir.join("mosquitto.conf");
         std::fs::write(&path, conf).map_err(|e| format!("config: {e}"))?;
         let child = Command::new("mosquitto")
@@ -91,6 +132,36 @@ impl Broker {
         }
         Ok(broker)
     }
+}
+
+/// The broker's TLS certificate and key (PEM files readable by the
+/// `mosquitto` user).
+#[derive(Clone, Debug)]
+pub struct BrokerTls {
+    /// Certificate chain.
+    pub cert_file: std::path::PathBuf,
+    /// Private key.
+    pub key_file: std::path::PathBuf,
+}
+
+/// `conf` with its line `from` replaced by `to`; an error if it has none.
+fn rewrite(conf: String, from: &str, to: &str) -> Result<String, String> {
+    if !conf.lines().any(|l| l == from) {
+        return Err(format!("the shipped broker config has no `{from}` line"));
+    }
+    Ok(conf
+        .lines()
+        .map(|l| if l == from { to } else { l })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// Started as root, mosquitto drops to its own user: what it reads or
+/// writes must allow it.
+fn world_writable(path: &std::path::Path, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// One rule transition as a backend reported it.

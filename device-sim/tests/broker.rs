@@ -1,7 +1,7 @@
 //! A small scenario goes through a real Mosquitto on loopback and a plain
 //! subscriber receives every message, byte for byte.
 //!
-//! The test starts its own broker from `deploy/mosquitto/emtrack.conf` on a
+//! The test starts its own broker from `deploy/mosquitto/insecure-loopback-demo.conf` on a
 //! free port (the system broker's defaults may drop QoS 1 messages for a slow
 //! subscriber), and stops it when done.
 
@@ -69,6 +69,8 @@ async fn every_message_arrives_through_mosquitto() {
         qos: QoS::AtLeastOnce,
         connections: 3,
         conn_per_device: false,
+        tls: None,
+        identities: None,
         client_id_prefix: "test-pub".into(),
         pace: Pace::Max,
         duration: Duration::from_secs(120),

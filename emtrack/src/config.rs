@@ -3,7 +3,7 @@
 //! service gets its part from here ([`Config::ingest`], the `[alerts]`
 //! table, [`Config::alert_mqtt`]).
 
-use alert_service::{AlertConfig, MqttTarget};
+use alert_service::{AlertConfig, Outbound};
 use ingest::IngestConfig;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -36,6 +36,11 @@ pub fn redacted(url: &str) -> String {
     out
 }
 
+/// A secret from its file, as a configuration error naming the file.
+fn secret(path: &str) -> Result<link::Secret, ConfigError> {
+    link::Secret::from_file(path).map_err(|e| ConfigError::Invalid(e.to_string()))
+}
+
 /// The whole configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -54,6 +59,36 @@ pub struct Config {
     pub mqtt_port: u16,
     /// Stable MQTT client id (the broker keeps its session across restarts).
     pub mqtt_client_id: String,
+    /// emtrack's service identity on the broker (`emtrack broker setup`
+    /// creates it). None connects anonymously, which only the insecure
+    /// loopback demo broker allows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt_username: Option<String>,
+    /// A file holding that identity's password (its first line).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt_password_file: Option<String>,
+    /// MQTT over TLS, verifying the broker's certificate against
+    /// `mqtt_ca_file` (or the system's roots) and `mqtt_host`.
+    pub mqtt_tls: bool,
+    /// PEM CA bundle the broker's certificate must chain to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt_ca_file: Option<String>,
+    /// The broker's dynamic-security admin identity, with which emtrack
+    /// issues, rotates and revokes device credentials (`emtrack device`,
+    /// and the API's device endpoints). None: the API leaves credentials
+    /// to `emtrack device`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_admin_username: Option<String>,
+    /// A file holding the admin identity's password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_admin_password_file: Option<String>,
+    /// PEM certificate chain: with `tls_key_file`, both HTTP listeners
+    /// serve HTTPS only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<String>,
+    /// PEM private key of `tls_cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<String>,
     /// The operators' HTTP listener: `/metrics`, `/healthz`, `/readyz`.
     pub http_listen: String,
     /// The officer API's HTTP listener (`/v1/…`), separate from the
@@ -105,6 +140,14 @@ impl Default for Config {
             mqtt_host: "127.0.0.1".into(),
             mqtt_port: 1883,
             mqtt_client_id: "emtrack-ingest".into(),
+            mqtt_username: None,
+            mqtt_password_file: None,
+            mqtt_tls: false,
+            mqtt_ca_file: None,
+            broker_admin_username: None,
+            broker_admin_password_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             http_listen: "127.0.0.1:9480".into(),
             api_listen: "127.0.0.1:9481".into(),
             session_hours: 12,
@@ -248,6 +291,7 @@ impl Config {
         if let Some(v) = env("EMTRACK_WORKERS") {
             c.workers = parsed("EMTRACK_WORKERS", v)?;
         }
+        c.secure_from_env(&env)?;
         if let Some(v) = &flags.database_url {
             c.database_url = v.clone();
         }
@@ -272,15 +316,128 @@ impl Config {
         if let Some(v) = env("EMTRACK_DATABASE_URL_FILE") {
             c.database_url_file = Some(v);
         }
-        if let Some(path) = &c.database_url_file {
+        c.read_url_file()?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The database URL from `database_url_file`, which beats every layer.
+    fn read_url_file(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.database_url_file {
             let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
                 path: path.clone(),
                 error,
             })?;
-            c.database_url = text.lines().next().unwrap_or_default().trim().to_owned();
+            self.database_url = text.lines().next().unwrap_or_default().trim().to_owned();
         }
-        c.validate()?;
-        Ok(c)
+        Ok(())
+    }
+
+    /// The security settings from `EMTRACK_*` (file paths, never secrets).
+    fn secure_from_env(
+        &mut self,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let files: [(&str, &mut Option<String>); 7] = [
+            ("EMTRACK_MQTT_USERNAME", &mut self.mqtt_username),
+            ("EMTRACK_MQTT_PASSWORD_FILE", &mut self.mqtt_password_file),
+            ("EMTRACK_MQTT_CA_FILE", &mut self.mqtt_ca_file),
+            (
+                "EMTRACK_BROKER_ADMIN_USERNAME",
+                &mut self.broker_admin_username,
+            ),
+            (
+                "EMTRACK_BROKER_ADMIN_PASSWORD_FILE",
+                &mut self.broker_admin_password_file,
+            ),
+            ("EMTRACK_TLS_CERT_FILE", &mut self.tls_cert_file),
+            ("EMTRACK_TLS_KEY_FILE", &mut self.tls_key_file),
+        ];
+        for (var, slot) in files {
+            if let Some(v) = env(var) {
+                *slot = Some(v);
+            }
+        }
+        if let Some(v) = env("EMTRACK_MQTT_TLS") {
+            self.mqtt_tls = v.parse().map_err(|_| ConfigError::Env {
+                var: "EMTRACK_MQTT_TLS",
+                value: v,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The broker link of emtrack's service identity: its password read,
+    /// its TLS built.
+    pub fn mqtt_link(&self) -> Result<link::MqttLink, ConfigError> {
+        let tls = if self.mqtt_tls {
+            let ca = self.mqtt_ca_file.as_deref().map(Path::new);
+            Some(
+                link::tls::client_config(ca)
+                    .map_err(|e| ConfigError::Invalid(format!("mqtt_ca_file: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let password = match &self.mqtt_password_file {
+            Some(path) => Some(secret(path)?),
+            None => None,
+        };
+        Ok(link::MqttLink {
+            host: self.mqtt_host.clone(),
+            port: self.mqtt_port,
+            username: self.mqtt_username.clone(),
+            password,
+            tls,
+        })
+    }
+
+    /// The broker link of the dynamic-security admin identity, if set.
+    pub fn admin_link(&self) -> Result<Option<link::MqttLink>, ConfigError> {
+        let Some(user) = &self.broker_admin_username else {
+            return Ok(None);
+        };
+        let Some(path) = &self.broker_admin_password_file else {
+            return Err(ConfigError::Invalid(
+                "broker_admin_username needs broker_admin_password_file".into(),
+            ));
+        };
+        Ok(Some(
+            self.mqtt_link()?.as_identity(user.clone(), secret(path)?),
+        ))
+    }
+
+    /// The HTTP listeners' TLS, if `tls_cert_file` and `tls_key_file` are set.
+    pub fn https(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, ConfigError> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => link::tls::acceptor(Path::new(cert), Path::new(key))
+                .map(Some)
+                .map_err(|e| ConfigError::Invalid(format!("tls_cert_file / tls_key_file: {e}"))),
+            _ => Err(ConfigError::Invalid(
+                "tls_cert_file and tls_key_file go together".into(),
+            )),
+        }
+    }
+
+    /// The trust of `https://` webhooks: `alerts.webhook_ca_file`, or the
+    /// system's roots.
+    pub fn webhook_tls(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, ConfigError> {
+        let ca = self.alerts.webhook_ca_file.as_deref().map(Path::new);
+        match link::tls::client_config(ca) {
+            Ok(c) => Ok(c),
+            // No CA bundle and none on the system: `https://` webhooks fail
+            // (counted, retried, dead-lettered); `http://` ones still work.
+            Err(e @ link::TlsError::NoSystemRoots { .. }) => {
+                tracing::warn!(error = %e, "https:// webhooks cannot be verified; set alerts.webhook_ca_file");
+                Ok(std::sync::Arc::new(
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                ))
+            }
+            Err(e) => Err(ConfigError::Invalid(format!("alerts.webhook_ca_file: {e}"))),
+        }
     }
 
     /// The configuration as `check-config` shows it: TOML, with the
@@ -292,6 +449,22 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        // Every file `run` would read, read now: check-config reports them.
+        self.mqtt_link()?;
+        self.admin_link()?;
+        self.https()?;
+        self.webhook_tls()?;
+        self.webhook_seal()?;
+        if self.mqtt_ca_file.is_some() && !self.mqtt_tls {
+            return Err(ConfigError::Invalid(
+                "mqtt_ca_file is set but mqtt_tls is false: set mqtt_tls = true".into(),
+            ));
+        }
+        if self.mqtt_password_file.is_some() && self.mqtt_username.is_none() {
+            return Err(ConfigError::Invalid(
+                "mqtt_password_file needs mqtt_username".into(),
+            ));
+        }
         if !self.database_url.starts_with("postgres://")
             && !self.database_url.starts_with("postgresql://")
         {
@@ -386,10 +559,9 @@ impl Config {
     }
 
     /// Ingest's settings.
-    pub fn ingest(&self) -> IngestConfig {
-        IngestConfig {
-            mqtt_host: self.mqtt_host.clone(),
-            mqtt_port: self.mqtt_port,
+    pub fn ingest(&self) -> Result<IngestConfig, ConfigError> {
+        Ok(IngestConfig {
+            link: self.mqtt_link()?,
             client_id: self.mqtt_client_id.clone(),
             workers: self.workers,
             max_in_flight: self.max_in_flight,
@@ -400,7 +572,7 @@ impl Config {
             max_age: Duration::from_secs(u64::from(self.retention_days.saturating_sub(1)) * 86_400),
             max_speed_kmh: self.max_speed_kmh,
             rebuild_lookback: Duration::from_secs(self.rebuild_lookback_s),
-        }
+        })
     }
 
     /// The officer API's settings.
@@ -411,12 +583,24 @@ impl Config {
         }
     }
 
-    /// The alert service's own broker connection (`{mqtt_client_id}-alerts`).
-    pub fn alert_mqtt(&self) -> MqttTarget {
-        MqttTarget {
-            host: self.mqtt_host.clone(),
-            port: self.mqtt_port,
-            client_id: format!("{}-alerts", self.mqtt_client_id),
+    /// Where the alert service delivers: its own broker connection
+    /// (`{mqtt_client_id}-alerts`, as the service identity) and webhooks.
+    pub fn outbound(&self) -> Result<Outbound, ConfigError> {
+        Ok(Outbound {
+            mqtt: self.mqtt_link()?,
+            mqtt_client_id: format!("{}-alerts", self.mqtt_client_id),
+            webhook_tls: self.webhook_tls()?,
+            webhook_seal: self.webhook_seal()?,
+        })
+    }
+
+    /// The key that seals webhook secrets, if `alerts.webhook_key_file`.
+    pub fn webhook_seal(&self) -> Result<Option<std::sync::Arc<link::SealKey>>, ConfigError> {
+        match &self.alerts.webhook_key_file {
+            None => Ok(None),
+            Some(path) => link::SealKey::from_file(path)
+                .map(|k| Some(std::sync::Arc::new(k)))
+                .map_err(|e| ConfigError::Invalid(format!("alerts.webhook_key_file: {e}"))),
         }
     }
 }

@@ -80,6 +80,63 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Device credentials on the broker (Mosquitto's dynamic security),
+    /// through the admin identity broker_admin_username. Takes effect at
+    /// once, without a broker restart.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+    /// emtrack's own identities on the broker.
+    Broker {
+        #[command(subcommand)]
+        command: BrokerCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeviceCommand {
+    /// Issue each device a credential: user name and client id = its id;
+    /// it may publish under its own topic only.
+    Enrol {
+        /// Device ids (`ot:{user}:{device}` for an OwnTracks phone).
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// A new file (mode 0600) for the `<id> <password>` lines.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Give each device a new password; the old one stops working and its
+    /// session is disconnected.
+    Rotate {
+        /// Device ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// A new file (mode 0600) for the `<id> <password>` lines.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Revoke each device's credential.
+    Retire {
+        /// Device ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BrokerCommand {
+    /// Create or update emtrack's service identity (mqtt_username, with the
+    /// password in mqtt_password_file) and its role.
+    Setup,
+    /// Issue an officer's identity: it may read its own alert topic only.
+    Officer {
+        /// The officer's id.
+        officer_id: i64,
+        /// A new file (mode 0600) for the `<user> <password>` line.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -137,6 +194,64 @@ fn read_password(prompt: &str) -> Result<String, String> {
             .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
         Ok(line.trim_end_matches(['\r', '\n']).to_owned())
     }
+}
+
+/// `emtrack migrate`.
+async fn migrate(config: &Config) -> Result<(), String> {
+    let pool = open(config).await?;
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date();
+    let m = store::maintain_partitions(
+        &pool,
+        today,
+        config.partitions_ahead_days,
+        config.retention_days,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    println!(
+        "migrated; partitions: {} created, {} dropped past {} days of retention",
+        m.created, m.dropped, config.retention_days
+    );
+    Ok(())
+}
+
+/// `emtrack rejected …`.
+async fn rejected(config: &Config, command: RejectedCommand) -> Result<(), String> {
+    let RejectedCommand::Replay {
+        reason,
+        since,
+        until,
+        again,
+    } = command;
+    let pool = open(config).await?;
+    let sel = ingest::replay::Selection {
+        reason,
+        since_ms: since.map(|t| t.as_millisecond()),
+        until_ms: until.map(|t| t.as_millisecond()),
+        again,
+    };
+    let ingest = config.ingest().map_err(|e| e.to_string())?;
+    let done = ingest::replay::replay(&pool, &ingest, &sel)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "replayed {} {} message(s); the running service takes them as they arrive",
+        done.messages, sel.reason
+    );
+    Ok(())
+}
+
+/// `emtrack device …`: what was done, to print.
+async fn device(config: &Config, command: DeviceCommand) -> Result<String, String> {
+    use emtrack::broker::DeviceOp;
+    let (op, ids, out) = match command {
+        DeviceCommand::Enrol { ids, out } => (DeviceOp::Enrol, ids, Some(out)),
+        DeviceCommand::Rotate { ids, out } => (DeviceOp::Rotate, ids, Some(out)),
+        DeviceCommand::Retire { ids } => (DeviceOp::Retire, ids, None),
+    };
+    emtrack::broker::devices(config, op, &ids, out.as_deref()).await
 }
 
 /// `emtrack user …`.
@@ -257,48 +372,18 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
         }
         Command::CheckConfig => print!("{}", config.shown()),
-        Command::Migrate => {
-            let pool = open(&config).await?;
-            let today = jiff::Timestamp::now()
-                .to_zoned(jiff::tz::TimeZone::UTC)
-                .date();
-            let m = store::maintain_partitions(
-                &pool,
-                today,
-                config.partitions_ahead_days,
-                config.retention_days,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            println!(
-                "migrated; partitions: {} created, {} dropped past {} days of retention",
-                m.created, m.dropped, config.retention_days
-            );
-        }
-        Command::Rejected {
-            command:
-                RejectedCommand::Replay {
-                    reason,
-                    since,
-                    until,
-                    again,
-                },
-        } => {
-            let pool = open(&config).await?;
-            let sel = ingest::replay::Selection {
-                reason,
-                since_ms: since.map(|t| t.as_millisecond()),
-                until_ms: until.map(|t| t.as_millisecond()),
-                again,
-            };
-            let done = ingest::replay::replay(&pool, &config.ingest(), &sel)
-                .await
-                .map_err(|e| e.to_string())?;
-            println!(
-                "replayed {} {} message(s); the running service takes them as they arrive",
-                done.messages, sel.reason
-            );
-        }
+        Command::Device { command } => println!("{}", device(&config, command).await?),
+        Command::Broker { command } => match command {
+            BrokerCommand::Setup => println!("{}", emtrack::broker::setup(&config).await?),
+            BrokerCommand::Officer { officer_id, out } => {
+                println!(
+                    "{}",
+                    emtrack::broker::officer(&config, officer_id, &out).await?
+                );
+            }
+        },
+        Command::Migrate => migrate(&config).await?,
+        Command::Rejected { command } => rejected(&config, command).await?,
         Command::User { command } => user(&config, command).await?,
         Command::ImportWorld { dir } => {
             let pool = open(&config).await?;

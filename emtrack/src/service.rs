@@ -119,17 +119,20 @@ pub async fn start(
     stop: CancellationToken,
 ) -> Result<Service, StartError> {
     let registry = prometheus::Registry::new();
+    // Every file the peers need is read before anything starts.
+    let peers = Peers::from(config)?;
     let (loaded, alert_inputs) = load(config, &pool, &registry).await?;
     let ref_metrics = loaded.reference.clone();
     let policy = config
         .alerts
         .policy()
         .map_err(|e| StartError::Config(e.to_string()))?;
+    seal_webhook_secrets(&pool, peers.outbound.webhook_seal.as_deref()).await?;
     let (alerts, alert_service) = alert_service::start(
         pool.clone(),
         config.alerts.clone(),
         policy,
-        config.alert_mqtt(),
+        peers.outbound.clone(),
         alert_service::Metrics::new(&registry),
         alert_inputs,
         stop.clone(),
@@ -151,29 +154,24 @@ pub async fn start(
         &stop,
     );
     tasks.spawn("alerts", alert_service.run(stop.clone()));
-    let probes: Vec<(&'static str, api::Probe)> = vec![
-        ("broker", flag(ingest.subscribed())),
-        ("reference", flag(reference_current)),
-        ("alerts", running(alerts.stopped())),
-    ];
-    let notes = readiness_notes(&ingest);
-    let ops = api::ops_router(api::HttpState {
-        metrics: registry.clone(),
-        probes,
-        notes,
-        pool: pool.clone(),
-    });
-    let officer = api::officer_router(api::ApiState::new(
-        pool,
-        alerts.clone(),
-        Arc::new(EngineRules),
-        config.api(),
-        &registry,
-    ));
+    let ops = ops_router(&registry, &ingest, reference_current, &alerts, &pool);
+    let officer = api::officer_router(
+        api::ApiState::new(
+            pool,
+            alerts.clone(),
+            Arc::new(EngineRules),
+            config.api(),
+            &registry,
+        )
+        .with_broker(peers.broker)
+        .with_seal(peers.outbound.webhook_seal),
+    );
     // HTTP stays up until the pipeline has drained.
     let drained = CancellationToken::new();
-    tasks.spawn("http", api::serve(ops_listener, ops, drained.clone()));
-    tasks.spawn("api", api::serve(api_listener, officer, drained.clone()));
+    for (name, listener, router) in [("http", ops_listener, ops), ("api", api_listener, officer)] {
+        let serve = api::serve(listener, peers.https.clone(), router, drained.clone());
+        tasks.spawn(name, serve);
+    }
     let (subscribed, metrics) = (ingest.subscribed(), ingest.metrics().clone());
     tasks.spawn("ingest", async move {
         let r = ingest.run(stop).await;
@@ -297,6 +295,91 @@ struct Loaded {
     ingest: Ingest,
 }
 
+/// The operators' endpoints: metrics, health, and readiness from what each
+/// part reports.
+fn ops_router(
+    registry: &prometheus::Registry,
+    ingest: &Ingest,
+    reference_current: Arc<AtomicBool>,
+    alerts: &AlertHandle,
+    pool: &PgPool,
+) -> axum::Router {
+    let probes: Vec<(&'static str, api::Probe)> = vec![
+        ("broker", flag(ingest.subscribed())),
+        ("reference", flag(reference_current)),
+        ("alerts", running(alerts.stopped())),
+    ];
+    api::ops_router(api::HttpState {
+        metrics: registry.clone(),
+        probes,
+        notes: readiness_notes(ingest),
+        pool: pool.clone(),
+    })
+}
+
+/// How the service reaches and serves its peers, built from the
+/// configuration's files (passwords, certificates, keys).
+struct Peers {
+    /// Where alerts go: the broker and webhooks.
+    outbound: alert_service::Outbound,
+    /// Both HTTP listeners' TLS, if configured.
+    https: Option<tokio_rustls::TlsAcceptor>,
+    /// The broker's admin side, for the API's device credentials.
+    broker: Option<Arc<identities::Broker>>,
+}
+
+impl Peers {
+    fn from(config: &Config) -> Result<Peers, StartError> {
+        let config_error = |e: crate::config::ConfigError| StartError::Config(e.to_string());
+        let broker = config.admin_link().map_err(config_error)?.map(|l| {
+            Arc::new(identities::Broker::new(
+                l,
+                format!("{}-admin", config.mqtt_client_id),
+            ))
+        });
+        Ok(Peers {
+            outbound: config.outbound().map_err(config_error)?,
+            https: config.https().map_err(config_error)?,
+            broker,
+        })
+    }
+}
+
+/// Seals the webhook secrets stored in plain text, or warns that they are
+/// when there is no key.
+async fn seal_webhook_secrets(
+    pool: &PgPool,
+    key: Option<&link::SealKey>,
+) -> Result<(), StartError> {
+    match key {
+        Some(key) => {
+            let sealed = alert_service::seal_stored_secrets(pool, key)
+                .await
+                .map_err(|e| StartError::Db("seal webhook secrets", e))?;
+            if sealed > 0 {
+                tracing::info!(
+                    sealed,
+                    "webhook secrets stored in plain text are now sealed"
+                );
+            }
+        }
+        None => {
+            let plain: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM webhooks WHERE secret IS NOT NULL")
+                    .fetch_one(pool)
+                    .await
+                    .map_err(|e| StartError::Db("count webhook secrets", e))?;
+            if plain > 0 {
+                tracing::warn!(
+                    webhooks = plain,
+                    "webhook secrets are stored in plain text: set alerts.webhook_key_file to seal them"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Loads the reference data into the engine (listening for changes first,
 /// so that none made in between is missed), and rebuilds the engine's state
 /// from stored fixes.
@@ -306,7 +389,10 @@ async fn load(
     registry: &prometheus::Registry,
 ) -> Result<(Loaded, alert_service::Inputs), StartError> {
     let reference = reference::Metrics::new(registry);
-    let core = SharedCore::new(config.ingest().max_age);
+    let ingest_config = config
+        .ingest()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let core = SharedCore::new(ingest_config.max_age);
     let changes = reference::listen::listen(pool)
         .await
         .map_err(|e| StartError::Db("LISTEN for reference changes", e))?;
@@ -317,7 +403,7 @@ async fn load(
     let (observed_tx, observed_rx) = bus::observed();
     let (fleet_tx, fleet_rx) = bus::fleet(synced.fleet.unwrap_or_default());
     let ingest = Ingest::new(
-        config.ingest(),
+        ingest_config,
         pool.clone(),
         core.clone(),
         ingest::Metrics::new(registry),

@@ -71,28 +71,43 @@ fn crates_depend_only_on_what_the_architecture_allows() {
         ("alerts", &["geofence", "protocol"]),
         ("bus", &["geofence", "protocol"]),
         ("store", &[]),
+        ("link", &[]),
+        ("identities", &["link", "protocol"]),
         ("reference", &["bus", "geofence", "protocol", "store"]),
         (
             "ingest",
-            &["bus", "geofence", "protocol", "reference", "store"],
+            &["bus", "geofence", "link", "protocol", "reference", "store"],
         ),
         (
             "alert-service",
-            &["alerts", "bus", "geofence", "protocol", "store"],
+            &["alerts", "bus", "geofence", "link", "protocol", "store"],
         ),
-        ("api", &["alert-service", "alerts", "store"]),
+        (
+            "api",
+            &[
+                "alert-service",
+                "alerts",
+                "identities",
+                "link",
+                "protocol",
+                "store",
+            ],
+        ),
         (
             "emtrack",
             &[
                 "alert-service",
                 "api",
                 "bus",
+                "identities",
                 "ingest",
+                "link",
+                "protocol",
                 "reference",
                 "store",
             ],
         ),
-        ("device-sim", &["geofence", "protocol"]),
+        ("device-sim", &["geofence", "link", "protocol"]),
         ("benches", &["geofence"]),
     ]
     .into_iter()

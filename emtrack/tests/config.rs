@@ -152,10 +152,16 @@ fn the_shown_configuration_holds_no_secret() {
         "postgres://emtrack:s3cr3t-Pa55@db.example/emtrack"
     );
     assert!(!from_file.shown().contains(secret));
-    // The real binary's check-config prints the same.
+    // The real binary's check-config prints the same, and of the broker
+    // identities' passwords only where they are kept.
+    let password = file("s3cr3t-Pa55\n");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_emtrack"))
         .arg("check-config")
         .env("EMTRACK_DATABASE_URL_FILE", &url.0)
+        .env("EMTRACK_MQTT_USERNAME", "emtrack")
+        .env("EMTRACK_MQTT_PASSWORD_FILE", &password.0)
+        .env("EMTRACK_BROKER_ADMIN_USERNAME", "admin")
+        .env("EMTRACK_BROKER_ADMIN_PASSWORD_FILE", &password.0)
         .output()
         .expect("emtrack runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -168,5 +174,7 @@ fn the_shown_configuration_holds_no_secret() {
         stdout.contains("postgres://emtrack:***@db.example/emtrack"),
         "{stdout}"
     );
+    let kept = format!("mqtt_password_file = \"{}\"", password.0.display());
+    assert!(stdout.contains(&kept), "{stdout}");
     assert!(!stdout.contains(secret) && !String::from_utf8_lossy(&out.stderr).contains(secret));
 }

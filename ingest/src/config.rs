@@ -7,10 +7,8 @@ use std::time::Duration;
 /// Tuning of the pipeline.
 #[derive(Clone, Debug)]
 pub struct IngestConfig {
-    /// Broker host.
-    pub mqtt_host: String,
-    /// Broker port.
-    pub mqtt_port: u16,
+    /// The broker: address, emtrack's service identity, TLS.
+    pub link: link::MqttLink,
     /// Stable client id: the broker keeps the session (subscriptions and
     /// unacked messages) across restarts.
     pub client_id: String,
@@ -43,11 +41,7 @@ impl IngestConfig {
     /// The MQTT options of the ingest session: persistent (the broker keeps
     /// unacked messages across restarts), manual acks.
     pub fn mqtt_options(&self) -> MqttOptions {
-        let mut o = MqttOptions::new(
-            self.client_id.clone(),
-            self.mqtt_host.clone(),
-            self.mqtt_port,
-        );
+        let mut o = self.link.options(self.client_id.clone());
         o.set_keep_alive(Duration::from_secs(15));
         o.set_clean_session(false);
         o.set_manual_acks(true);

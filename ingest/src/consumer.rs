@@ -315,10 +315,9 @@ impl Consumer {
         } else {
             tracing::warn!(
                 error = %e,
-                host = %self.ctx.cfg.mqtt_host,
-                port = self.ctx.cfg.mqtt_port,
+                broker = %self.ctx.cfg.link.address(),
                 retry_in_ms = wait.as_millis() as u64,
-                "cannot reach the MQTT broker (is mosquitto running? check mqtt_host / mqtt_port)"
+                "cannot reach the MQTT broker (is mosquitto running? check mqtt_host / mqtt_port, and mqtt_username / mqtt_password_file if it refused us)"
             );
         }
         tokio::select! {

@@ -81,11 +81,7 @@ pub async fn replay(
     cfg: &IngestConfig,
     sel: &Selection,
 ) -> Result<Replayed, ReplayError> {
-    let mut opts = rumqttc::MqttOptions::new(
-        format!("{}-replay", cfg.client_id),
-        cfg.mqtt_host.clone(),
-        cfg.mqtt_port,
-    );
+    let mut opts = cfg.link.options(format!("{}-replay", cfg.client_id));
     opts.set_clean_session(true);
     opts.set_keep_alive(Duration::from_secs(15));
     opts.set_max_packet_size(crate::MAX_PACKET_BYTES, crate::MAX_PACKET_BYTES);

@@ -149,23 +149,45 @@ impl Queues {
     }
 }
 
+/// Where deliveries go: the broker (officers' alert topics) and webhook
+/// receivers.
+#[derive(Clone, Debug)]
+pub struct Outbound {
+    /// The broker: address, emtrack's service identity, TLS.
+    pub mqtt: link::MqttLink,
+    /// Client id of the alert connection.
+    pub mqtt_client_id: String,
+    /// The TLS of `https://` webhooks: whom to trust (a CA bundle or the
+    /// system's roots).
+    pub webhook_tls: std::sync::Arc<rustls::ClientConfig>,
+    /// The key that opens sealed webhook secrets.
+    pub webhook_seal: Option<std::sync::Arc<link::SealKey>>,
+}
+
 /// Starts one sender per channel and the sweeper; they stop on `stop`.
 pub(crate) fn spawn(
     s: Senders,
-    mqtt_target: mqtt::MqttTarget,
+    outbound: Outbound,
     queues: Queues,
     receivers: Receivers,
     sweep: Arc<tokio::sync::Notify>,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    let (webhook_tls, seal) = (outbound.webhook_tls.clone(), outbound.webhook_seal.clone());
     tokio::spawn(mqtt::run(
         s.clone(),
-        mqtt_target,
+        outbound,
         receivers.mqtt,
         sweep.clone(),
         stop.clone(),
     ));
-    tokio::spawn(webhook::run(s.clone(), receivers.webhook, stop.clone()));
+    tokio::spawn(webhook::run(
+        s.clone(),
+        webhook_tls,
+        seal,
+        receivers.webhook,
+        stop.clone(),
+    ));
     tokio::spawn(sweeper::run(s, queues, sweep, stop));
 }
 

@@ -9,24 +9,13 @@
 //! sweeper sends them again).
 
 use super::{Channel, Delivery, Senders};
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, QoS};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use store::{Backoff, retry_always};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-
-/// Where alerts are published.
-#[derive(Clone, Debug)]
-pub struct MqttTarget {
-    /// Broker host.
-    pub host: String,
-    /// Broker port.
-    pub port: u16,
-    /// Client id of the alert connection.
-    pub client_id: String,
-}
 
 /// A publish on its way: delivery id and live trigger time.
 type Pending = (i64, Option<i64>);
@@ -73,12 +62,12 @@ fn lock(t: &Shared) -> std::sync::MutexGuard<'_, Tracking> {
 /// lost publishes are due.
 pub(crate) async fn run(
     s: Senders,
-    target: MqttTarget,
+    target: super::Outbound,
     mut rx: mpsc::Receiver<Delivery>,
     wake: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let mut o = MqttOptions::new(target.client_id, target.host, target.port);
+    let mut o = target.mqtt.options(target.mqtt_client_id);
     o.set_keep_alive(Duration::from_secs(15));
     o.set_clean_session(true);
     o.set_inflight(100);

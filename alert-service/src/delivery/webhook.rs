@@ -1,4 +1,5 @@
-//! The webhook sender: an HTTP POST of the JSON, signed with
+//! The webhook sender: an HTTP POST of the JSON (`https://` verified against
+//! `alerts.webhook_ca_file`, or the system's roots), signed with
 //! `X-Emtrack-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`,
 //! with `Idempotency-Key: <alert id>-<version>` and `X-Emtrack-Alert-Id`.
 //! A failure is retried with exponential backoff (`webhook_backoff_ms`,
@@ -20,7 +21,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 type Client = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     Full<Bytes>,
 >;
 
@@ -72,7 +73,7 @@ async fn post(
     let resp = tokio::time::timeout(timeout, client.request(req))
         .await
         .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
-        .map_err(|e| format!("request failed: {e}"))?;
+        .map_err(|e| format!("request failed: {}", causes(&e)))?;
     let status = resp.status();
     // Read the (bounded) body so that the connection can be reused.
     let _ = tokio::time::timeout(timeout, resp.into_body().collect()).await;
@@ -83,13 +84,39 @@ async fn post(
     }
 }
 
+/// An error with its causes (`client error (Connect): invalid peer
+/// certificate: UnknownIssuer`): hyper's own message names none.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}
+
 /// Sends webhook deliveries until `stop`: each in its own task, at most
 /// `webhook_concurrency` requests at once and `delivery_queue` deliveries
 /// held (the rest wait in the queue, then in the database).
-pub(crate) async fn run(s: Senders, mut rx: mpsc::Receiver<Delivery>, stop: CancellationToken) {
+pub(crate) async fn run(
+    s: Senders,
+    tls: Arc<rustls::ClientConfig>,
+    seal: Option<Arc<link::SealKey>>,
+    mut rx: mpsc::Receiver<Delivery>,
+    stop: CancellationToken,
+) {
+    // `https://` verified against `tls`'s roots; `http://` stays for
+    // receivers on the same host or network.
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(Arc::unwrap_or_clone(tls))
+        .https_or_http()
+        .enable_http1()
+        .build();
     let client: Client =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
+            .build(connector);
     let requests = Arc::new(Semaphore::new(s.cfg.webhook_concurrency));
     let held = Arc::new(Semaphore::new(s.cfg.delivery_queue));
     loop {
@@ -103,11 +130,16 @@ pub(crate) async fn run(s: Senders, mut rx: mpsc::Receiver<Delivery>, stop: Canc
             _ = stop.cancelled() => return,
         };
         let Some(d) = d else { return };
-        let (s, client, requests, stop) =
-            (s.clone(), client.clone(), requests.clone(), stop.clone());
+        let (s, client, requests, stop, seal) = (
+            s.clone(),
+            client.clone(),
+            requests.clone(),
+            stop.clone(),
+            seal.clone(),
+        );
         tokio::spawn(async move {
             let _held = permit;
-            deliver(&s, &client, &requests, d, &stop).await;
+            deliver(&s, &client, &requests, seal.as_deref(), d, &stop).await;
         });
     }
 }
@@ -115,10 +147,52 @@ pub(crate) async fn run(s: Senders, mut rx: mpsc::Receiver<Delivery>, stop: Canc
 /// A webhook row.
 #[derive(sqlx::FromRow)]
 struct Hook {
+    id: i64,
     url: String,
-    secret: String,
+    secret: Option<String>,
+    secret_sealed: Option<Vec<u8>>,
     max_attempts: i32,
     active: bool,
+}
+
+impl Hook {
+    /// Its secret: opened with `seal`, or as stored in plain text.
+    fn secret(&self, seal: Option<&link::SealKey>) -> Result<String, String> {
+        match (&self.secret_sealed, &self.secret) {
+            (Some(sealed), _) => {
+                let key =
+                    seal.ok_or("its secret is sealed and alerts.webhook_key_file is not set")?;
+                let plain = key
+                    .open(sealed, self.id.to_string().as_bytes())
+                    .map_err(|e| format!("{e}: check alerts.webhook_key_file"))?;
+                String::from_utf8(plain).map_err(|_| "its sealed secret is not UTF-8".to_owned())
+            }
+            (None, Some(plain)) => Ok(plain.clone()),
+            (None, None) => Err("it has no secret".to_owned()),
+        }
+    }
+}
+
+/// Seals the webhook secrets stored in plain text (rows written by hand or
+/// by a run without a key); returns how many.
+pub async fn seal_stored_secrets(
+    pool: &sqlx::PgPool,
+    key: &link::SealKey,
+) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let plain: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, secret FROM webhooks WHERE secret IS NOT NULL FOR UPDATE")
+            .fetch_all(&mut *tx)
+            .await?;
+    for (id, secret) in &plain {
+        sqlx::query("UPDATE webhooks SET secret = NULL, secret_sealed = $2 WHERE id = $1")
+            .bind(id)
+            .bind(key.seal(secret.as_bytes(), id.to_string().as_bytes()))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(plain.len() as u64)
 }
 
 /// Tries `d` until it is delivered, dead, or its webhook paused.
@@ -126,13 +200,14 @@ async fn deliver(
     s: &Senders,
     client: &Client,
     requests: &Semaphore,
+    seal: Option<&link::SealKey>,
     mut d: Delivery,
     stop: &CancellationToken,
 ) {
     let _holding = Holding(&s.held, d.id);
     loop {
         let hook: Option<Hook> = match sqlx::query_as(
-            "SELECT url, secret, max_attempts, active FROM webhooks WHERE id = $1::text::int8",
+            "SELECT id, url, secret, secret_sealed, max_attempts, active FROM webhooks WHERE id = $1::text::int8",
         )
         .bind(&d.target)
         .fetch_optional(&s.pool)
@@ -162,7 +237,10 @@ async fn deliver(
                 .with_label_values(&[Channel::Webhook.as_str()])
                 .inc();
             let timeout = Duration::from_secs(s.cfg.webhook_timeout_s);
-            post(client, &hook.url, &hook.secret, &d, timeout).await
+            match hook.secret(seal) {
+                Ok(secret) => post(client, &hook.url, &secret, &d, timeout).await,
+                Err(e) => Err(format!("cannot sign: {e}")),
+            }
         };
         d.attempts += 1;
         let Err(e) = r else {

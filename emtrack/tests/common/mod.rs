@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod certs;
+
 use device_sim::publish::{Pace, PublishConfig, PublishReport, publish};
 use device_sim::stream::{Outgoing, Scenario, ScenarioConfig};
 use device_sim::testbed::SeenTransition;
@@ -120,12 +122,20 @@ pub async fn publish_all(
     devices: usize,
     prefix: &str,
 ) -> PublishReport {
-    let cfg = PublishConfig {
+    let cfg = full_speed(port, prefix);
+    publish(stream, devices, &cfg, 0).await.expect("publishes")
+}
+
+/// Every message at full speed, QoS 1, over one plain connection.
+pub fn full_speed(port: u16, prefix: &str) -> PublishConfig {
+    PublishConfig {
         host: "127.0.0.1".into(),
         port,
         qos: QoS::AtLeastOnce,
         connections: 1,
         conn_per_device: false,
+        tls: None,
+        identities: None,
         client_id_prefix: prefix.into(),
         pace: Pace::Max,
         duration: Duration::from_secs(300),
@@ -133,8 +143,7 @@ pub async fn publish_all(
         progress_every: Duration::from_secs(3600),
         inflight: 100,
         wall_clock: false,
-    };
-    publish(stream, devices, &cfg, 0).await.expect("publishes")
+    }
 }
 
 /// A stored rule transition.
