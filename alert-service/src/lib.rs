@@ -36,7 +36,7 @@ mod service;
 
 pub use config::{AlertConfig, PolicyError};
 pub use delivery::Outbound;
-pub use delivery::webhook::{backoff, seal_stored_secrets, signature};
+pub use delivery::webhook::{backoff, seal_stored_secrets, signature, unopened_secrets};
 pub use delivery::{Channel, Delivery};
 pub use handle::{ActionError, AlertHandle};
 pub use metrics::Metrics;

@@ -6,8 +6,10 @@
 //! log records that it was issued, never the password.
 //!
 //! The broker change is made before the database change commits: if the
-//! broker refuses or is unreachable, the request fails whole (503) and
-//! nothing is stored.
+//! broker refuses (a reserved id: 422) or is unreachable (503), nothing is
+//! stored. A broker that answers too late may still have made the change;
+//! the same request again completes it (registering replaces a credential
+//! already on the broker, retiring one already revoked succeeds).
 
 use crate::ApiState;
 use crate::audit::AuditSlot;
@@ -18,9 +20,9 @@ use axum::extract::{Path, State};
 use identities::IdentityError;
 use protocol::DeviceId;
 
-/// A broker credential, shown once.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub(crate) struct Credential {
+/// A broker credential, shown once. `Debug` leaves the password out.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct DeviceCredential {
     /// The MQTT user name (the device id).
     username: String,
     /// The only client id it may connect with (the device id).
@@ -29,7 +31,23 @@ pub(crate) struct Credential {
     password: String,
 }
 
+impl std::fmt::Debug for DeviceCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceCredential")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish_non_exhaustive()
+    }
+}
+
+/// An answer that carries a password: kept by no cache.
+pub(crate) const NO_STORE: [(axum::http::HeaderName, &str); 1] =
+    [(axum::http::header::CACHE_CONTROL, "no-store")];
+
 fn unavailable(e: &IdentityError) -> ApiError {
+    if let IdentityError::Reserved(_) = e {
+        return ApiError::Unprocessable(e.to_string());
+    }
     ApiError::Unavailable(format!("device credentials: {e}"))
 }
 
@@ -37,9 +55,9 @@ fn device_id(id: &str) -> ApiResult<DeviceId> {
     DeviceId::parse_any(id).map_err(|e| ApiError::Unprocessable(format!("device id {id:?}: {e}")))
 }
 
-fn shown(device: &DeviceId, password: &link::Secret) -> Credential {
+fn shown(device: &DeviceId, password: &link::Secret) -> DeviceCredential {
     let user = identities::acl::device_username(device);
-    Credential {
+    DeviceCredential {
         client_id: user.clone(),
         username: user,
         password: password.expose().to_owned(),
@@ -47,19 +65,21 @@ fn shown(device: &DeviceId, password: &link::Secret) -> Credential {
 }
 
 /// Issues `id`'s credential if the service administers the broker.
-pub(crate) async fn issue(s: &ApiState, id: &str) -> ApiResult<Option<Credential>> {
+pub(crate) async fn issue(s: &ApiState, id: &str) -> ApiResult<Option<DeviceCredential>> {
     let Some(broker) = &s.broker else {
         return Ok(None);
     };
     let device = device_id(id)?;
     let admin = broker.admin().await.map_err(|e| unavailable(&e))?;
-    match admin.enrol_device(&device).await {
-        Ok(p) => Ok(Some(shown(&device, &p))),
-        Err(IdentityError::Exists(_)) => Err(ApiError::Conflict(format!(
-            "the broker already has a credential for {id}; rotate it (POST /v1/devices/{id}/credential)"
-        ))),
-        Err(e) => Err(unavailable(&e)),
+    // A credential left on the broker (issued by `emtrack device enrol`, or
+    // by an earlier attempt whose answer was lost) is replaced: the one
+    // shown now is the only one that works.
+    let password = match admin.enrol_device(&device).await {
+        Err(IdentityError::Exists(_)) => admin.rotate_device(&device).await,
+        other => other,
     }
+    .map_err(|e| unavailable(&e))?;
+    Ok(Some(shown(&device, &password)))
 }
 
 /// Revokes `id`'s credential if the service administers the broker.
@@ -82,7 +102,7 @@ pub(crate) async fn revoke(s: &ApiState, id: &str) -> ApiResult<()> {
 /// first credential here.
 #[utoipa::path(post, path = "/v1/devices/{id}/credential", tag = "devices", security(("bearer" = [])),
     params(("id" = String, Path, description = "The device's id")),
-    responses((status = 200, body = Credential), (status = 404, body = crate::error::ErrorBody),
+    responses((status = 200, body = DeviceCredential), (status = 404, body = crate::error::ErrorBody),
               (status = 409, body = crate::error::ErrorBody),
               (status = 503, body = crate::error::ErrorBody)))]
 pub(crate) async fn rotate(
@@ -90,7 +110,10 @@ pub(crate) async fn rotate(
     scope: Scope,
     slot: AuditSlot,
     Path(id): Path<String>,
-) -> ApiResult<Json<Credential>> {
+) -> ApiResult<(
+    [(axum::http::HeaderName, &'static str); 1],
+    Json<DeviceCredential>,
+)> {
     scope.require(Need::Administer)?;
     let retired: Option<bool> =
         sqlx::query_scalar("SELECT retired_at IS NOT NULL FROM devices WHERE id = $1")
@@ -117,5 +140,5 @@ pub(crate) async fn rotate(
     }
     .map_err(|e| unavailable(&e))?;
     slot.detail(serde_json::json!({"device_id": id, "credential": "issued"}));
-    Ok(Json(shown(&device, &password)))
+    Ok((NO_STORE, Json(shown(&device, &password))))
 }

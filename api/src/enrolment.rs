@@ -385,7 +385,11 @@ pub(crate) async fn register(
     scope: Scope,
     slot: AuditSlot,
     Body(b): Body<NewDevice>,
-) -> ApiResult<(StatusCode, Json<Registered>)> {
+) -> ApiResult<(
+    StatusCode,
+    [(axum::http::HeaderName, &'static str); 1],
+    Json<Registered>,
+)> {
     scope.require(Need::Administer)?;
     if !matches!(b.kind.as_str(), "bracelet" | "victim_phone") {
         return Err(ApiError::Unprocessable(
@@ -439,7 +443,11 @@ pub(crate) async fn register(
         .bind(&b.id)
         .fetch_one(&s.pool)
         .await?;
-    Ok((StatusCode::CREATED, Json(Registered { device, credential })))
+    Ok((
+        StatusCode::CREATED,
+        crate::credentials::NO_STORE,
+        Json(Registered { device, credential }),
+    ))
 }
 
 /// A registered device, with its broker credential when the service
@@ -449,7 +457,7 @@ pub(crate) struct Registered {
     #[serde(flatten)]
     device: Device,
     #[serde(skip_serializing_if = "Option::is_none")]
-    credential: Option<crate::credentials::Credential>,
+    credential: Option<crate::credentials::DeviceCredential>,
 }
 
 /// `POST /v1/devices/{id}/retire?reason=`: retires a device (admin): its

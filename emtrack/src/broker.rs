@@ -54,7 +54,9 @@ pub async fn setup(config: &Config) -> Result<String, String> {
 }
 
 /// Enrols, rotates or retires `ids`; issued passwords are written to `out`
-/// as `<username> <password>` lines (a new file, mode 0600).
+/// as `<username> <password>` lines (a new file, mode 0600, created before
+/// the broker changes anything, each line written as its credential is
+/// issued: a password the broker holds is never lost).
 pub async fn devices(
     config: &Config,
     op: DeviceOp,
@@ -65,83 +67,93 @@ pub async fn devices(
         .iter()
         .map(|s| DeviceId::parse_any(s).map_err(|e| format!("device id {s:?}: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
-    if op != DeviceOp::Retire && out.is_none() {
-        return Err(
-            "--out FILE is needed: the new passwords are written there, never shown".into(),
-        );
-    }
+    let mut file = match (op, out) {
+        (DeviceOp::Retire, _) => None,
+        (_, Some(path)) => Some(CredentialsFile::create(path)?),
+        (_, None) => {
+            return Err(
+                "--out FILE is needed: the new passwords are written there, never shown".into(),
+            );
+        }
+    };
     let admin = admin(config).await?;
-    let mut issued = Vec::new();
-    let mut retired = 0;
+    let (mut done, mut revoked) = (0, 0);
     for d in &devices {
-        let r = match op {
+        let issued = match op {
             DeviceOp::Enrol => admin.enrol_device(d).await.map(Some),
             DeviceOp::Rotate => admin.rotate_device(d).await.map(Some),
             DeviceOp::Retire => admin.retire_device(d).await.map(|gone| {
-                retired += usize::from(gone);
+                revoked += usize::from(gone);
                 None
             }),
-        };
-        // Write what was issued so far before reporting a failure: those
-        // credentials are live on the broker.
-        match r {
-            Ok(Some(p)) => issued.push((identities::acl::device_username(d), p)),
-            Ok(None) => {}
-            Err(e) => {
-                save(out, &issued)?;
-                return Err(format!("{d}: {e} ({} done before it)", issued.len()));
-            }
         }
+        .map_err(|e| format!("{d}: {e} ({done} done before it)"))?;
+        if let (Some(password), Some(f)) = (issued, file.as_mut()) {
+            f.append(&identities::acl::device_username(d), &password)?;
+        }
+        done += 1;
     }
-    save(out, &issued)?;
     Ok(match (op, out) {
         (DeviceOp::Retire, _) => format!(
-            "{retired} of {} device credential(s) revoked",
+            "{revoked} of {} device credential(s) revoked",
             devices.len()
         ),
-        (_, Some(path)) => format!(
-            "{} credential(s) written to {}",
-            issued.len(),
-            path.display()
-        ),
+        (_, Some(path)) => format!("{done} credential(s) written to {}", path.display()),
         (_, None) => String::new(),
     })
 }
 
 /// Issues an officer's identity (reads only its own alert topic).
 pub async fn officer(config: &Config, officer_id: i64, out: &Path) -> Result<String, String> {
+    let mut file = CredentialsFile::create(out)?;
     let password = admin(config)
         .await?
         .enrol_officer(officer_id)
         .await
         .map_err(|e| e.to_string())?;
     let user = identities::acl::officer_username(officer_id);
-    save(Some(out), &[(user.clone(), password)])?;
+    file.append(&user, &password)?;
     Ok(format!(
         "officer identity {user} written to {}",
         out.display()
     ))
 }
 
-fn save(out: Option<&Path>, issued: &[(String, Secret)]) -> Result<(), String> {
-    match out {
-        Some(path) if !issued.is_empty() => write_credentials(path, issued)
-            .map_err(|e| format!("cannot write {}: {e}", path.display())),
-        _ => Ok(()),
-    }
+/// A new file of `<username> <password>` lines, readable by its owner only
+/// (the format `device-sim --credentials` reads).
+struct CredentialsFile {
+    file: std::fs::File,
+    path: std::path::PathBuf,
 }
 
-/// Writes `<username> <password>` lines to a new file readable by its owner
-/// only (the format `device-sim --credentials` reads).
-pub fn write_credentials(path: &Path, issued: &[(String, Secret)]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    for (user, password) in issued {
-        writeln!(f, "{user} {}", password.expose())?;
+impl CredentialsFile {
+    fn create(path: &Path) -> Result<CredentialsFile, String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| {
+                format!(
+                    "cannot create {}: {e} (it must not exist yet)",
+                    path.display()
+                )
+            })?;
+        Ok(CredentialsFile {
+            file,
+            path: path.to_owned(),
+        })
     }
-    f.sync_all()
+
+    fn append(&mut self, user: &str, password: &Secret) -> Result<(), String> {
+        writeln!(self.file, "{user} {}", password.expose())
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| {
+                format!(
+                    "cannot write {}: {e}; {user}'s new credential is live on the broker: rotate it",
+                    self.path.display()
+                )
+            })
+    }
 }

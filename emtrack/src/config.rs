@@ -449,22 +449,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        // Every file `run` would read, read now: check-config reports them.
-        self.mqtt_link()?;
-        self.admin_link()?;
-        self.https()?;
-        self.webhook_tls()?;
-        self.webhook_seal()?;
-        if self.mqtt_ca_file.is_some() && !self.mqtt_tls {
-            return Err(ConfigError::Invalid(
-                "mqtt_ca_file is set but mqtt_tls is false: set mqtt_tls = true".into(),
-            ));
-        }
-        if self.mqtt_password_file.is_some() && self.mqtt_username.is_none() {
-            return Err(ConfigError::Invalid(
-                "mqtt_password_file needs mqtt_username".into(),
-            ));
-        }
+        self.validate_security()?;
         if !self.database_url.starts_with("postgres://")
             && !self.database_url.starts_with("postgresql://")
         {
@@ -527,6 +512,39 @@ impl Config {
     }
 
     /// The HTTP listeners and the officer API's limits.
+    /// The broker identity, TLS and secret settings.
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        // Every file `run` would read, read now: check-config reports them.
+        self.mqtt_link()?;
+        self.admin_link()?;
+        self.https()?;
+        self.webhook_tls()?;
+        self.webhook_seal()?;
+        if self.mqtt_ca_file.is_some() && !self.mqtt_tls {
+            return Err(ConfigError::Invalid(
+                "mqtt_ca_file is set but mqtt_tls is false: set mqtt_tls = true".into(),
+            ));
+        }
+        if self.mqtt_username.is_some()
+            && !self
+                .mqtt_client_id
+                .to_ascii_lowercase()
+                .starts_with("emtrack")
+        {
+            return Err(ConfigError::Invalid(format!(
+                "mqtt_client_id {:?} must begin with `emtrack` on a broker with identities: \
+                 no device may have such an id, so none can take emtrack's session",
+                self.mqtt_client_id
+            )));
+        }
+        if self.mqtt_password_file.is_some() && self.mqtt_username.is_none() {
+            return Err(ConfigError::Invalid(
+                "mqtt_password_file needs mqtt_username".into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_http(&self) -> Result<(), ConfigError> {
         for (key, addr) in [
             ("http_listen", &self.http_listen),

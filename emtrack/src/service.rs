@@ -362,6 +362,14 @@ async fn seal_webhook_secrets(
                     "webhook secrets stored in plain text are now sealed"
                 );
             }
+            let unopened = alert_service::unopened_secrets(pool, key)
+                .await
+                .map_err(|e| StartError::Db("check webhook secrets", e))?;
+            if !unopened.is_empty() {
+                // Alerts still reach officers over MQTT; these webhooks'
+                // deliveries fail, counted, until the key is put right.
+                tracing::error!(webhooks = ?unopened, "webhook secrets do not open with alerts.webhook_key_file: is it the key they were sealed with?");
+            }
         }
         None => {
             let plain: i64 =

@@ -331,6 +331,23 @@ async fn the_secure_broker_holds_every_identity_to_its_own_topics(pool: PgPool) 
     .await
     .expect_err("dev-a is enrolled");
     assert!(again.contains("rotate"), "{again}");
+    // No device may have emtrack's client id (or any beginning with
+    // `emtrack`) or an officer's: none can take their sessions.
+    for reserved in [
+        cfg.mqtt_client_id.clone(),
+        "EMTRACK-ingest".into(),
+        "officer-1".into(),
+    ] {
+        let e = emtrack::broker::devices(
+            &cfg,
+            DeviceOp::Enrol,
+            std::slice::from_ref(&reserved),
+            Some(&certs.dir.join(format!("reserved-{reserved}"))),
+        )
+        .await
+        .expect_err("a reserved id");
+        assert!(e.contains("reserved"), "{e}");
+    }
     svc.shut_down().await;
 }
 
@@ -755,10 +772,41 @@ async fn the_api_issues_rotates_and_revokes_device_credentials(pool: PgPool) {
     let svc = Running::start_with(pool.clone(), cfg).await;
     let api = svc.svc.api.port();
     let token = login(api, "root-admin", "admin password 1").await;
+    // A refusal by the broker (a reserved id) stores nothing.
+    let reserved = r#"{"id": "emtrack-sneaky", "kind": "bracelet", "format": "json", "report_interval_s": 60}"#;
+    let r = call(api, "POST", "/v1/devices", Some(&token), Some(reserved)).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM devices WHERE id = 'emtrack-sneaky'")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(stored, 0, "the device was not registered either");
+    // Only an admin may issue credentials.
+    sqlx::query("INSERT INTO officers (id, name, role) VALUES (1, 'Officer One', 'officer')")
+        .execute(&pool)
+        .await
+        .expect("officer");
+    add_user(
+        &pool,
+        "an-officer",
+        api::identity::Role::Officer,
+        Some(1),
+        "officer password 1",
+    )
+    .await;
+    let officer = login(api, "an-officer", "officer password 1").await;
     let body =
         r#"{"id": "EM-NEW-1", "kind": "bracelet", "format": "json", "report_interval_s": 60}"#;
+    let r = call(api, "POST", "/v1/devices", Some(&officer), Some(body)).await;
+    assert_eq!(r.status, 403, "{}", r.body);
     let r = call(api, "POST", "/v1/devices", Some(&token), Some(body)).await;
     assert_eq!(r.status, 201, "{}", r.body);
+    assert!(
+        r.headers.contains("cache-control: no-store"),
+        "{}",
+        r.headers
+    );
     let c = r.json()["credential"].clone();
     assert_eq!(
         (c["username"].as_str(), c["client_id"].as_str()),
@@ -781,6 +829,15 @@ async fn the_api_issues_rotates_and_revokes_device_credentials(pool: PgPool) {
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let second = Secret::new(r.json()["password"].as_str().expect("a password"));
+    let r = call(
+        api,
+        "POST",
+        "/v1/devices/EM-NEW-1/credential",
+        Some(&officer),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 403, "an officer may not rotate: {}", r.body);
     assert_ne!(first, second);
     assert!(
         refused_as_unauthorised(connect(&device, "EM-NEW-1").await),

@@ -10,6 +10,17 @@ use serde_json::{Value, json};
 /// Role of emtrack's service identity.
 pub const SERVICE_ROLE: &str = "emtrack-service";
 
+/// Prefixes no device may have as its id (and so as its client id):
+/// emtrack's own client ids (`mqtt_client_id` must begin with `emtrack`)
+/// and officers' identities.
+pub const RESERVED_PREFIXES: [&str; 2] = ["emtrack", "officer-"];
+
+/// Whether `username` is in a reserved namespace (whatever its case).
+pub fn reserved(username: &str) -> bool {
+    let lower = username.to_ascii_lowercase();
+    RESERVED_PREFIXES.iter().any(|p| lower.starts_with(p))
+}
+
 /// A device's broker user name and client id: its device id.
 pub fn device_username(device: &DeviceId) -> String {
     device.as_str().to_owned()
@@ -76,4 +87,28 @@ pub fn service_role_command() -> Value {
     json!({ "command": "createRole", "rolename": SERVICE_ROLE,
             "textdescription": "emtrack: the service reads devices and alerts officers",
             "acls": acls })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emtrack_and_officer_ids_are_reserved_whatever_their_case() {
+        for id in ["emtrack-ingest", "EMTRACK", "Emtrack-alerts", "officer-3"] {
+            assert!(reserved(id), "{id}");
+        }
+        for id in ["EM-000001", "em-trackless", "officer3", "ot:alice:phone"] {
+            assert!(!reserved(id), "{id}");
+        }
+    }
+
+    #[test]
+    fn a_device_may_publish_under_its_own_topic_only() {
+        let bracelet = DeviceId::parse("EM-1").expect("id");
+        assert_eq!(device_topics(&bracelet), ["em/v1/dev/EM-1/#"]);
+        let phone = DeviceId::owntracks("alice", "phone").expect("id");
+        assert_eq!(device_topics(&phone), ["owntracks/alice/phone"]);
+        assert_eq!(device_username(&phone), "ot:alice:phone");
+    }
 }

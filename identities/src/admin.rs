@@ -30,6 +30,8 @@ pub enum IdentityError {
     Exists(String),
     /// No such identity.
     NotFound(String),
+    /// The id is in emtrack's or the officers' namespace.
+    Reserved(String),
     /// The broker refused a command.
     Refused {
         /// The dynsec command.
@@ -48,6 +50,11 @@ impl fmt::Display for IdentityError {
                 write!(f, "{u} already has a broker credential (rotate it instead)")
             }
             IdentityError::NotFound(u) => write!(f, "{u} has no broker credential"),
+            IdentityError::Reserved(u) => write!(
+                f,
+                "{u} is reserved: ids beginning with `emtrack` are emtrack's own client ids, \
+                 `officer-` officers'"
+            ),
             IdentityError::Refused { command, reason } => {
                 write!(f, "the broker refused {command}: {reason}")
             }
@@ -64,6 +71,8 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
 pub struct Admin {
     client: AsyncClient,
     pending: Pending,
+    /// This session's random tag prefix.
+    session: String,
     next: AtomicU64,
     task: tokio::task::JoinHandle<()>,
 }
@@ -94,6 +103,7 @@ impl Admin {
         let admin = Admin {
             client,
             pending,
+            session: crate::new_password().expose()[..32].to_owned(),
             next: AtomicU64::new(0),
             task,
         };
@@ -109,30 +119,71 @@ impl Admin {
     }
 
     /// Sends `commands` in one message; returns each one's answer, in order.
+    ///
+    /// Every admin session subscribed to the answer topic receives every
+    /// answer, so tags start with this session's random prefix, and an
+    /// answer must name the command it answers. On a timeout the outcome
+    /// is unknown (the command may still reach the broker): callers make
+    /// each change so that doing it again is safe.
     async fn run(&self, commands: Vec<Value>) -> Result<Vec<Value>, IdentityError> {
         let mut waits = Vec::with_capacity(commands.len());
         let mut tagged = Vec::with_capacity(commands.len());
+        let mut tags = Vec::with_capacity(commands.len());
         for mut c in commands {
-            let tag = format!("emtrack-{}", self.next.fetch_add(1, Ordering::Relaxed));
+            let tag = format!(
+                "{}-{}",
+                self.session,
+                self.next.fetch_add(1, Ordering::Relaxed)
+            );
             let (tx, rx) = oneshot::channel();
             lock(&self.pending).insert(tag.clone(), tx);
-            c["correlationData"] = Value::String(tag);
+            let command = c["command"].as_str().unwrap_or_default().to_owned();
+            c["correlationData"] = Value::String(tag.clone());
             tagged.push(c);
-            waits.push(rx);
+            tags.push(tag);
+            waits.push((command, rx));
         }
-        let body = json!({ "commands": tagged }).to_string();
+        let answers = self
+            .wait_for(json!({ "commands": tagged }).to_string(), waits)
+            .await;
+        // Whatever happened, no waiter is left behind.
+        let mut pending = lock(&self.pending);
+        for t in &tags {
+            pending.remove(t);
+        }
+        answers
+    }
+
+    async fn wait_for(
+        &self,
+        body: String,
+        waits: Vec<(String, oneshot::Receiver<Value>)>,
+    ) -> Result<Vec<Value>, IdentityError> {
         self.client
             .publish(CONTROL, QoS::AtLeastOnce, false, body)
             .await
             .map_err(|e| IdentityError::Connect(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
         let mut answers = Vec::with_capacity(waits.len());
-        for rx in waits {
-            match tokio::time::timeout(ANSWER_WITHIN, rx).await {
-                Ok(Ok(v)) => answers.push(v),
+        for (command, rx) in waits {
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(v)) if v["command"].as_str() == Some(command.as_str()) => answers.push(v),
+                Ok(Ok(v)) => {
+                    return Err(IdentityError::Refused {
+                        command,
+                        reason: format!("answered as {}", v["command"]),
+                    });
+                }
                 _ => return Err(IdentityError::Timeout),
             }
         }
         Ok(answers)
+    }
+
+    /// Whether the session still runs (it ends when the broker refuses the
+    /// admin identity).
+    pub fn is_alive(&self) -> bool {
+        !self.task.is_finished()
     }
 
     /// Runs `commands`; the first refusal is the error, with "already
@@ -148,9 +199,13 @@ impl Admin {
 
     /// Issues a device's credential: its role and its client, bound to its
     /// id as client id. Returns the password, which the broker keeps only
-    /// as a salted hash.
+    /// as a salted hash. An id in emtrack's or the officers' namespace
+    /// ([`acl::reserved`]) is refused.
     pub async fn enrol_device(&self, device: &DeviceId) -> Result<Secret, IdentityError> {
         let user = acl::device_username(device);
+        if acl::reserved(&user) {
+            return Err(IdentityError::Reserved(user));
+        }
         let password = crate::new_password();
         self.ensure_role(acl::device_role_command(device)).await?;
         self.run_all(
@@ -384,9 +439,10 @@ async fn drive(
             }
             Ok(_) => {}
             Err(e) => {
-                let refused = matches!(e, ConnectionError::ConnectionRefused(_));
                 settle(&ready, Err(e.to_string()));
-                if refused && ready.borrow().as_ref().is_some_and(Result::is_err) {
+                // Refused credentials do not get better by retrying: the
+                // session ends, and the next use connects afresh.
+                if matches!(e, ConnectionError::ConnectionRefused(_)) {
                     return;
                 }
                 tokio::time::sleep(backoff).await;

@@ -13,9 +13,10 @@
 //! - an officer identity reads only its own alert topic;
 //! - emtrack's service identity subscribes to device topics and publishes
 //!   officer alerts (and replays refused messages to device topics);
-//! - every identity but the service's is bound to one client id, so no one
-//!   else can take emtrack's client ids (and with them its session and its
-//!   unacknowledged messages).
+//! - every identity but the service's is bound to one client id, and no
+//!   device id may begin with `emtrack` ([`acl::reserved`]), the prefix
+//!   emtrack's own client ids must have: no one else can take emtrack's
+//!   session (and with it its unacknowledged messages).
 //!
 //! Anonymous clients get nothing: the shipped broker config sets
 //! `allow_anonymous false`.
@@ -60,7 +61,7 @@ impl Broker {
     /// last connect failed.
     pub async fn admin(&self) -> Result<std::sync::Arc<Admin>, IdentityError> {
         let mut held = self.admin.lock().await;
-        if let Some(a) = held.as_ref() {
+        if let Some(a) = held.as_ref().filter(|a| a.is_alive()) {
             return Ok(a.clone());
         }
         let a = std::sync::Arc::new(Admin::connect(&self.link, &self.client_id).await?);

@@ -173,6 +173,23 @@ impl Hook {
     }
 }
 
+/// The webhooks whose sealed secret does not open with `key` (another
+/// key's, or tampered with): their deliveries would all fail.
+pub async fn unopened_secrets(
+    pool: &sqlx::PgPool,
+    key: &link::SealKey,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let sealed: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT id, secret_sealed FROM webhooks WHERE secret_sealed IS NOT NULL")
+            .fetch_all(pool)
+            .await?;
+    Ok(sealed
+        .into_iter()
+        .filter(|(id, s)| key.open(s, id.to_string().as_bytes()).is_err())
+        .map(|(id, _)| id)
+        .collect())
+}
+
 /// Seals the webhook secrets stored in plain text (rows written by hand or
 /// by a run without a key); returns how many.
 pub async fn seal_stored_secrets(
