@@ -130,6 +130,9 @@ pub struct Config {
     pub log_format: String,
     /// The `[alerts]` table.
     pub alerts: AlertConfig,
+    /// The `[retention]` table: how long each table that holds personal
+    /// data keeps its rows (evidence: `retention_days`).
+    pub retention: store::Retention,
 }
 
 impl Default for Config {
@@ -165,6 +168,7 @@ impl Default for Config {
             rebuild_lookback_s: 3600,
             log_format: "text".into(),
             alerts: AlertConfig::default(),
+            retention: store::Retention::default(),
         }
     }
 }
@@ -463,6 +467,19 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "retention_days must be at least 1".into(),
             ));
+        }
+        if let Some((key, _)) = self.retention.periods().into_iter().find(|(_, d)| *d < 1) {
+            return Err(ConfigError::Invalid(format!(
+                "retention.{key} must be at least 1"
+            )));
+        }
+        // Late fixes are judged against the order versions of their time.
+        if self.retention.order_versions_days < self.retention_days {
+            return Err(ConfigError::Invalid(format!(
+                "retention.order_versions_days ({}) must be at least retention_days ({}): \
+                 stored evidence is judged against the orders of its time",
+                self.retention.order_versions_days, self.retention_days
+            )));
         }
         if self.partitions_ahead_days < 1 {
             return Err(ConfigError::Invalid(

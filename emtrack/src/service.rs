@@ -275,10 +275,11 @@ fn spawn_background(
     });
     tasks.spawn_endless(
         "partitions",
-        store::keep_partitions(
+        store::keep_tables(
             pool.clone(),
             config.partitions_ahead_days,
             config.retention_days,
+            config.retention.clone(),
             Duration::from_secs(config.maintenance_interval_s),
             stop.clone(),
         ),

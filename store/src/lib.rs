@@ -24,11 +24,13 @@
 mod connect;
 mod label;
 mod partitions;
+pub mod retention;
 mod retry;
 mod time;
 
 pub use connect::{DbError, MIGRATOR, connect, migrate};
 pub use label::{UnknownLabel, label};
-pub use partitions::{Days, Maintenance, keep_partitions, maintain_partitions, no_partition};
+pub use partitions::{Days, Maintenance, keep_tables, maintain_partitions, no_partition};
+pub use retention::{Retention, expire};
 pub use retry::{Backoff, retry_always, retry_transient, transient};
 pub use time::{Millis, Stamp, now_ms};

@@ -36,7 +36,14 @@ pub async fn maintain_partitions(
         .map_err(DbError::Query)?;
     if !native {
         for table in ["fixes", "device_events"] {
-            sqlx::query("SELECT add_retention_policy($1::regclass, make_interval(days => $2), if_not_exists => true)")
+            // Replaced, not kept: a changed retention_days takes effect.
+            // (Not exercised by the tests, which run without TimescaleDB.)
+            sqlx::query("SELECT remove_retention_policy($1::regclass, if_exists => true)")
+                .bind(table)
+                .execute(pool)
+                .await
+                .map_err(DbError::Query)?;
+            sqlx::query("SELECT add_retention_policy($1::regclass, make_interval(days => $2))")
                 .bind(table)
                 .bind(retention_days as i32)
                 .execute(pool)
@@ -117,19 +124,28 @@ pub fn no_partition(db: &dyn sqlx::error::DatabaseError) -> bool {
     db.code().as_deref() == Some("23514") && db.message().starts_with("no partition of relation")
 }
 
-/// Runs [`maintain_partitions`] every `every` until `stop`; a failure is
-/// logged and tried again at the next turn.
-pub async fn keep_partitions(
+/// Runs [`maintain_partitions`] and retention ([`crate::expire`]) every
+/// `every` until `stop`; a failure is logged and tried again at the next
+/// turn.
+pub async fn keep_tables(
     pool: PgPool,
     ahead_days: u32,
     retention_days: u32,
+    retention: crate::Retention,
     every: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
     loop {
-        let today = jiff::Timestamp::now()
-            .to_zoned(jiff::tz::TimeZone::UTC)
-            .date();
+        let now = jiff::Timestamp::now();
+        let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+        match crate::expire(&pool, now, retention_days, &retention).await {
+            Ok(expired) => {
+                for (table, rows) in expired.into_iter().filter(|(_, n)| *n > 0) {
+                    tracing::info!(table, rows, "retention: expired rows deleted");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "retention failed; will retry"),
+        }
         match maintain_partitions(&pool, today, ahead_days, retention_days).await {
             Ok(m) if m.created + m.dropped > 0 => {
                 tracing::info!(
