@@ -36,7 +36,10 @@ mod service;
 
 pub use config::{AlertConfig, PolicyError};
 pub use delivery::Outbound;
-pub use delivery::webhook::{backoff, seal_stored_secrets, signature, unopened_secrets};
+pub use delivery::webhook::{
+    backoff, seal_stored_secrets, signature, signing_key, standard_signature, unopened_secrets,
+    whsec_key,
+};
 pub use delivery::{Channel, Delivery};
 pub use handle::{ActionError, AlertHandle};
 pub use metrics::Metrics;

@@ -234,7 +234,10 @@ pub(crate) async fn webhooks(
 pub(crate) struct NewWebhook {
     /// Where alert changes are posted (`http://` or `https://`).
     url: String,
-    /// The HMAC-SHA256 key of `X-Emtrack-Signature` (32–256 bytes).
+    /// The signing secret (32–256 bytes): preferably a Standard Webhooks
+    /// `whsec_<base64 of 24+ random bytes>`, whose bytes key
+    /// `webhook-signature`; any other secret keys it as is (and the legacy
+    /// `X-Emtrack-Signature`).
     secret: String,
     /// Attempts before a delivery is `dead` (1–100, default 8).
     max_attempts: Option<i32>,
@@ -286,6 +289,15 @@ pub(crate) async fn add_webhook(
     if !(32..=256).contains(&b.secret.len()) {
         return Err(ApiError::Unprocessable(
             "secret must be 32–256 bytes (random: the receiver checks signatures with it)".into(),
+        ));
+    }
+    // A Standard Webhooks secret must be what it says: its key is the
+    // bytes it encodes.
+    if b.secret.starts_with("whsec_")
+        && alert_service::whsec_key(&b.secret).is_none_or(|k| k.len() < 24)
+    {
+        return Err(ApiError::Unprocessable(
+            "a whsec_ secret must be whsec_ and the base64 of 24 random bytes or more".into(),
         ));
     }
     // Sealed (bound to its id) when the service has a key: the database

@@ -1,7 +1,11 @@
 //! The webhook sender: an HTTP POST of the JSON (`https://` verified against
-//! `alerts.webhook_ca_file`, or the system's roots), signed with
+//! `alerts.webhook_ca_file`, or the system's roots), signed per Standard
+//! Webhooks (`webhook-id: <alert id>-<version>`, `webhook-timestamp`,
+//! `webhook-signature: v1,<base64 HMAC-SHA256(key, "<id>.<t>.<body>")>`, the
+//! key from [`signing_key`]), so that a receiver verifies it with a stock
+//! library; also the legacy
 //! `X-Emtrack-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`,
-//! with `Idempotency-Key: <alert id>-<version>` and `X-Emtrack-Alert-Id`.
+//! `Idempotency-Key` (the same id) and `X-Emtrack-Alert-Id`.
 //! A failure is retried with exponential backoff (`webhook_backoff_ms`,
 //! doubling, capped); after the webhook's `max_attempts` the delivery is
 //! `dead` with its last error: the dead-letter record. A webhook marked
@@ -28,7 +32,45 @@ type Client = hyper_util::client::legacy::Client<
 /// How long a paused webhook's notifications wait before it is looked at again.
 const PAUSED_RECHECK: Duration = Duration::from_secs(300);
 
-/// The signature header value for `body` at `unix_s`.
+/// The HMAC key of a webhook's secret, as Standard Webhooks libraries take
+/// it: a `whsec_<base64>` secret is the bytes it encodes; any other secret
+/// is its own bytes (a receiver's library then takes it base64-encoded).
+pub fn signing_key(secret: &str) -> Vec<u8> {
+    whsec_key(secret).unwrap_or_else(|| secret.as_bytes().to_vec())
+}
+
+/// The key a `whsec_<base64>` secret encodes; none for any other secret,
+/// or for a `whsec_` one that is not base64.
+pub fn whsec_key(secret: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let encoded = secret.strip_prefix("whsec_")?;
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
+}
+
+/// The `webhook-signature` header value (Standard Webhooks, v1):
+/// `v1,<base64 HMAC-SHA256(key, "{id}.{unix_s}.{body}")>`.
+pub fn standard_signature(key: &[u8], id: &str, unix_s: i64, body: &[u8]) -> String {
+    use base64::Engine;
+    // HMAC takes keys of any length: this never fails.
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
+        return "v1,".to_owned();
+    };
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(unix_s.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let tag = mac.finalize().into_bytes();
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(tag)
+    )
+}
+
+/// The legacy `X-Emtrack-Signature` value for `body` at `unix_s` (kept
+/// beside the standard headers for receivers written against it).
 pub fn signature(secret: &[u8], unix_s: i64, body: &[u8]) -> String {
     // HMAC takes keys of any length: this never fails.
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
@@ -60,13 +102,21 @@ async fn post(
     timeout: Duration,
 ) -> Result<(), String> {
     let t = now_ms() / 1000;
+    // The same id on every attempt: the receiver's de-duplication key.
+    let id = format!("{}-{}", d.alert, d.version);
     let req = hyper::Request::post(url)
         .header("content-type", "application/json")
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", t.to_string())
+        .header(
+            "webhook-signature",
+            standard_signature(&signing_key(secret), &id, t, &d.payload),
+        )
         .header(
             "x-emtrack-signature",
             signature(secret.as_bytes(), t, &d.payload),
         )
-        .header("idempotency-key", format!("{}-{}", d.alert, d.version))
+        .header("idempotency-key", &id)
         .header("x-emtrack-alert-id", d.alert.to_string())
         .body(Full::new(d.payload.clone()))
         .map_err(|e| format!("bad request: {e}"))?;
@@ -300,6 +350,41 @@ mod tests {
             signature(b"s3cret", 1_700_000_000, br#"{"a":1}"#),
             "t=1700000000,v1=1698a50bc74d1ff1db85c4e0a5297c2ad9fdba245d5737cdb789e4cc6e098940"
         );
+    }
+
+    #[test]
+    fn a_stock_standard_webhooks_library_verifies_our_signatures() {
+        use base64::Engine;
+        let body = br#"{"alert_id":7}"#;
+        let t = now_ms() / 1000;
+        let headers = |sig: String| {
+            let mut h = hyper::HeaderMap::new();
+            for (k, v) in [
+                ("webhook-id", "7-1".to_owned()),
+                ("webhook-timestamp", t.to_string()),
+                ("webhook-signature", sig),
+            ] {
+                h.insert(k, v.parse().expect("header value"));
+            }
+            h
+        };
+        // A `whsec_` secret, as Standard Webhooks libraries expect it.
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let ok = headers(standard_signature(&signing_key(secret), "7-1", t, body));
+        let wh = standardwebhooks::Webhook::new(secret).expect("secret");
+        wh.verify(body, &ok).expect("verified by the stock library");
+        assert!(
+            wh.verify(br#"{"alert_id":8}"#, &ok).is_err(),
+            "another body fails"
+        );
+        // Any other secret: the receiver gives the library its base64.
+        let plain = "a plain secret, 32 bytes or longer";
+        let ok = headers(standard_signature(&signing_key(plain), "7-1", t, body));
+        let encoded = base64::engine::general_purpose::STANDARD.encode(plain);
+        standardwebhooks::Webhook::new(&encoded)
+            .expect("secret")
+            .verify(body, &ok)
+            .expect("verified by the stock library");
     }
 
     #[test]
