@@ -401,11 +401,11 @@ async fn drive(
     pending: Pending,
     ready: watch::Sender<Option<Result<(), String>>>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut waits = link::mqtt::reconnect_waits();
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff = Duration::from_millis(100);
+                waits = link::mqtt::reconnect_waits();
                 if client.try_subscribe(RESPONSE, QoS::AtLeastOnce).is_err() {
                     settle(&ready, Err("cannot subscribe to answers".into()));
                 }
@@ -445,8 +445,7 @@ async fn drive(
                 if matches!(e, ConnectionError::ConnectionRefused(_)) {
                     return;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(link::mqtt::next_wait(&mut waits)).await;
             }
         }
     }

@@ -13,7 +13,8 @@
 //! waits on a worker: neither can stall the other.
 
 use crate::pipeline::Context;
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use backon::ExponentialBackoff;
+use link::mqtt::reconnect_waits;
 use protocol::Topic;
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, Publish, QoS};
 use std::collections::VecDeque;
@@ -46,17 +47,6 @@ struct Session {
     subscribe_pending: bool,
     /// Reconnect waits: capped exponential backoff with jitter.
     waits: ExponentialBackoff,
-}
-
-/// 100 ms doubling up to 20 s, plus up to as much again of jitter (so that a
-/// fleet of emtracks does not reconnect in step): at most 40 s.
-fn reconnect_waits() -> ExponentialBackoff {
-    ExponentialBuilder::new()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(20))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 /// Shutting down: the workers commit what they hold, then acks are flushed.

@@ -2,8 +2,29 @@
 //! protects the connection.
 
 use crate::secret::Secret;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// The waits between reconnects to the broker, for every emtrack session
+/// (ingest, the alert sender, the dynsec admin): 100 ms doubling up to
+/// 20 s, plus up to as much again of jitter, so that sessions (and a fleet
+/// of emtracks) do not reconnect in step: at most 40 s. Start a new one
+/// after each successful connect.
+pub fn reconnect_waits() -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(20))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// The next wait of `waits` (never exhausted; 20 s if it were).
+pub fn next_wait(waits: &mut ExponentialBackoff) -> Duration {
+    waits.next().unwrap_or(Duration::from_secs(20))
+}
 
 /// How to reach the broker. `Debug` shows the password as `***`.
 #[derive(Clone, Debug)]
@@ -61,5 +82,24 @@ impl MqttLink {
     pub fn address(&self) -> String {
         let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
         format!("{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_waits_double_to_a_cap_and_stay_within_their_jitter() {
+        let mut waits = reconnect_waits();
+        let seen: Vec<Duration> = (0..12).map(|_| next_wait(&mut waits)).collect();
+        for (k, w) in seen.iter().enumerate() {
+            let base =
+                (Duration::from_millis(100) * 2u32.pow(k as u32)).min(Duration::from_secs(20));
+            assert!(
+                *w >= base && *w <= base * 2,
+                "wait {k}: {w:?}, base {base:?}"
+            );
+        }
     }
 }

@@ -124,12 +124,14 @@ async fn poll(
     lost: mpsc::UnboundedSender<Vec<i64>>,
     stop: CancellationToken,
 ) {
+    let mut waits = link::mqtt::reconnect_waits();
     loop {
         let ev = tokio::select! {
             ev = eventloop.poll() => ev,
             _ = stop.cancelled() => return,
         };
         match ev {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => waits = link::mqtt::reconnect_waits(),
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                 let mut t = lock(&track);
                 if let Some(d) = t.queued.pop_front() {
@@ -145,7 +147,10 @@ async fn poll(
                 }
             }
             Ok(_) => {}
-            Err(e) => connection_lost(&mut eventloop, &track, &s, &lost, e).await,
+            Err(e) => {
+                let wait = link::mqtt::next_wait(&mut waits);
+                connection_lost(&mut eventloop, &track, &s, &lost, e, wait).await;
+            }
         }
     }
 }
@@ -156,6 +161,7 @@ async fn connection_lost(
     s: &Senders,
     lost: &mpsc::UnboundedSender<Vec<i64>>,
     e: ConnectionError,
+    wait: Duration,
 ) {
     // An `Outgoing::Publish` queued before a failed write would surface
     // after the reconnect and shift the matching.
@@ -172,8 +178,8 @@ async fn connection_lost(
         .delivery_failures
         .with_label_values(&[Channel::Mqtt.as_str()])
         .inc_by(n as u64);
-    tracing::warn!(error = %e, lost = n, "alert MQTT connection lost; reconnecting");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tracing::warn!(error = %e, lost = n, retry_in_ms = wait.as_millis() as u64, "alert MQTT connection lost; reconnecting");
+    tokio::time::sleep(wait).await;
 }
 
 /// Marks acknowledged publishes delivered, in batches. Until recorded, the
