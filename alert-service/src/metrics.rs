@@ -41,6 +41,10 @@ pub struct Metrics {
     pub silences_absorbed: IntCounter,
     /// `emtrack_outage_silent_bracelets`.
     pub outage_silent: IntGauge,
+    /// `emtrack_alert_deliveries_pending{channel}`.
+    pub deliveries_pending: IntGaugeVec,
+    /// `emtrack_alert_delivery_oldest_pending_seconds{channel}`.
+    pub delivery_oldest_pending: prometheus::GaugeVec,
 }
 
 const REGISTERED: &str = "static metric, registered once";
@@ -138,6 +142,20 @@ impl Metrics {
             outage_silent: register_int_gauge_with_registry!(
                 "emtrack_outage_silent_bracelets",
                 "Bracelets silent in the fleet outage going on (0 when there is none).",
+                r
+            )
+            .expect(REGISTERED),
+            deliveries_pending: register_int_gauge_vec_with_registry!(
+                "emtrack_alert_deliveries_pending",
+                "Notifications not yet delivered (queued, in flight, waiting to retry or paused), by channel.",
+                &["channel"],
+                r
+            )
+            .expect(REGISTERED),
+            delivery_oldest_pending: prometheus::register_gauge_vec_with_registry!(
+                "emtrack_alert_delivery_oldest_pending_seconds",
+                "Age of the oldest notification not yet delivered, by channel (0 when none).",
+                &["channel"],
                 r
             )
             .expect(REGISTERED),

@@ -469,16 +469,7 @@ async fn webhooks_go_over_https_to_trusted_receivers_only(pool: PgPool) {
     cfg.alerts.webhook_backoff_ms = 50;
     cfg.alerts.webhook_backoff_max_s = 1;
     let svc = Running::start_with(pool.clone(), cfg).await;
-    let t = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(5);
-    let event = format!(
-        r#"{{"v": 1, "device": "dev-a", "events": [{{"t": "{t}", "event": "strap_opened"}}]}}"#
-    );
-    publish_raw(
-        broker.port,
-        "tamperer",
-        &[("em/v1/dev/dev-a/event".into(), event.into_bytes())],
-    )
-    .await;
+    strap_opened(broker.port, "dev-a").await;
     wait_until(Duration::from_secs(20), "the trusted receiver's delivery", || {
         let p = pool.clone();
         async move {
@@ -1000,16 +991,7 @@ async fn webhook_secrets_are_sealed_at_rest_and_still_sign(pool: PgPool) {
         "a database read reveals neither"
     );
 
-    let t = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(5);
-    let event = format!(
-        r#"{{"v": 1, "device": "dev-a", "events": [{{"t": "{t}", "event": "strap_opened"}}]}}"#
-    );
-    publish_raw(
-        broker.port,
-        "tamperer",
-        &[("em/v1/dev/dev-a/event".into(), event.into_bytes())],
-    )
-    .await;
+    strap_opened(broker.port, "dev-a").await;
     wait_until(Duration::from_secs(20), "both webhooks called", || {
         let seen = seen.clone();
         async move {

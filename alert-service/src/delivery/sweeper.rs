@@ -1,6 +1,7 @@
 //! The sweeper: sends again what no sender holds once its lease has ended
 //! (a crash, a lost connection, a queue that was full), every second or when
-//! woken, per channel. Each send takes a new lease.
+//! woken, per channel. Each send takes a new lease. It also keeps the
+//! backlog gauges (pending deliveries, the oldest one's age) current.
 
 use super::{Channel, Delivery, DeliveryRow, Queues, Senders};
 use std::sync::Arc;
@@ -8,19 +9,56 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-/// Sweeps every channel until `stop` (or a sender is gone).
+/// How often the backlog gauges are refreshed.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Sweeps every channel until `stop` (or a sender is gone), and keeps the
+/// backlog gauges (pending deliveries and the oldest one's age) current.
 pub(crate) async fn run(s: Senders, queues: Queues, wake: Arc<Notify>, stop: CancellationToken) {
+    let mut next_backlog = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = wake.notified() => {}
             _ = stop.cancelled() => return,
         }
+        if tokio::time::Instant::now() >= next_backlog {
+            backlog(&s).await;
+            next_backlog = tokio::time::Instant::now() + BACKLOG_EVERY;
+        }
         for channel in Channel::ALL {
             if !sweep(&s, channel, queues.of(channel)).await {
                 return;
             }
         }
+    }
+}
+
+/// Sets the backlog gauges from the outbox: what is pending per channel and
+/// how old the oldest is. A failed read leaves them as they were (and the
+/// sweep's own failure is logged).
+async fn backlog(s: &Senders) {
+    let rows: Result<Vec<(String, i64, f64)>, _> = sqlx::query_as(
+        "SELECT channel, count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 \
+         FROM alert_deliveries WHERE state = 'pending' GROUP BY channel",
+    )
+    .fetch_all(&s.pool)
+    .await;
+    let Ok(rows) = rows else { return };
+    for channel in Channel::ALL {
+        let (n, age) = rows
+            .iter()
+            .find(|(c, ..)| c == channel.as_str())
+            .map_or((0, 0.0), |(_, n, age)| (*n, *age));
+        let label = [channel.as_str()];
+        s.metrics
+            .deliveries_pending
+            .with_label_values(&label)
+            .set(n);
+        s.metrics
+            .delivery_oldest_pending
+            .with_label_values(&label)
+            .set(age.max(0.0));
     }
 }
 

@@ -503,6 +503,16 @@ pub async fn publish_raw(port: u16, id: &str, messages: &[(String, Vec<u8>)]) {
     }
 }
 
+/// Publishes a strap-opened event of `device`, 5 s old (a tamper alert).
+pub async fn strap_opened(port: u16, device: &str) {
+    let t = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(5);
+    let event = format!(
+        r#"{{"v": 1, "device": "{device}", "events": [{{"t": "{t}", "event": "strap_opened"}}]}}"#
+    );
+    let topic = format!("em/v1/dev/{device}/event");
+    publish_raw(port, "tamperer", &[(topic, event.into_bytes())]).await;
+}
+
 /// Publishes `uplinks` as emtrack JSON on their devices' topics (QoS 1).
 pub async fn publish_uplinks(port: u16, id: &str, uplinks: &[protocol::Uplink]) {
     let messages: Vec<(String, Vec<u8>)> = uplinks
