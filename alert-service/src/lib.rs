@@ -6,7 +6,8 @@
 //! # Layout
 //! - `service`: the task that owns the core; one step = take input, store
 //!   the changes, then send.
-//! - `restore`: the database lock, the alerts read back after a restart, and
+//! - `restore`: the alerts read back after a restart (on the node holding
+//!   the service lease, `store::Lease`: one alert service per database), and
 //!   the re-read of what was stored since the last processed point.
 //! - `outbox`: an alert change, its `alert_events` line and its deliveries
 //!   in one transaction.
@@ -44,7 +45,7 @@ pub use delivery::{Channel, Delivery};
 pub use handle::{ActionError, AlertHandle};
 pub use metrics::Metrics;
 pub use notification::{DUTY_TOPIC, officer_topic};
-pub use restore::{ALERT_LOCK, AlertStartError};
+pub use restore::AlertStartError;
 pub use service::AlertError;
 
 use alerts::Policy;
@@ -64,6 +65,9 @@ pub struct Inputs {
     pub observed: ObservedRx,
     /// The bracelets to watch.
     pub fleet: FleetRx,
+    /// Checked first in each transaction that stores alert changes: only
+    /// the node holding the service lease writes.
+    pub fence: store::Fence,
 }
 
 /// The loaded alert service, ready to run.
@@ -80,8 +84,9 @@ impl std::fmt::Debug for AlertService {
     }
 }
 
-/// Takes the database lock, loads the alert state, re-reads what may not
-/// have been processed, and starts the senders. Call before ingest consumes,
+/// Loads the alert state, re-reads what may not have been processed, and
+/// starts the senders; every change is stored behind `inputs.fence` (the caller
+/// holds the service lease, so one alert service runs per database). Call before ingest consumes,
 /// so that the re-read sees a settled store. The senders stop on `stop`.
 pub async fn start(
     pool: PgPool,
@@ -92,7 +97,6 @@ pub async fn start(
     inputs: Inputs,
     stop: CancellationToken,
 ) -> Result<(AlertHandle, AlertService), AlertStartError> {
-    let lock = restore::lock(&pool).await?;
     let restored = restore::alerts(&pool, policy, cfg.replay_s).await?;
     let since = restored.processed_to - i64::from(cfg.replay_s) * 1000;
     let (queues, receivers) = Queues::new(cfg.delivery_queue);
@@ -112,7 +116,7 @@ pub async fn start(
         restored,
         inputs.fleet,
         out,
-        lock,
+        inputs.fence,
     );
     alerter.start_watching(restore::last_fixes(&pool).await?);
     let replay = restore::stored_since(&pool, since).await?;
@@ -149,8 +153,8 @@ pub async fn start(
 }
 
 impl AlertService {
-    /// Runs until `stop` (or ingest is gone), stores what it took, releases
-    /// the lock, then cancels [`AlertHandle::stopped`]. An error means it
+    /// Runs until `stop` (or ingest is gone), stores what it took, then
+    /// cancels [`AlertHandle::stopped`]. An error means it
     /// stopped on its own (see [`AlertError`]).
     pub async fn run(self, stop: CancellationToken) -> Result<(), AlertError> {
         // However the task ends (a panic too), `stopped` follows.

@@ -13,7 +13,7 @@ use prometheus::{
 pub struct Metrics {
     /// `emtrack_alerts_raised_total{type, severity}`.
     pub alerts_raised: IntCounterVec,
-    /// `emtrack_alerts_open{severity}` (open or acknowledged).
+    /// `emtrack_alerts_open{type,severity}` (open or acknowledged).
     pub alerts_open: IntGaugeVec,
     /// `emtrack_alert_ack_seconds`.
     pub alert_ack_seconds: Histogram,
@@ -67,8 +67,8 @@ impl Metrics {
             .expect(REGISTERED),
             alerts_open: register_int_gauge_vec_with_registry!(
                 "emtrack_alerts_open",
-                "Alerts not yet resolved (open or acknowledged), by severity.",
-                &["severity"],
+                "Alerts not yet resolved (open or acknowledged), by type and severity.",
+                &["type", "severity"],
                 r
             )
             .expect(REGISTERED),

@@ -36,13 +36,18 @@ pub(crate) struct Stored {
 }
 
 /// Writes `c` in one transaction.
-pub(crate) async fn store(pool: &PgPool, c: &Changes<'_>) -> Result<Stored, sqlx::Error> {
+pub(crate) async fn store(
+    pool: &PgPool,
+    fence: &store::Fence,
+    c: &Changes<'_>,
+) -> Result<Stored, sqlx::Error> {
     let chains = chains(pool, c.alerts).await?;
     let about = about(pool, c).await?;
     let webhooks: Vec<i64> = sqlx::query_scalar("SELECT id FROM webhooks WHERE active ORDER BY id")
         .fetch_all(pool)
         .await?;
     let mut tx = pool.begin().await?;
+    fence.check(&mut tx).await?;
     let conflicts = insert_new(&mut tx, c).await?;
     let kept: Vec<&Alert> = c
         .alerts

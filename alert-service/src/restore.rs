@@ -1,4 +1,4 @@
-//! Starting again after a restart: the service's database lock, the
+//! Starting again after a restart: the
 //! unresolved alerts (and those resolved within the replay window) with
 //! their escalation deadlines, and what was stored since a little before the
 //! re-read point (`alert_progress`), re-read as the bus would have carried
@@ -11,32 +11,21 @@ use alerts::{
 use bus::{Finding, FindingKind, Observed, ObservedEvent, StoredTransition};
 use geofence::{RuleId, SubjectId, Transition, TransitionKind, ZoneId};
 use rustc_hash::FxHashMap;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use std::fmt;
-use std::time::Duration;
 use store::{Millis, UnknownLabel, label};
-
-/// The advisory lock that makes one alert service per database (alert ids
-/// are assigned by the service).
-pub const ALERT_LOCK: i64 = 0x656d_7472_616c_7274;
 
 /// Why the alert service could not start.
 #[derive(Debug)]
 pub enum AlertStartError {
     /// A database step failed (an unknown label names its column and value).
     Db(sqlx::Error),
-    /// Another emtrack process runs the alert service of this database.
-    Locked,
 }
 
 impl fmt::Display for AlertStartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AlertStartError::Db(e) => write!(f, "cannot load the alert state: {e}"),
-            AlertStartError::Locked => write!(
-                f,
-                "another emtrack process runs the alerts of this database (advisory lock {ALERT_LOCK} held); run one emtrack per database"
-            ),
         }
     }
 }
@@ -53,25 +42,6 @@ impl From<UnknownLabel> for AlertStartError {
     fn from(e: UnknownLabel) -> Self {
         AlertStartError::Db(e.into())
     }
-}
-
-/// Takes the alert lock on a connection of its own, kept for the life of the
-/// service. A predecessor killed a moment ago may still hold it until the
-/// server notices its connection is gone: wait up to 15 s.
-pub(crate) async fn lock(pool: &PgPool) -> Result<PgConnection, AlertStartError> {
-    // Detached: dropping it closes the connection, which releases the lock.
-    let mut conn = pool.acquire().await?.detach();
-    for _ in 0..150 {
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(ALERT_LOCK)
-            .fetch_one(&mut conn)
-            .await?;
-        if got {
-            return Ok(conn);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(AlertStartError::Locked)
 }
 
 /// An `alerts` row.

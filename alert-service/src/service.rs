@@ -23,7 +23,7 @@ use alerts::{
 };
 use bus::{FindingKind, Fleet, FleetRx, Observed, ObservedRx, Report};
 use rustc_hash::{FxHashMap, FxHashSet};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,17 +34,17 @@ use tokio_util::sync::CancellationToken;
 /// Why the alert service stopped other than by being asked to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AlertError {
-    /// It lost its database lock and another emtrack holds it now: two
-    /// services would assign the same alert ids.
-    LockLost,
+    /// The fence refused its changes: another emtrack is the active node
+    /// (two services would assign the same alert ids).
+    Fenced,
 }
 
 impl fmt::Display for AlertError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AlertError::LockLost => write!(
+            AlertError::Fenced => write!(
                 f,
-                "the alert service lost its database lock and another emtrack holds it"
+                "the alert service's changes were fenced: another emtrack is the active node"
             ),
         }
     }
@@ -113,13 +113,15 @@ pub(crate) struct Alerter {
     watermark: i64,
     stored_watermark: i64,
     out: Outlets,
-    open: FxHashMap<AlertId, Severity>,
+    open: FxHashMap<AlertId, (AlertType, Severity)>,
     replies: Vec<(Reply, Result<(), ActionError>)>,
     /// A change the database refused: `alert_progress` stays where it is, so
     /// that a restart re-reads from before it.
     refused: bool,
-    /// Holds [`restore::ALERT_LOCK`] while the service runs.
-    lock: Option<PgConnection>,
+    /// Checked first in each transaction: only the active node writes.
+    fence: store::Fence,
+    /// The fence refused a change: this node stops.
+    fenced: bool,
 }
 
 impl Alerter {
@@ -132,15 +134,15 @@ impl Alerter {
         restored: restore::Restored,
         fleet: FleetRx,
         out: Outlets,
-        lock: PgConnection,
+        fence: store::Fence,
     ) -> Alerter {
         let now = now_ms();
-        let open: FxHashMap<AlertId, Severity> = restored
+        let open: FxHashMap<AlertId, (AlertType, Severity)> = restored
             .router
             .book()
             .alerts()
             .filter(|a| a.state != AlertState::Resolved)
-            .map(|a| (a.id, a.severity))
+            .map(|a| (a.id, (a.key.kind, a.severity)))
             .collect();
         let a = Alerter {
             wheel: SilenceWheel::new(4_096, (now / 1000) as u64),
@@ -161,7 +163,8 @@ impl Alerter {
             open,
             replies: Vec::new(),
             refused: false,
-            lock: Some(lock),
+            fence,
+            fenced: false,
         };
         a.count_open();
         a
@@ -275,7 +278,6 @@ impl Alerter {
     ) -> Result<(), AlertError> {
         let mut buf = Vec::with_capacity(256);
         let mut last_evict = Instant::now();
-        let mut last_lock_check = Instant::now();
         let mut result = Ok(());
         loop {
             let now = now_ms();
@@ -307,15 +309,10 @@ impl Alerter {
             }
             self.tick(now_ms());
             self.flush().await;
-            if last_lock_check.elapsed() > Duration::from_secs(30) {
-                last_lock_check = Instant::now();
-                if !self.keep_lock().await {
-                    tracing::error!(
-                        "the alert service lost its database lock and another emtrack holds it; stopping"
-                    );
-                    result = Err(AlertError::LockLost);
-                    break;
-                }
+            if self.fenced {
+                tracing::error!("another emtrack is the active node; the alert service stops");
+                result = Err(AlertError::Fenced);
+                break;
             }
             if last_evict.elapsed() > Duration::from_secs(600) {
                 last_evict = Instant::now();
@@ -323,10 +320,8 @@ impl Alerter {
             }
         }
         // What was received but not stored is re-read after a restart.
-        self.flush().await;
-        if let Some(c) = self.lock.take() {
-            // Closing the connection releases the lock.
-            let _ = sqlx::Connection::close(c).await;
+        if !self.fenced {
+            self.flush().await;
         }
         result
     }
@@ -456,27 +451,6 @@ impl Alerter {
             if let Some(t) = trigger_ms {
                 self.triggers.insert(id, t);
             }
-        }
-    }
-
-    /// Checks that the lock's connection is alive; if it is gone, takes the
-    /// lock again on a new one. False if another process has it.
-    async fn keep_lock(&mut self) -> bool {
-        if let Some(c) = self.lock.as_mut()
-            && sqlx::query("SELECT 1").execute(&mut *c).await.is_ok()
-        {
-            return true;
-        }
-        tracing::warn!("the alert lock's connection was lost; taking the lock again");
-        match restore::lock(&self.pool).await {
-            Ok(c) => {
-                self.lock = Some(c);
-                true
-            }
-            Err(restore::AlertStartError::Locked) => false,
-            // The database is unreachable: nobody else can take the lock
-            // through it either; try again at the next check.
-            Err(_) => true,
         }
     }
 
@@ -645,7 +619,7 @@ impl Alerter {
     /// Stores the changes, retrying transient errors; `None` if the
     /// database refused them.
     async fn store(
-        &self,
+        &mut self,
         events: &[AlertEvent],
         alerts: &FxHashMap<AlertId, Alert>,
     ) -> Option<Stored> {
@@ -659,7 +633,7 @@ impl Alerter {
         };
         let r = retry_transient(
             Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
-            || outbox::store(&self.pool, &changes),
+            || outbox::store(&self.pool, &self.fence, &changes),
             |e, _| {
                 self.metrics.alert_store_retries.inc();
                 tracing::warn!(error = %e, "cannot store alerts; retrying");
@@ -668,6 +642,11 @@ impl Alerter {
         .await;
         match r {
             Ok(s) => Some(s),
+            Err(e) if store::fenced(&e) => {
+                // The node taking over re-reads these from the store.
+                self.fenced = true;
+                None
+            }
             Err(e) => {
                 tracing::error!(error = %e, alerts = alerts.len(), "the database refused alert changes; they are not stored and not sent");
                 None
@@ -708,7 +687,7 @@ impl Alerter {
                     m.alerts_raised
                         .with_label_values(&[a.key.kind.as_str(), a.severity.as_str()])
                         .inc();
-                    self.open.insert(a.id, a.severity);
+                    self.open.insert(a.id, (a.key.kind, a.severity));
                 }
                 Change::Resolved { .. } => {
                     self.open.remove(&a.id);
@@ -729,12 +708,19 @@ impl Alerter {
     }
 
     fn count_open(&self) {
-        for s in Severity::ALL {
-            let n = self.open.values().filter(|v| **v == s).count();
-            self.metrics
-                .alerts_open
-                .with_label_values(&[s.as_str()])
-                .set(n as i64);
+        let mut counts: FxHashMap<(AlertType, Severity), i64> = FxHashMap::default();
+        for k in self.open.values() {
+            *counts.entry(*k).or_default() += 1;
+        }
+        // Every type and severity, so a count that falls to 0 reads 0.
+        for t in AlertType::ALL {
+            for s in Severity::ALL {
+                let n = counts.get(&(t, s)).copied().unwrap_or(0);
+                self.metrics
+                    .alerts_open
+                    .with_label_values(&[t.as_str(), s.as_str()])
+                    .set(n);
+            }
         }
     }
 

@@ -19,7 +19,8 @@ pub(crate) async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     )
 }
 
-/// `GET /readyz`: one line per probe and one for the database; 200 only
+/// `GET /readyz`: the node's role (`role active` or `role standby`), one
+/// line per probe and one for the database; 200 only on the active node
 /// when every one is ok. Then a `warning` line for each note that has
 /// something to say (it does not change the status).
 pub(crate) async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
@@ -29,8 +30,8 @@ pub(crate) async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     )
     .await
     .is_ok_and(|r| r.is_ok());
-    let mut all = db;
-    let mut body = String::new();
+    let mut all = db && s.role == crate::Role::Active;
+    let mut body = format!("role {}\n", s.role.as_str());
     for (name, probe) in &s.probes {
         let ok = probe();
         all &= ok;

@@ -99,6 +99,29 @@ pub struct HttpState {
     pub notes: Vec<(&'static str, Note)>,
     /// The database, for `/readyz`.
     pub pool: PgPool,
+    /// This node's role: `/readyz` says it first; a standby is not ready.
+    pub role: Role,
+}
+
+/// A node's role among the `emtrack run`s of one database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// It holds the service lease: it consumes, judges, alerts and serves
+    /// the officer API.
+    Active,
+    /// It waits to take the lease over; it serves only the operators'
+    /// listener.
+    Standby,
+}
+
+impl Role {
+    /// `active` or `standby`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Active => "active",
+            Role::Standby => "standby",
+        }
+    }
 }
 
 impl std::fmt::Debug for HttpState {

@@ -105,6 +105,10 @@ pub struct Config {
     pub partitions_ahead_days: u32,
     /// How often partition maintenance runs, in seconds.
     pub maintenance_interval_s: u64,
+    /// How long a renewal of the service lease lasts, in seconds: a standby
+    /// takes over at most this long after the active node's host is lost
+    /// (at its next poll, 1 s, when the active process merely died).
+    pub lease_period_s: u64,
     /// Worker tasks; devices are sharded across them.
     pub workers: usize,
     /// Messages received and not yet acked, at most. Keep the broker's
@@ -158,6 +162,7 @@ impl Default for Config {
             retention_days: 6 * 365 + 2,
             partitions_ahead_days: 7,
             maintenance_interval_s: 3600,
+            lease_period_s: 8,
             workers: 2,
             max_in_flight: 1000,
             max_batch: 250,
@@ -489,6 +494,11 @@ impl Config {
         if self.mqtt_client_id.is_empty() || self.mqtt_client_id.len() > 64 {
             return Err(ConfigError::Invalid(
                 "mqtt_client_id must be 1..=64 bytes".into(),
+            ));
+        }
+        if !(2..=120).contains(&self.lease_period_s) {
+            return Err(ConfigError::Invalid(
+                "lease_period_s must be 2..=120".into(),
             ));
         }
         if !(1..=256).contains(&self.workers) {

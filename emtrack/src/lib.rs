@@ -10,6 +10,10 @@
 //!   `alert-service`, and `api` over their handles; [`service::run`] runs
 //!   until a signal.
 //! - `shutdown`: the one stop signal and the one failure path.
+//! - `standby`: a second `run` on the same database waits as the standby
+//!   until it can take the service lease (`store::lease`).
+//! - `metrics`: build info, `process_*`, the pool, the engine's size and the
+//!   node's role, read at scrape time.
 //!
 //! The crates it wires, upstream first: `store` (the database), `reference`
 //! (reference data into the engine), `ingest` (messages to evidence),
@@ -21,5 +25,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod metrics;
 pub mod service;
 pub mod shutdown;
+pub mod standby;

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use store::Lease;
 use tokio_util::sync::CancellationToken;
 
 /// The running service's handles.
@@ -40,12 +41,17 @@ pub struct Service {
     /// Connected to the broker and subscribed.
     pub subscribed: Arc<AtomicBool>,
     tasks: Supervisor,
+    /// Kept by the `lease` task; released once every task has stopped.
+    lease: Arc<tokio::sync::Mutex<Lease>>,
 }
 
 impl Service {
-    /// Waits until every task has ended; returns the failures.
+    /// Waits until every task has ended, then gives the lease up (a
+    /// standby takes over at its next poll); returns the failures.
     pub async fn stopped(self) -> Vec<String> {
-        self.tasks.wait().await
+        let failures = self.tasks.wait().await;
+        self.lease.lock().await.release().await;
+        failures
     }
 
     /// The metrics in the Prometheus text format.
@@ -111,17 +117,23 @@ impl fmt::Display for RunError {
 
 impl std::error::Error for RunError {}
 
-/// Starts everything on an already migrated pool; returns once consuming
-/// has begun. Everything stops when `stop` is cancelled (or a task fails).
+/// Starts everything on an already migrated pool, as the active node
+/// holding `lease`; returns once consuming has begun. Everything stops when
+/// `stop` is cancelled, a task fails or the lease is lost.
 pub async fn start(
     config: &Config,
     pool: PgPool,
+    lease: Lease,
     stop: CancellationToken,
 ) -> Result<Service, StartError> {
     let registry = prometheus::Registry::new();
     // Every file the peers need is read before anything starts.
     let peers = Peers::from(config)?;
-    let (loaded, alert_inputs) = load(config, &pool, &registry).await?;
+    let (loaded, alert_inputs) = load(config, &pool, &registry, lease.fence()).await?;
+    crate::metrics::register_process(&registry);
+    crate::metrics::register_role(&registry, Arc::new(AtomicBool::new(true)));
+    crate::metrics::register_pool(&registry, pool.clone());
+    crate::metrics::register_engine(&registry, loaded.core.clone());
     let ref_metrics = loaded.reference.clone();
     let policy = config
         .alerts
@@ -142,6 +154,9 @@ pub async fn start(
     let (ops_listener, http) = bind(&config.http_listen).await?;
     let (api_listener, api) = bind(&config.api_listen).await?;
     let mut tasks = Supervisor::new(stop.clone());
+    let lease = Arc::new(tokio::sync::Mutex::new(lease));
+    let (held, s) = (lease.clone(), stop.clone());
+    tasks.spawn("lease", async move { held.lock().await.keep(&s).await });
     // Current: the initial load ran after LISTEN began.
     let reference_current = Arc::new(AtomicBool::new(true));
     let ingest = loaded.ingest.clone();
@@ -187,6 +202,7 @@ pub async fn start(
         alerts,
         subscribed,
         tasks,
+        lease,
     })
 }
 
@@ -215,7 +231,7 @@ impl api::orders::OrderCheck for EngineRules {
 }
 
 /// Binds an HTTP listener; returns it with the address actually bound.
-async fn bind(addr: &str) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+pub(crate) async fn bind(addr: &str) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| StartError::Http(addr.to_owned(), e))?;
@@ -315,6 +331,7 @@ fn ops_router(
         probes,
         notes: readiness_notes(ingest),
         pool: pool.clone(),
+        role: api::Role::Active,
     })
 }
 
@@ -396,6 +413,7 @@ async fn load(
     config: &Config,
     pool: &PgPool,
     registry: &prometheus::Registry,
+    fence: store::Fence,
 ) -> Result<(Loaded, alert_service::Inputs), StartError> {
     let reference = reference::Metrics::new(registry);
     let ingest_config = config
@@ -417,6 +435,7 @@ async fn load(
         core.clone(),
         ingest::Metrics::new(registry),
         observed_tx,
+        fence.clone(),
     );
     let rebuilt = ingest
         .rebuild()
@@ -440,6 +459,7 @@ async fn load(
     let inputs = alert_service::Inputs {
         observed: observed_rx,
         fleet: fleet_rx,
+        fence,
     };
     Ok((loaded, inputs))
 }
@@ -456,15 +476,25 @@ fn running(stopped: CancellationToken) -> api::Probe {
 /// 10 s.
 pub async fn run(config: &Config, pool: PgPool) -> Result<(), RunError> {
     let stop = CancellationToken::new();
-    let svc = start(config, pool, stop.clone())
+    let signalled = stop.clone();
+    tokio::spawn(async move {
+        shutdown::signal().await;
+        signalled.cancel();
+    });
+    let Some(lease) = crate::standby::take(config, &pool, &stop)
+        .await
+        .map_err(RunError::Start)?
+    else {
+        tracing::info!("signal received while standby; stopping");
+        return Ok(());
+    };
+    let svc = start(config, pool, lease, stop.clone())
         .await
         .map_err(RunError::Start)?;
     tracing::info!(http = %svc.http, api = %svc.api, broker = %format!("{}:{}", config.mqtt_host, config.mqtt_port), "emtrack running");
-    tokio::select! {
-        _ = shutdown::signal() => tracing::info!("signal received; stopping"),
-        _ = stop.cancelled() => {}
-    }
-    stop.cancel();
+    // A signal, a failed task or the lease lost.
+    stop.cancelled().await;
+    tracing::info!("stopping");
     let failures = svc.tasks.failures();
     let stopped = tokio::time::timeout(Duration::from_secs(10), svc.stopped()).await;
     let failures = match stopped {

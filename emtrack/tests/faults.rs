@@ -53,7 +53,7 @@ async fn kill_9_mid_stream_then_restart_loses_and_duplicates_nothing(pool: PgPoo
     // Let the last batches' transitions and refusals settle: wait until the
     // restarted service has nothing in flight.
     wait_until(Duration::from_secs(30), "the queue is empty", || {
-        let d = second.metric("emtrack_queue_depth");
+        let d = second.metric("emtrack_messages_unacked");
         async move { d == 0.0 }
     })
     .await;
@@ -131,7 +131,7 @@ async fn database_outage_mid_stream_holds_acks_and_loses_nothing(pool: PgPool) {
             m.commit_retries.get() > 0,
             "commits failed and are being retried"
         );
-        assert!(m.queue_depth.get() > 0, "messages are held");
+        assert!(m.messages_unacked.get() > 0, "messages are held");
         proxy.restore();
         (acked, m.commit_retries.get())
     };

@@ -48,7 +48,7 @@ async fn whole_path_matches_the_ground_truth_and_redelivery_adds_nothing(pool: P
     assert!(m.fixes_duplicate.get() > 0);
 
     running.shut_down().await;
-    assert_eq!(m.queue_depth.get(), 0);
+    assert_eq!(m.messages_unacked.get(), 0);
 }
 
 /// A JSON fix message of `device` at `t` (ms) and `lat`.

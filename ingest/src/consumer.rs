@@ -119,7 +119,7 @@ impl Consumer {
         loop {
             self.queue_acks();
             self.feed_workers();
-            self.ctx.metrics.queue_depth.set(self.depth());
+            self.ctx.metrics.messages_unacked.set(self.depth());
             if stop.is_cancelled() && self.txs.is_some() {
                 self.begin_drain();
             }

@@ -52,13 +52,13 @@ pub struct Metrics {
     /// Rule transitions, by kind.
     pub transitions: IntCounterVec,
     /// Messages received and not yet acknowledged.
-    pub queue_depth: IntGauge,
+    pub messages_unacked: IntGauge,
     /// MQTT (re)connections after the first.
     pub mqtt_reconnects: IntCounter,
     /// 1 while connected to the broker.
     pub mqtt_connected: IntGauge,
     /// Distinct devices heard from in the last 5 minutes.
-    pub devices_seen_5m: IntGauge,
+    pub devices_online: IntGauge,
     /// Fixes replayed into the engine at startup.
     pub rebuild_fixes: IntCounter,
 }
@@ -167,8 +167,8 @@ impl Metrics {
                 "Rule transitions stored, by kind.",
                 "kind",
             ),
-            queue_depth: gauge(
-                "emtrack_queue_depth",
+            messages_unacked: gauge(
+                "emtrack_messages_unacked",
                 "Messages received and not yet acknowledged.",
             ),
             mqtt_reconnects: counter(
@@ -176,9 +176,9 @@ impl Metrics {
                 "Connections to the broker after the first.",
             ),
             mqtt_connected: gauge("emtrack_mqtt_connected", "1 while connected to the broker."),
-            devices_seen_5m: gauge(
-                "emtrack_devices_seen_5m",
-                "Distinct devices heard from in the last 5 minutes.",
+            devices_online: gauge(
+                "emtrack_devices_online",
+                "Devices online: distinct devices heard from in the last 5 minutes.",
             ),
             rebuild_fixes: counter(
                 "emtrack_rebuild_fixes_total",

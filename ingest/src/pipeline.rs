@@ -88,19 +88,21 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// A pipeline on `pool` judging with `core`, publishing on `observed`.
+    /// A pipeline on `pool` judging with `core`, publishing on `observed`,
+    /// writing while `fence` holds.
     pub fn new(
         cfg: IngestConfig,
         pool: PgPool,
         core: SharedCore,
         metrics: Metrics,
         observed: ObservedTx,
+        fence: store::Fence,
     ) -> Ingest {
         Ingest {
             ctx: Arc::new(Context {
                 cfg,
                 core,
-                writer: Writer::new(pool, metrics.clone()),
+                writer: Writer::new(pool, metrics.clone(), fence),
                 metrics,
                 observed,
                 subscribed: Arc::new(AtomicBool::new(false)),

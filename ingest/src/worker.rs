@@ -9,6 +9,7 @@ use crate::device_state::{self, DevState};
 use crate::judge;
 use crate::pipeline::Context;
 use crate::rows::{self, Rows, States};
+use crate::writer::Fenced;
 use bus::Observed;
 use rumqttc::Publish;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -28,7 +29,11 @@ pub(crate) async fn run(
     // This worker's share of the devices-seen gauge.
     let mut counted = 0i64;
     while let Some(batch) = next_batch(&mut rx, &ctx).await {
-        process(&ctx, &mut states, &batch).await;
+        if process(&ctx, &mut states, &batch).await.is_err() {
+            // Fenced: another node is active. Never acked, the batch goes
+            // to that node; this one stops with its lease.
+            continue;
+        }
         // Committed: the poll task acks them.
         if done.send(batch).is_err() {
             break;
@@ -36,11 +41,11 @@ pub(crate) async fn run(
         if last_census.elapsed() > Duration::from_secs(10) {
             last_census = Instant::now();
             let n = device_state::census(&states);
-            ctx.metrics.devices_seen_5m.add(n - counted);
+            ctx.metrics.devices_online.add(n - counted);
             counted = n;
         }
     }
-    ctx.metrics.devices_seen_5m.sub(counted);
+    ctx.metrics.devices_online.sub(counted);
 }
 
 /// The next batch: up to `max_batch` messages, waiting at most `linger`
@@ -66,8 +71,9 @@ async fn next_batch(rx: &mut mpsc::Receiver<Publish>, ctx: &Context) -> Option<V
     Some(batch)
 }
 
-/// One batch, from payloads to committed rows and the bus.
-async fn process(ctx: &Context, states: &mut States, batch: &[Publish]) {
+/// One batch, from payloads to committed rows and the bus; `Fenced` if this
+/// node is no longer the active one (nothing was written: do not ack).
+async fn process(ctx: &Context, states: &mut States, batch: &[Publish]) -> Result<(), Fenced> {
     let mut refused = Vec::new();
     let decoded = check::decode(batch, &mut refused);
     let checked = {
@@ -120,8 +126,11 @@ async fn process(ctx: &Context, states: &mut States, batch: &[Publish]) {
             for (name, st) in before {
                 states.insert(name, st);
             }
-            ctx.writer.quarantine(batch, &e).await;
-            return;
+            if store::fenced(&e) {
+                tracing::error!(error = %e, messages = batch.len(), "not the active node any more: batch left unacked");
+                return Err(Fenced);
+            }
+            return ctx.writer.quarantine(batch, &e).await;
         }
     };
     ctx.metrics
@@ -130,6 +139,7 @@ async fn process(ctx: &Context, states: &mut States, batch: &[Publish]) {
     let committed = now_ms();
     record(ctx, batch.len(), &rows, written, committed);
     publish(ctx, rows, committed).await;
+    Ok(())
 }
 
 /// Drops the messages the broker sent again (DUP, or retained on a new

@@ -16,7 +16,7 @@ use bus::StoredTransition;
 use rumqttc::Publish;
 use sqlx::{PgConnection, PgPool};
 use std::future::Future;
-use store::{Backoff, Days, Millis, retry_always, retry_transient};
+use store::{Backoff, Days, Fence, Millis, retry_always, retry_transient};
 
 /// Rows actually inserted.
 #[derive(Clone, Debug, Default)]
@@ -35,6 +35,10 @@ pub(crate) const MAX_TOPIC_STORED: usize = 512;
 /// Longest refusal detail stored (bytes).
 const MAX_DETAIL_STORED: usize = 1024;
 
+/// The fence refused a write: another node is the active one.
+#[derive(Debug)]
+pub(crate) struct Fenced;
+
 /// Writes batches (one per worker, sharing the partition cache).
 #[derive(Debug)]
 pub(crate) struct Writer {
@@ -42,14 +46,17 @@ pub(crate) struct Writer {
     pub(crate) metrics: Metrics,
     /// Days whose partitions exist.
     days: Days,
+    /// Checked first in each transaction: only the active node writes.
+    fence: Fence,
 }
 
 impl Writer {
-    pub(crate) fn new(pool: PgPool, metrics: Metrics) -> Writer {
+    pub(crate) fn new(pool: PgPool, metrics: Metrics, fence: Fence) -> Writer {
         Writer {
             pool,
             metrics,
             days: Days::default(),
+            fence,
         }
     }
 
@@ -90,6 +97,7 @@ impl Writer {
         let times = times.chain(rows.events.iter().map(|e| e.event.time.as_millisecond()));
         self.days.ensure(&self.pool, times).await?;
         let mut tx = self.pool.begin().await?;
+        self.fence.check(&mut tx).await?;
         let ids = custody::insert_messages(&mut tx, rows, checked).await?;
         let fixes = insert_fixes(&mut tx, rows, &ids).await?;
         let conflicts = custody::keep_conflicts(&mut tx, rows, &ids).await?;
@@ -111,8 +119,13 @@ impl Writer {
     /// not allow). Its messages are kept, raw, in `rejected_messages` with
     /// reason `storage_failed` and the error, so they can be published again
     /// once the cause is fixed; then they are acked like any refusal. If even
-    /// that is refused, the batch stays held (never acked, never dropped).
-    pub(crate) async fn quarantine(&self, batch: &[Publish], error: &sqlx::Error) {
+    /// that is refused, the batch stays held (never acked, never dropped);
+    /// `Fenced` if this node lost the lease meanwhile (do not ack).
+    pub(crate) async fn quarantine(
+        &self,
+        batch: &[Publish],
+        error: &sqlx::Error,
+    ) -> Result<(), Fenced> {
         tracing::error!(%error, messages = batch.len(), "the database refused a batch; its messages are kept in rejected_messages (storage_failed)");
         let rows = Rows {
             refused: batch
@@ -121,18 +134,25 @@ impl Writer {
                 .collect(),
             ..Rows::default()
         };
-        retry_always(
+        let written = retry_always(
             Backoff::PATIENT,
-            || self.held("quarantine a refused batch", || self.write(&rows, &[])),
+            || async {
+                match self.held("quarantine a refused batch", || self.write(&rows, &[])).await {
+                    Err(e) if store::fenced(&e) => Ok(Err(Fenced)),
+                    r => r.map(Ok),
+                }
+            },
             |e: &sqlx::Error, wait| {
                 tracing::error!(error = %e, retry_in_s = wait.as_secs(), "cannot quarantine the batch either; it stays held, unacked");
             },
         )
         .await;
+        written?;
         self.metrics
             .rejected
             .with_label_values(&["storage_failed"])
             .inc_by(batch.len() as u64);
+        Ok(())
     }
 }
 

@@ -210,6 +210,12 @@ impl SharedCore {
 
     /// Locks it. A panic while it was held (a bug) does not poison it for
     /// the rest of the service: the state is a cache of the database, and
+    /// How much reference data the engine holds (locks it for a moment;
+    /// for the metrics, read at scrape time).
+    pub fn counts(&self) -> Loaded {
+        self.lock().counts()
+    }
+
     /// the dead worker already stops the service.
     pub fn lock(&self) -> MutexGuard<'_, Core> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)

@@ -11,6 +11,8 @@
 //!   [`retry_always`]).
 //! - `time`: [`Millis`], milliseconds since the epoch stored as
 //!   `timestamptz`, the one time conversion between Rust and SQL.
+//! - `lease`: which `emtrack run` is the active node ([`Lease`]) and the
+//!   fence each write transaction checks ([`Fence`], [`fenced`]).
 //! - `label`: text columns holding a closed set of labels, decoded loudly
 //!   ([`label`]: an unknown value is an error naming it, never a default).
 //!
@@ -23,6 +25,7 @@
 
 mod connect;
 mod label;
+pub mod lease;
 mod partitions;
 pub mod retention;
 mod retry;
@@ -30,6 +33,7 @@ mod time;
 
 pub use connect::{DbError, MIGRATOR, connect, migrate};
 pub use label::{UnknownLabel, label};
+pub use lease::{Fence, Lease, LeaseLost, fenced};
 pub use partitions::{Days, Maintenance, keep_tables, maintain_partitions, no_partition};
 pub use retention::{Retention, expire};
 pub use retry::{Backoff, retry_always, retry_transient, transient};

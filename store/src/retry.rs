@@ -30,7 +30,17 @@ pub fn transient(e: &sqlx::Error) -> bool {
                 || code.starts_with("57P")
                 || matches!(
                     code,
-                    "57000" | "55000" | "28000" | "28P01" | "3D000" | "40001" | "40P01" | "55P03"
+                    "57000"
+                        | "55000"
+                        | "28000"
+                        | "28P01"
+                        | "3D000"
+                        | "40001"
+                        | "40P01"
+                        | "55P03"
+                        // The server ended a session idle in a transaction
+                        // (a frozen client): the connection is gone.
+                        | "25P03"
                 )
                 // A day's partition dropped by retention after it was cached:
                 // the cache is cleared and the retry recreates it.

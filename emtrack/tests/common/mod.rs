@@ -107,7 +107,7 @@ pub async fn wait_acked(m: &ingest::Metrics, n: u64, limit: Duration) {
             "{n} messages not acked in {limit:?}: received {}, acked {}, queue depth {}, commit retries {}, fixes stored {}",
             m.messages_received.get(),
             m.messages_acked.get(),
-            m.queue_depth.get(),
+            m.messages_unacked.get(),
             m.commit_retries.get(),
             m.fixes_accepted.get(),
         );
@@ -322,6 +322,22 @@ impl Emtrack {
         client_id: &str,
         log: &std::path::Path,
     ) -> Emtrack {
+        let e = Emtrack::spawn(db_url, broker_port, client_id, log);
+        let http = e.http;
+        wait_until(Duration::from_secs(30), "emtrack is ready", || async move {
+            http_get(http, "/readyz").is_some_and(|(s, _)| s == 200)
+        })
+        .await;
+        e
+    }
+
+    /// Starts `emtrack run` (one worker) without waiting for anything.
+    pub fn spawn(
+        db_url: &str,
+        broker_port: u16,
+        client_id: &str,
+        log: &std::path::Path,
+    ) -> Emtrack {
         let http = device_sim::testbed::free_port().expect("free port");
         let api = device_sim::testbed::free_port().expect("free port");
         let log = std::fs::OpenOptions::new()
@@ -345,12 +361,13 @@ impl Emtrack {
             .stderr(log)
             .spawn()
             .expect("emtrack runs");
-        let e = Emtrack { child, http, api };
-        wait_until(Duration::from_secs(30), "emtrack is ready", || async move {
-            http_get(http, "/readyz").is_some_and(|(s, _)| s == 200)
-        })
-        .await;
-        e
+        Emtrack { child, http, api }
+    }
+
+    /// `/readyz`'s status and first line (`role active` or `role standby`).
+    pub fn role(&self) -> Option<(u16, String)> {
+        let (status, body) = http_get(self.http, "/readyz")?;
+        Some((status, body.lines().next().unwrap_or("").to_owned()))
     }
 
     /// A metric's current value.
@@ -456,7 +473,17 @@ impl Running {
             .with_test_writer()
             .try_init();
         let stop = tokio_util::sync::CancellationToken::new();
-        let svc = emtrack::service::start(&cfg, pool, stop.clone())
+        // A predecessor in the same test released it, or is gone.
+        let lease = store::Lease::wait(
+            &pool,
+            &store::lease::holder_name(),
+            Duration::from_secs(cfg.lease_period_s),
+            Duration::from_millis(100),
+            &stop,
+        )
+        .await
+        .expect("the service lease");
+        let svc = emtrack::service::start(&cfg, pool, lease, stop.clone())
             .await
             .expect("service starts");
         let subscribed = svc.subscribed.clone();
