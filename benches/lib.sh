@@ -61,7 +61,7 @@ bench_cleanup() {
 # ready (up to 10 minutes: under valgrind, startup is slow).
 run_emtrack() {
   local client=$1; shift
-  "$@" "$EMT" --database-url "$URL" --mqtt-port "$PORT" --http-listen "127.0.0.1:$HTTP" \
+  "$@" "$EMT" --config /dev/null --database-url "$URL" --mqtt-port "$PORT" --http-listen "127.0.0.1:$HTTP" \
     --api-listen "127.0.0.1:$API" --mqtt-client-id "$client" run 2> "$DIR/emtrack.log" &
   EMTRACK=$!
   for _ in $(seq 6000); do

@@ -34,7 +34,8 @@ if [ ! -f "/usr/share/postgresql/$PGV/extension/postgis.control" ]; then
   fi
 fi
 cargo build -q --release -p emtrack
-EMT=target/release/emtrack
+# Never the installed package's /etc/emtrack/emtrack.toml: flags only.
+EMT="target/release/emtrack --config /dev/null"
 DB=emtrack_near_bench
 URL=postgres://postgres@127.0.0.1:5432/$DB
 PG="psql -h 127.0.0.1 -U postgres -d $DB -v ON_ERROR_STOP=1 -q -At"

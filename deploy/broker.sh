@@ -22,7 +22,10 @@ start_broker() {
   sed -e "s|^listener 1883 127.0.0.1|listener $PORT 127.0.0.1|" \
       -e "s|^persistence_location .*|persistence_location $1/broker-data/|" \
       deploy/mosquitto/insecure-loopback-demo.conf > "$1/mosquitto.conf"
-  mosquitto -c "$1/mosquitto.conf" > "$1/mosquitto.log" 2>&1 &
+  # Debian installs it in /usr/sbin, outside a normal user's PATH.
+  local bin
+  bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+  "$bin" -c "$1/mosquitto.conf" > "$1/mosquitto.log" 2>&1 &
   BROKER=$!
   for _ in $(seq 200); do
     (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && return 0

@@ -26,9 +26,11 @@ cd "$(dirname "$0")/.."
 SUBJECTS=${1:-600}
 SECS=${2:-60}
 HOURS=24
-cargo build --release -q -p device-sim -p emtrack
+echo "== building (release; the first build takes about 7 minutes on 2 cores, later ones seconds)"
+cargo build --release -p device-sim -p emtrack
 SIM=target/release/device-sim
-EMT=target/release/emtrack
+# Never the installed package's /etc/emtrack/emtrack.toml: flags only.
+EMT="target/release/emtrack --config /dev/null"
 DB=emtrack_demo
 URL=postgres://postgres@127.0.0.1:5432/$DB
 PG="psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -q"

@@ -161,11 +161,12 @@ impl WorldArgs {
 
 #[derive(Args, Debug)]
 struct ScenarioArgs {
-    /// Simulated start: an RFC 3339 instant, or `now`. The default is fixed so
-    /// that runs are reproducible; use `now` (or a recent time) when a backend
-    /// rejects fixes far from its clock.
-    #[arg(long, default_value = "2026-11-23T00:00:00+05:00")]
-    start: String,
+    /// Simulated start: an RFC 3339 instant, or `now`. `run` defaults to
+    /// `now` (live, current data, at real pace unless a pace is given);
+    /// `gen` to 2026-11-23T00:00:00+05:00, fixed so that its output is
+    /// reproducible.
+    #[arg(long)]
+    start: Option<String>,
     /// Simulated hours.
     #[arg(long, default_value_t = 24.0)]
     hours: f64,
@@ -210,17 +211,23 @@ struct ScenarioArgs {
     malformed_rate: f64,
 }
 
+/// `gen`'s simulated start when none is given: fixed, for reproducible output.
+const GEN_START: &str = "2026-11-23T00:00:00+05:00";
+
 impl ScenarioArgs {
-    fn build(&self) -> Result<ScenarioConfig, String> {
-        let start = if self.start == "now" {
+    /// True if the scenario starts at the wall clock's now.
+    fn starts_now(&self, default: &str) -> bool {
+        self.start.as_deref().unwrap_or(default) == "now"
+    }
+
+    fn build(&self, default_start: &str) -> Result<ScenarioConfig, String> {
+        let start = self.start.as_deref().unwrap_or(default_start);
+        let start = if start == "now" {
             let now = Timestamp::now().as_millisecond();
             Timestamp::from_millisecond(now - now.rem_euclid(1000)).map_err(|e| e.to_string())?
         } else {
-            self.start.parse::<Timestamp>().map_err(|e| {
-                format!(
-                    "--start {:?} is not an RFC 3339 instant or `now`: {e}",
-                    self.start
-                )
+            start.parse::<Timestamp>().map_err(|e| {
+                format!("--start {start:?} is not an RFC 3339 instant or `now`: {e}")
             })?
         };
         if !(self.hours > 0.0 && self.hours <= 24.0 * 366.0) {
@@ -488,7 +495,7 @@ fn gen_cmd(
     scenario: ScenarioArgs,
 ) -> Result<(), String> {
     let w = Arc::new(world.build()?);
-    let cfg = scenario.build()?;
+    let cfg = scenario.build(GEN_START)?;
     let io = |e: std::io::Error| format!("cannot write to {}: {e}", out.display());
     w.write_dir(&out).map_err(io)?;
     let mut sc = Scenario::new(w, cfg);
@@ -529,15 +536,24 @@ fn run_cmd(
     truth: PathBuf,
 ) -> Result<(), String> {
     let w = Arc::new(world.build()?);
-    let scenario_now = scenario.start == "now";
-    let cfg = scenario.build()?;
+    let scenario_now = scenario.starts_now("now");
+    let cfg = scenario.build("now")?;
     let pace = match (mqtt.rate, mqtt.speedup, mqtt.max) {
         (Some(r), _, _) if r > 0.0 => Pace::Rate(r),
         (_, Some(x), _) if x > 0.0 => Pace::Speedup(x),
         (None, None, true) => Pace::Max,
-        (None, None, false) => Pace::Speedup(60.0),
+        // Like real bracelets: the simulated clock is the wall clock.
+        (None, None, false) => Pace::Speedup(1.0),
         _ => return Err("--rate and --speedup must be positive".into()),
     };
+    if scenario_now && !matches!(pace, Pace::Speedup(x) if x <= 1.0) {
+        return Err(
+            "starting now, any pace faster than real time dates fixes ahead of the clock, \
+             and a backend refuses them (emtrack: future_timestamp): drop the pace flag for \
+             real time, or give a --start in the past (e.g. 24 hours ago with --speedup 1440)"
+                .into(),
+        );
+    }
     for (name, v) in [
         ("--duration", mqtt.duration),
         ("--progress-secs", mqtt.progress_secs),

@@ -11,6 +11,7 @@ use crate::world::{World, WorldConfig};
 use geofence::Position;
 use jiff::Timestamp;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -114,7 +115,13 @@ impl Broker {
         let conf = finish(conf, &dir)?;
         let path = dir.join("mosquitto.conf");
         std::fs::write(&path, conf).map_err(|e| format!("config: {e}"))?;
-        let child = Command::new("mosquitto")
+        // Debian installs it in /usr/sbin, outside a normal user's PATH.
+        let bin = if Path::new("/usr/sbin/mosquitto").exists() {
+            "/usr/sbin/mosquitto"
+        } else {
+            "mosquitto"
+        };
+        let child = Command::new(bin)
             .arg("-c")
             .arg(&path)
             .stdout(Stdio::null())

@@ -25,7 +25,8 @@ struct Cli {
 
 #[derive(Args, Debug)]
 struct Global {
-    /// TOML configuration file.
+    /// TOML configuration file [default: $EMTRACK_CONFIG, else
+    /// /etc/emtrack/emtrack.toml if it exists, else none].
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// PostgreSQL URL (the database is created if missing).
@@ -196,9 +197,12 @@ fn read_password(prompt: &str) -> Result<String, String> {
     }
 }
 
-/// `emtrack migrate`.
+/// `emtrack migrate`: the one command that creates a missing database.
 async fn migrate(config: &Config) -> Result<(), String> {
-    let pool = open(config).await?;
+    let pool = store::connect(&config.database_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    store::migrate(&pool).await.map_err(|e| e.to_string())?;
     let today = jiff::Timestamp::now()
         .to_zoned(jiff::tz::TimeZone::UTC)
         .date();
@@ -338,13 +342,26 @@ enum RejectedCommand {
     },
 }
 
-/// Connects (creating the database if missing) and applies pending migrations.
+/// Connects to the existing database (a missing one is an error naming it:
+/// `emtrack migrate` creates it) and applies pending migrations.
 async fn open(config: &Config) -> Result<sqlx::PgPool, String> {
-    let pool = store::connect(&config.database_url)
+    let pool = store::connect_existing(&config.database_url)
         .await
         .map_err(|e| e.to_string())?;
     store::migrate(&pool).await.map_err(|e| e.to_string())?;
     Ok(pool)
+}
+
+/// Where the installed package keeps the configuration.
+const DEFAULT_CONFIG: &str = "/etc/emtrack/emtrack.toml";
+
+/// `--config`, else `EMTRACK_CONFIG`, else [`DEFAULT_CONFIG`] if it exists.
+fn config_file(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| std::env::var_os("EMTRACK_CONFIG").map(PathBuf::from))
+        .or_else(|| {
+            let default = PathBuf::from(DEFAULT_CONFIG);
+            default.exists().then_some(default)
+        })
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
@@ -358,7 +375,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         mqtt_client_id: cli.global.mqtt_client_id,
     };
     let config = Config::load(
-        cli.global.config.as_deref(),
+        config_file(cli.global.config).as_deref(),
         |k| std::env::var(k).ok(),
         &flags,
     )

@@ -15,6 +15,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 const REGISTERED: &str = "static metric, registered once";
 
+/// Registers everything this module exports, for the active node.
+pub fn register_active(r: &Registry, pool: &PgPool, core: &SharedCore) {
+    register_process(r);
+    register_role(r, Arc::new(AtomicBool::new(true)));
+    register_pool(r, pool.clone());
+    register_engine(r, core.clone());
+}
+
 /// Registers `emtrack_build_info` and the `process_*` metrics.
 pub fn register_process(r: &Registry) {
     let info = IntGaugeVec::new(

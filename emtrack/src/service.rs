@@ -130,27 +130,11 @@ pub async fn start(
     // Every file the peers need is read before anything starts.
     let peers = Peers::from(config)?;
     let (loaded, alert_inputs) = load(config, &pool, &registry, lease.fence()).await?;
-    crate::metrics::register_process(&registry);
-    crate::metrics::register_role(&registry, Arc::new(AtomicBool::new(true)));
-    crate::metrics::register_pool(&registry, pool.clone());
-    crate::metrics::register_engine(&registry, loaded.core.clone());
+    crate::metrics::register_active(&registry, &pool, &loaded.core);
+    let core = loaded.core.clone();
     let ref_metrics = loaded.reference.clone();
-    let policy = config
-        .alerts
-        .policy()
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    seal_webhook_secrets(&pool, peers.outbound.webhook_seal.as_deref()).await?;
-    let (alerts, alert_service) = alert_service::start(
-        pool.clone(),
-        config.alerts.clone(),
-        policy,
-        peers.outbound.clone(),
-        alert_service::Metrics::new(&registry),
-        alert_inputs,
-        stop.clone(),
-    )
-    .await
-    .map_err(StartError::Alerts)?;
+    let (alerts, alert_service) =
+        start_alerts(config, &pool, &peers, &registry, alert_inputs, &stop).await?;
     let (ops_listener, http) = bind(&config.http_listen).await?;
     let (api_listener, api) = bind(&config.api_listen).await?;
     let mut tasks = Supervisor::new(stop.clone());
@@ -169,7 +153,7 @@ pub async fn start(
         &stop,
     );
     tasks.spawn("alerts", alert_service.run(stop.clone()));
-    let ops = ops_router(&registry, &ingest, reference_current, &alerts, &pool);
+    let ops = ops_router(&registry, &ingest, core, reference_current, &alerts, &pool);
     let officer = api::officer_router(
         api::ApiState::new(
             pool,
@@ -204,6 +188,33 @@ pub async fn start(
         tasks,
         lease,
     })
+}
+
+/// Seals stored webhook secrets, then loads the alert service.
+async fn start_alerts(
+    config: &Config,
+    pool: &PgPool,
+    peers: &Peers,
+    registry: &prometheus::Registry,
+    inputs: alert_service::Inputs,
+    stop: &CancellationToken,
+) -> Result<(AlertHandle, alert_service::AlertService), StartError> {
+    let policy = config
+        .alerts
+        .policy()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    seal_webhook_secrets(pool, peers.outbound.webhook_seal.as_deref()).await?;
+    alert_service::start(
+        pool.clone(),
+        config.alerts.clone(),
+        policy,
+        peers.outbound.clone(),
+        alert_service::Metrics::new(registry),
+        inputs,
+        stop.clone(),
+    )
+    .await
+    .map_err(StartError::Alerts)
 }
 
 /// The officer API's order checks: the engine's own rules, from `reference`.
@@ -241,21 +252,46 @@ pub(crate) async fn bind(addr: &str) -> Result<(tokio::net::TcpListener, SocketA
     Ok((listener, bound))
 }
 
-/// `/readyz`'s warnings: a lost broker session.
-fn readiness_notes(ingest: &ingest::Ingest) -> Vec<(&'static str, api::Note)> {
+/// What `run` says about a database without subjects or devices.
+const EMPTY_DATABASE: &str = "the database holds no subjects and no devices: nothing is judged. \
+     Import reference data (emtrack import-world, or the officer API), or check database_url: \
+     is it the agency's database?";
+
+/// The database part of a URL (host, port, name), never its credentials.
+fn redacted_target(url: &str) -> String {
+    url.rsplit_once('@')
+        .map_or(url, |(_, rest)| rest)
+        .split('?')
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// `/readyz`'s warnings: an empty database, a lost broker session.
+fn readiness_notes(ingest: &ingest::Ingest, core: SharedCore) -> Vec<(&'static str, api::Note)> {
     let session = ingest.session_loss();
-    vec![(
-        "broker_session",
+    let empty = (
+        "reference",
         Arc::new(move || {
-            session.lost().map(|(n, at_ms)| {
+            let n = core.counts();
+            (n.subjects == 0 && n.devices == 0).then(|| EMPTY_DATABASE.to_owned())
+        }) as api::Note,
+    );
+    vec![
+        empty,
+        (
+            "broker_session",
+            Arc::new(move || {
+                session.lost().map(|(n, at_ms)| {
                 let at = jiff::Timestamp::from_millisecond(at_ms)
                     .map_or_else(|_| at_ms.to_string(), |t| t.to_string());
                 format!(
                     "the broker lost emtrack's session {n} time(s), last at {at}: messages it held may be lost (README: \"The broker lost emtrack's session\")"
                 )
             })
-        }),
-    )]
+            }),
+        ),
+    ]
 }
 
 /// The reference listener, the recorder of the episodes it closes, and
@@ -317,6 +353,7 @@ struct Loaded {
 fn ops_router(
     registry: &prometheus::Registry,
     ingest: &Ingest,
+    core: SharedCore,
     reference_current: Arc<AtomicBool>,
     alerts: &AlertHandle,
     pool: &PgPool,
@@ -329,7 +366,7 @@ fn ops_router(
     api::ops_router(api::HttpState {
         metrics: registry.clone(),
         probes,
-        notes: readiness_notes(ingest),
+        notes: readiness_notes(ingest, core),
         pool: pool.clone(),
         role: api::Role::Active,
     })
@@ -449,6 +486,11 @@ async fn load(
         open_subjects = rebuilt.open_subjects,
         "engine loaded"
     );
+    if synced.subjects == 0 && synced.devices == 0 {
+        // Loud, not fatal: a new agency starts empty and adds subjects
+        // through the API while the service runs.
+        tracing::error!(database = %redacted_target(&config.database_url), "{EMPTY_DATABASE}");
+    }
     let loaded = Loaded {
         core,
         changes,

@@ -907,3 +907,29 @@ async fn every_stored_record_names_the_message_that_carried_it(pool: PgPool) {
     assert_eq!(phone_fix, Some(p.0));
     running.shut_down().await;
 }
+
+/// A database with no subjects and no devices (never imported, or the
+/// wrong one) is said loudly: `/readyz` warns until reference data arrives,
+/// and the node stays ready (an agency may start empty and enrol through
+/// the API).
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn an_empty_database_is_reported_until_reference_data_arrives(pool: PgPool) {
+    let broker = Broker::start().expect("mosquitto starts");
+    let running = Running::start(pool.clone(), broker.port, "emtrack-evidence-empty").await;
+    let (status, body) = get(&running, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("role active\n"), "{body}");
+    assert!(
+        body.contains("reference warning: the database holds no subjects and no devices"),
+        "{body}"
+    );
+    small_world(&pool, &[("EM-FIRST", "json", 1)]).await;
+    wait_until(Duration::from_secs(10), "the warning clears", || async {
+        !get(&running, "/readyz")
+            .await
+            .1
+            .contains("reference warning")
+    })
+    .await;
+    running.shut_down().await;
+}

@@ -23,6 +23,8 @@ pub enum DbError {
         /// The driver's error.
         error: sqlx::Error,
     },
+    /// The database does not exist (and was not to be created).
+    Missing(String),
     /// A migration failed or the database is ahead of this binary.
     Migrate(sqlx::migrate::MigrateError),
     /// A query failed.
@@ -38,6 +40,11 @@ impl fmt::Display for DbError {
                 "cannot connect to PostgreSQL at {target}: {error}. Is it running \
                  (pg_ctlcluster --skip-systemctl-redirect <version> main start), and does \
                  database_url / EMTRACK_DATABASE_URL name the right host, user and port?"
+            ),
+            DbError::Missing(target) => write!(
+                f,
+                "database {target} does not exist: create and migrate it with `emtrack migrate`, \
+                 or check database_url for a typo"
             ),
             DbError::Migrate(e) => write!(
                 f,
@@ -67,6 +74,17 @@ const IDLE_IN_TRANSACTION: &str = "5s";
 
 /// Connects to `url`, creating its database first if it does not exist.
 pub async fn connect(url: &str) -> Result<PgPool, DbError> {
+    connect_to(url, true).await
+}
+
+/// Connects to `url`; a missing database is [`DbError::Missing`], never
+/// created: a typo in `database_url` must not start a service on a new,
+/// empty database.
+pub async fn connect_existing(url: &str) -> Result<PgPool, DbError> {
+    connect_to(url, false).await
+}
+
+async fn connect_to(url: &str, create: bool) -> Result<PgPool, DbError> {
     let opts = PgConnectOptions::from_str(url)
         .map_err(|e| DbError::BadUrl(e.to_string()))?
         .options([("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION)]);
@@ -78,6 +96,9 @@ pub async fn connect(url: &str) -> Result<PgPool, DbError> {
     };
     match pool(opts.clone()).await {
         Ok(p) => Ok(p),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") && !create => {
+            Err(DbError::Missing(target(&opts)))
+        }
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
             create_database(&opts).await?;
             pool(opts.clone()).await.map_err(|error| DbError::Connect {

@@ -31,7 +31,7 @@ pub mod retention;
 mod retry;
 mod time;
 
-pub use connect::{DbError, MIGRATOR, connect, migrate};
+pub use connect::{DbError, MIGRATOR, connect, connect_existing, migrate};
 pub use label::{UnknownLabel, label};
 pub use lease::{Fence, Lease, LeaseLost, fenced};
 pub use partitions::{Days, Maintenance, keep_tables, maintain_partitions, no_partition};

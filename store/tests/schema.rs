@@ -100,13 +100,21 @@ async fn daily_partitions_are_created_ahead_and_dropped_after_retention(pool: Pg
 }
 
 #[tokio::test]
-async fn connect_creates_a_missing_database() {
+async fn only_connect_creates_a_missing_database() {
     let base = std::env::var("DATABASE_URL").expect("DATABASE_URL (set in .cargo/config.toml)");
     let name = format!("emtrack_create_{}", std::process::id());
     let url = format!(
         "{}/{name}",
         base.rsplit_once('/').expect("url has a path").0
     );
+    // Every command but `migrate`: a missing database is an error naming
+    // it, and it is not created (a typo in database_url).
+    match store::connect_existing(&url).await {
+        Err(e @ store::DbError::Missing(_)) => {
+            assert!(e.to_string().contains(&name), "names the database: {e}");
+        }
+        other => panic!("a missing database is an error: {other:?}"),
+    }
     let pool = store::connect(&url).await.expect("creates and connects");
     store::migrate(&pool).await.expect("migrates");
     let current: String = sqlx::query_scalar("SELECT current_database()::text")

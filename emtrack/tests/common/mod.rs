@@ -348,6 +348,9 @@ impl Emtrack {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_emtrack"))
             .args([
                 "run",
+                // Flags only, whatever is installed in /etc/emtrack.
+                "--config",
+                "/dev/null",
                 "--database-url",
                 db_url,
                 "--mqtt-client-id",
