@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use store::{Backoff, Millis, now_ms, retry_transient};
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Why the alert service stopped other than by being asked to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -579,6 +580,20 @@ impl Alerter {
             answer(replies, Ok(()));
             return;
         }
+        // Every log line of this step carries its first alert and size.
+        let span = tracing::info_span!(
+            "alert_changes",
+            first_alert = events.first().map(|e| e.alert.0),
+            changes = events.len()
+        );
+        self.store_and_send(events, replies).instrument(span).await;
+    }
+
+    async fn store_and_send(
+        &mut self,
+        events: Vec<AlertEvent>,
+        replies: Vec<(Reply, Result<(), ActionError>)>,
+    ) {
         let alerts: FxHashMap<AlertId, Alert> = events
             .iter()
             .filter_map(|e| {

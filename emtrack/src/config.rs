@@ -4,6 +4,8 @@
 //! table, [`Config::alert_mqtt`]).
 
 use alert_service::{AlertConfig, Outbound};
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
 use ingest::IngestConfig;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -39,6 +41,64 @@ pub fn redacted(url: &str) -> String {
 /// A secret from its file, as a configuration error naming the file.
 fn secret(path: &str) -> Result<link::Secret, ConfigError> {
     link::Secret::from_file(path).map_err(|e| ConfigError::Invalid(e.to_string()))
+}
+
+/// An `EMTRACK_*` variable that sets a key.
+struct EnvKey {
+    var: String,
+    /// The key path, `.` between a table and its key.
+    key: String,
+    value: String,
+}
+
+/// Variables of `EMTRACK_*` that are not configuration keys.
+const NOT_KEYS: [&str; 2] = ["EMTRACK_CONFIG", "EMTRACK_LOG"];
+
+/// The `EMTRACK_*` variables among `env`, with the key each sets
+/// (`EMTRACK_ALERTS__REPLAY_S` → `alerts.replay_s`).
+fn env_keys(env: &[(String, String)]) -> Vec<EnvKey> {
+    env.iter()
+        .filter(|(var, _)| !NOT_KEYS.contains(&var.as_str()))
+        .filter_map(|(var, value)| {
+            let key = var.strip_prefix("EMTRACK_")?.to_ascii_lowercase();
+            Some(EnvKey {
+                var: var.clone(),
+                key: key.replace("__", "."),
+                value: value.clone(),
+            })
+        })
+        .collect()
+}
+
+/// figment's error, named by the variable that caused it when one did.
+fn env_error(e: &figment::Error, vars: &[EnvKey]) -> ConfigError {
+    // The key's path, without figment's profile (`global`, `default`).
+    let path = e
+        .path
+        .iter()
+        .skip_while(|p| *p == "global" || *p == "default")
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(".");
+    let unknown = match &e.kind {
+        figment::error::Kind::UnknownField(field, _) => Some(field.as_str()),
+        _ => None,
+    };
+    // An unknown key is reported at its table or at itself.
+    let culprit = vars.iter().find(|v| {
+        v.key == path || unknown.is_some_and(|f| v.key == format!("{path}.{f}") || v.key == f)
+    });
+    match culprit {
+        Some(v) => ConfigError::Env {
+            var: v.var.clone(),
+            value: redacted(&v.value),
+            why: match unknown {
+                Some(_) => "no such configuration key".to_owned(),
+                None => e.kind.to_string(),
+            },
+        },
+        None => ConfigError::Invalid(e.to_string()),
+    }
 }
 
 /// The whole configuration.
@@ -195,12 +255,15 @@ pub enum ConfigError {
         /// The parser's message (it names the line and the key).
         error: String,
     },
-    /// An `EMTRACK_*` variable has a value of the wrong type.
+    /// An `EMTRACK_*` variable names no key, or has a value of the wrong
+    /// type.
     Env {
         /// The variable.
-        var: &'static str,
+        var: String,
         /// Its value.
         value: String,
+        /// What is wrong with it.
+        why: String,
     },
     /// A value is out of range.
     Invalid(String),
@@ -215,11 +278,8 @@ impl fmt::Display for ConfigError {
             ConfigError::Parse { path, error } => {
                 write!(f, "config file {path} is invalid: {error}")
             }
-            ConfigError::Env { var, value } => {
-                write!(
-                    f,
-                    "environment variable {var}={value:?} does not have the right type"
-                )
+            ConfigError::Env { var, value, why } => {
+                write!(f, "environment variable {var}={value:?}: {why}")
             }
             ConfigError::Invalid(msg) => write!(f, "invalid configuration: {msg}"),
         }
@@ -248,86 +308,70 @@ pub struct Overrides {
 }
 
 impl Config {
-    /// Builds the configuration: defaults, then `file` (if given), then the
-    /// environment (through `env`, so tests need not touch the process's), then
-    /// `flags`.
+    /// Builds the configuration (figment): defaults, then `file` (if
+    /// given), then the environment, then `flags`; reads the secret files
+    /// it names and validates everything `run` would use.
+    ///
+    /// Every key can come from the environment: `EMTRACK_<KEY>`, and
+    /// `EMTRACK_<TABLE>__<KEY>` for the `[alerts]` and `[retention]` tables
+    /// (`EMTRACK_ALERTS__ESCALATE_CRITICAL_S=300`). `env` is the process's
+    /// variables (`std::env::vars()`), passed in so that tests need not
+    /// change the process's own. `EMTRACK_CONFIG` (the file) and
+    /// `EMTRACK_LOG` (the log filter) are not keys; any other `EMTRACK_*`
+    /// that names no key is an error naming it.
     pub fn load(
         file: Option<&Path>,
-        env: impl Fn(&str) -> Option<String>,
+        env: &[(String, String)],
         flags: &Overrides,
     ) -> Result<Config, ConfigError> {
-        let mut c = match file {
-            Some(path) => {
-                let p = path.display().to_string();
-                let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-                    path: p.clone(),
-                    error,
-                })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: p,
-                    error: e.to_string(),
-                })?
-            }
-            None => Config::default(),
-        };
-        fn parsed<T: std::str::FromStr>(var: &'static str, v: String) -> Result<T, ConfigError> {
-            v.parse().map_err(|_| ConfigError::Env { var, value: v })
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            let p = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+                path: p.clone(),
+                error,
+            })?;
+            // The TOML parser's own message names the line and the key.
+            toml::from_str::<Config>(&text).map_err(|e| ConfigError::Parse {
+                path: p,
+                error: e.to_string(),
+            })?;
+            fig = fig.merge(Toml::string(&text));
         }
-        if let Some(v) = env("EMTRACK_DATABASE_URL") {
-            c.database_url = v;
+        let vars = env_keys(env);
+        for v in &vars {
+            // As figment's `Env` provider does, from `env` rather than the
+            // process: the key nested at `.`; the text typed by the field it
+            // sets (`extract_lossy`: "8883" a port, "12345" a client id).
+            fig = fig.merge(Serialized::global(&v.key, &v.value));
         }
-        if let Some(v) = env("EMTRACK_MQTT_HOST") {
-            c.mqtt_host = v;
-        }
-        if let Some(v) = env("EMTRACK_MQTT_PORT") {
-            c.mqtt_port = parsed("EMTRACK_MQTT_PORT", v)?;
-        }
-        if let Some(v) = env("EMTRACK_MQTT_CLIENT_ID") {
-            c.mqtt_client_id = v;
-        }
-        if let Some(v) = env("EMTRACK_HTTP_LISTEN") {
-            c.http_listen = v;
-        }
-        if let Some(v) = env("EMTRACK_API_LISTEN") {
-            c.api_listen = v;
-        }
-        if let Some(v) = env("EMTRACK_RETENTION_DAYS") {
-            c.retention_days = parsed("EMTRACK_RETENTION_DAYS", v)?;
-        }
-        if let Some(v) = env("EMTRACK_LOG_FORMAT") {
-            c.log_format = v;
-        }
-        if let Some(v) = env("EMTRACK_WORKERS") {
-            c.workers = parsed("EMTRACK_WORKERS", v)?;
-        }
-        c.secure_from_env(&env)?;
-        if let Some(v) = &flags.database_url {
-            c.database_url = v.clone();
-        }
-        if let Some(v) = &flags.mqtt_host {
-            c.mqtt_host = v.clone();
-        }
-        if let Some(v) = flags.mqtt_port {
-            c.mqtt_port = v;
-        }
-        if let Some(v) = flags.retention_days {
-            c.retention_days = v;
-        }
-        if let Some(v) = &flags.http_listen {
-            c.http_listen = v.clone();
-        }
-        if let Some(v) = &flags.api_listen {
-            c.api_listen = v.clone();
-        }
-        if let Some(v) = &flags.mqtt_client_id {
-            c.mqtt_client_id = v.clone();
-        }
-        if let Some(v) = env("EMTRACK_DATABASE_URL_FILE") {
-            c.database_url_file = Some(v);
-        }
+        let mut c: Config = fig.extract_lossy().map_err(|e| env_error(&e, &vars))?;
+        c.apply(flags);
         c.read_url_file()?;
         c.validate()?;
         Ok(c)
+    }
+
+    /// The command line's values, over every other layer.
+    fn apply(&mut self, flags: &Overrides) {
+        let strings = [
+            (&flags.database_url, &mut self.database_url),
+            (&flags.mqtt_host, &mut self.mqtt_host),
+            (&flags.http_listen, &mut self.http_listen),
+            (&flags.api_listen, &mut self.api_listen),
+            (&flags.mqtt_client_id, &mut self.mqtt_client_id),
+        ];
+        for (flag, slot) in strings {
+            if let Some(v) = flag {
+                slot.clone_from(v);
+            }
+        }
+        if let Some(v) = flags.mqtt_port {
+            self.mqtt_port = v;
+        }
+        if let Some(v) = flags.retention_days {
+            self.retention_days = v;
+        }
     }
 
     /// The database URL from `database_url_file`, which beats every layer.
@@ -338,40 +382,6 @@ impl Config {
                 error,
             })?;
             self.database_url = text.lines().next().unwrap_or_default().trim().to_owned();
-        }
-        Ok(())
-    }
-
-    /// The security settings from `EMTRACK_*` (file paths, never secrets).
-    fn secure_from_env(
-        &mut self,
-        env: &impl Fn(&str) -> Option<String>,
-    ) -> Result<(), ConfigError> {
-        let files: [(&str, &mut Option<String>); 7] = [
-            ("EMTRACK_MQTT_USERNAME", &mut self.mqtt_username),
-            ("EMTRACK_MQTT_PASSWORD_FILE", &mut self.mqtt_password_file),
-            ("EMTRACK_MQTT_CA_FILE", &mut self.mqtt_ca_file),
-            (
-                "EMTRACK_BROKER_ADMIN_USERNAME",
-                &mut self.broker_admin_username,
-            ),
-            (
-                "EMTRACK_BROKER_ADMIN_PASSWORD_FILE",
-                &mut self.broker_admin_password_file,
-            ),
-            ("EMTRACK_TLS_CERT_FILE", &mut self.tls_cert_file),
-            ("EMTRACK_TLS_KEY_FILE", &mut self.tls_key_file),
-        ];
-        for (var, slot) in files {
-            if let Some(v) = env(var) {
-                *slot = Some(v);
-            }
-        }
-        if let Some(v) = env("EMTRACK_MQTT_TLS") {
-            self.mqtt_tls = v.parse().map_err(|_| ConfigError::Env {
-                var: "EMTRACK_MQTT_TLS",
-                value: v,
-            })?;
         }
         Ok(())
     }

@@ -4,7 +4,8 @@
 //! command line over it.
 //!
 //! # Layout
-//! - `config`: defaults ← TOML file ← `EMTRACK_*` environment ← flags, and
+//! - `config`: defaults ← TOML file ← `EMTRACK_*` environment (every key;
+//!   figment) ← flags, and
 //!   each service's part of it.
 //! - `service`: [`service::start`] wires `reference` → `ingest` → `bus` →
 //!   `alert-service`, and `api` over their handles; [`service::run`] runs

@@ -10,10 +10,10 @@ use std::process::ExitCode;
 /// MQTT, violations judged, evidence stored in PostgreSQL.
 ///
 /// Configuration comes from defaults (the local services), then --config FILE
-/// (TOML), then EMTRACK_* environment variables (EMTRACK_DATABASE_URL,
-/// EMTRACK_MQTT_HOST, EMTRACK_MQTT_PORT, EMTRACK_MQTT_CLIENT_ID,
-/// EMTRACK_HTTP_LISTEN, EMTRACK_API_LISTEN, EMTRACK_RETENTION_DAYS, EMTRACK_WORKERS,
-/// EMTRACK_LOG_FORMAT), then flags. Log level: EMTRACK_LOG.
+/// (TOML; default $EMTRACK_CONFIG, else /etc/emtrack/emtrack.toml if it
+/// exists), then EMTRACK_* environment variables (every key: EMTRACK_MQTT_PORT,
+/// EMTRACK_ALERTS__ESCALATE_CRITICAL_S for a key of a table), then flags.
+/// Log filter: EMTRACK_LOG (`info`, or `warn,ingest=debug`).
 #[derive(Parser, Debug)]
 #[command(name = "emtrack", version, about, long_about)]
 struct Cli {
@@ -352,6 +352,14 @@ async fn open(config: &Config) -> Result<sqlx::PgPool, String> {
     Ok(pool)
 }
 
+/// The process's environment (variables that are not UTF-8 are no
+/// `EMTRACK_*` setting: skipped).
+fn env_vars() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
 /// Where the installed package keeps the configuration.
 const DEFAULT_CONFIG: &str = "/etc/emtrack/emtrack.toml";
 
@@ -376,11 +384,11 @@ async fn run(cli: Cli) -> Result<(), String> {
     };
     let config = Config::load(
         config_file(cli.global.config).as_deref(),
-        |k| std::env::var(k).ok(),
+        &env_vars(),
         &flags,
     )
     .map_err(|e| e.to_string())?;
-    init_logs(&config.log_format);
+    init_logs(&config.log_format)?;
     match cli.command {
         Command::Run => {
             let pool = open(&config).await?;
@@ -418,19 +426,31 @@ async fn run(cli: Cli) -> Result<(), String> {
 
 /// Log lines on stderr, as text or JSON; the level comes from `EMTRACK_LOG`
 /// (`error`, `warn`, `info` (default), `debug`, `trace`).
-fn init_logs(format: &str) {
-    let level = std::env::var("EMTRACK_LOG")
-        .ok()
-        .and_then(|v| v.parse::<tracing_subscriber::filter::LevelFilter>().ok())
-        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
+/// Logs to stderr, filtered by `EMTRACK_LOG`: a level (`warn`) or
+/// per-target directives (`info,ingest=debug,rumqttc=warn,sqlx=warn`); by
+/// default `info`. The broker client's own records (the `log` crate) are
+/// bridged in; the database driver's are `tracing` events already.
+fn init_logs(format: &str) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("EMTRACK_LOG") {
+        Ok(v) => EnvFilter::try_new(&v).map_err(|e| {
+            format!(
+                "EMTRACK_LOG={v:?} is not a log filter ({e}); e.g. `info` or `warn,ingest=debug`"
+            )
+        })?,
+        Err(_) => EnvFilter::new("info"),
+    };
     let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
+        .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // With the `tracing-log` feature, `init` also installs the bridge from
+    // the `log` crate.
     if format == "json" {
         builder.json().init();
     } else {
         builder.init();
     }
+    Ok(())
 }
 
 fn main() -> ExitCode {

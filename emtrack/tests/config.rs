@@ -1,14 +1,12 @@
 //! Configuration layering and its error messages.
 
 use emtrack::config::{Config, ConfigError, Overrides};
-use std::collections::HashMap;
 
-fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let map: HashMap<String, String> = pairs
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
         .iter()
         .map(|(k, v)| ((*k).into(), (*v).into()))
-        .collect();
-    move |k| map.get(k).cloned()
+        .collect()
 }
 
 /// A file in the temp directory, removed on drop.
@@ -34,7 +32,7 @@ fn file(contents: &str) -> TempFile {
 
 #[test]
 fn defaults_work_with_the_local_services() {
-    let c = Config::load(None, env(&[]), &Overrides::default()).expect("defaults are valid");
+    let c = Config::load(None, &env(&[]), &Overrides::default()).expect("defaults are valid");
     assert_eq!(c.database_url, "postgres://postgres@127.0.0.1/emtrack");
     assert_eq!((c.mqtt_host.as_str(), c.mqtt_port), ("127.0.0.1", 1883));
     assert_eq!(c.retention_days, 2192, "six years");
@@ -61,7 +59,7 @@ fn file_then_environment_then_flags() {
     // The printed TOML reads back to the same configuration.
     let again = file(&c.to_toml());
     assert_eq!(
-        Config::load(Some(&again.0), env(&[]), &Overrides::default()).expect("valid"),
+        Config::load(Some(&again.0), &env(&[]), &Overrides::default()).expect("valid"),
         c
     );
 }
@@ -69,13 +67,13 @@ fn file_then_environment_then_flags() {
 #[test]
 fn errors_say_what_is_wrong() {
     let typo = file("mqtt_hots = \"x\"\n");
-    let e = Config::load(Some(&typo.0), env(&[]), &Overrides::default()).expect_err("unknown key");
+    let e = Config::load(Some(&typo.0), &env(&[]), &Overrides::default()).expect_err("unknown key");
     assert!(matches!(e, ConfigError::Parse { .. }));
     assert!(e.to_string().contains("mqtt_hots"), "{e}");
 
     let e = Config::load(
         None,
-        env(&[("EMTRACK_MQTT_PORT", "abc")]),
+        &env(&[("EMTRACK_MQTT_PORT", "abc")]),
         &Overrides::default(),
     )
     .expect_err("bad port");
@@ -83,7 +81,7 @@ fn errors_say_what_is_wrong() {
 
     let e = Config::load(
         None,
-        env(&[("EMTRACK_DATABASE_URL", "mysql://x")]),
+        &env(&[("EMTRACK_DATABASE_URL", "mysql://x")]),
         &Overrides::default(),
     )
     .expect_err("not postgres");
@@ -101,13 +99,13 @@ fn errors_say_what_is_wrong() {
             "its own listener",
         ),
     ] {
-        let e = Config::load(None, env(vars), &Overrides::default()).expect_err(says);
+        let e = Config::load(None, &env(vars), &Overrides::default()).expect_err(says);
         assert!(e.to_string().contains(says), "{e}");
     }
 
     let missing = std::env::temp_dir().join("emtrack-no-such-config.toml");
     let e =
-        Config::load(Some(&missing), env(&[]), &Overrides::default()).expect_err("missing file");
+        Config::load(Some(&missing), &env(&[]), &Overrides::default()).expect_err("missing file");
     assert!(e.to_string().contains("emtrack-no-such-config.toml"), "{e}");
 }
 
@@ -134,7 +132,7 @@ fn the_shown_configuration_holds_no_secret() {
     );
     let bad = Config::load(
         None,
-        env(&[("EMTRACK_DATABASE_URL", "mysql://root:s3cr3t-Pa55@db/x")]),
+        &env(&[("EMTRACK_DATABASE_URL", "mysql://root:s3cr3t-Pa55@db/x")]),
         &Overrides::default(),
     )
     .expect_err("not postgres");
@@ -143,7 +141,7 @@ fn the_shown_configuration_holds_no_secret() {
     let url = file("postgres://emtrack:s3cr3t-Pa55@db.example/emtrack\n");
     let from_file = Config::load(
         None,
-        env(&[("EMTRACK_DATABASE_URL_FILE", url.0.to_str().expect("path"))]),
+        &env(&[("EMTRACK_DATABASE_URL_FILE", url.0.to_str().expect("path"))]),
         &Overrides::default(),
     )
     .expect("valid");
@@ -177,4 +175,57 @@ fn the_shown_configuration_holds_no_secret() {
     let kept = format!("mqtt_password_file = \"{}\"", password.0.display());
     assert!(stdout.contains(&kept), "{stdout}");
     assert!(!stdout.contains(secret) && !String::from_utf8_lossy(&out.stderr).contains(secret));
+}
+
+#[test]
+fn every_key_comes_from_the_environment_too() {
+    let c = Config::load(
+        None,
+        &env(&[
+            ("EMTRACK_LEASE_PERIOD_S", "12"),
+            ("EMTRACK_MAX_SPEED_KMH", "250.5"),
+            ("EMTRACK_MQTT_CLIENT_ID", "emtrack-site-2"),
+            // A string key whose value reads as a number stays a string.
+            ("EMTRACK_LOG_FORMAT", "json"),
+            ("EMTRACK_HTTP_LISTEN", "127.0.0.1:9999"),
+            ("EMTRACK_MQTT_HOST", "10001"),
+            ("EMTRACK_ALERTS__ESCALATE_CRITICAL_S", "300"),
+            ("EMTRACK_RETENTION__REJECTED_MESSAGES_DAYS", "30"),
+            // Not keys: the file and the log filter.
+            ("EMTRACK_CONFIG", "/etc/emtrack/emtrack.toml"),
+            ("EMTRACK_LOG", "warn,ingest=debug"),
+            ("PATH", "/usr/bin"),
+        ]),
+        &Overrides::default(),
+    )
+    .expect("valid");
+    assert_eq!(c.lease_period_s, 12);
+    assert_eq!(c.max_speed_kmh, 250.5);
+    assert_eq!(c.mqtt_client_id, "emtrack-site-2");
+    assert_eq!(c.mqtt_host, "10001");
+    assert_eq!(c.http_listen, "127.0.0.1:9999");
+    assert_eq!(c.alerts.escalate_critical_s, 300, "a key of [alerts]");
+    assert_eq!(
+        c.retention.rejected_messages_days, 30,
+        "a key of [retention]"
+    );
+
+    for (var, value, says) in [
+        (
+            "EMTRACK_ALERTS__ESCALATE_CRITICL_S",
+            "1",
+            "no such configuration key",
+        ),
+        ("EMTRACK_WORKRES", "2", "no such configuration key"),
+        (
+            "EMTRACK_ALERTS__REPLAY_S",
+            "soon",
+            "EMTRACK_ALERTS__REPLAY_S",
+        ),
+    ] {
+        let e =
+            Config::load(None, &env(&[(var, value)]), &Overrides::default()).expect_err("refused");
+        let text = e.to_string();
+        assert!(text.contains(var) && text.contains(says), "{text}");
+    }
 }

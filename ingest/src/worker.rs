@@ -14,9 +14,14 @@ use bus::Observed;
 use rumqttc::Publish;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use store::now_ms;
 use tokio::sync::mpsc;
+use tracing::Instrument;
+
+/// Batches numbered across the workers, for the logs.
+static NEXT_BATCH: AtomicU64 = AtomicU64::new(1);
 
 /// Batches until the queue closes; each committed batch goes to `done`.
 pub(crate) async fn run(
@@ -29,7 +34,17 @@ pub(crate) async fn run(
     // This worker's share of the devices-seen gauge.
     let mut counted = 0i64;
     while let Some(batch) = next_batch(&mut rx, &ctx).await {
-        if process(&ctx, &mut states, &batch).await.is_err() {
+        // Every log line of the batch carries its number and size.
+        let span = tracing::info_span!(
+            "batch",
+            n = NEXT_BATCH.fetch_add(1, Ordering::Relaxed),
+            messages = batch.len()
+        );
+        if process(&ctx, &mut states, &batch)
+            .instrument(span)
+            .await
+            .is_err()
+        {
             // Fenced: another node is active. Never acked, the batch goes
             // to that node; this one stops with its lease.
             continue;

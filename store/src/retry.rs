@@ -56,8 +56,11 @@ pub fn transient(e: &sqlx::Error) -> bool {
     }
 }
 
-/// The waits between attempts: `first`, doubling, capped at `max`, for as
-/// many attempts as it takes.
+/// The waits between attempts: `first`, doubling, capped at `max`, each
+/// plus a random jitter of up to as much again (so at most `2 × max`), for
+/// as many attempts as it takes. The jitter keeps many waiters (every
+/// worker after a database restart, thousands of webhook deliveries after a
+/// receiver's outage) from retrying in step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
     /// The first wait.
@@ -67,11 +70,12 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// A batch whose acks are held: 50 ms, doubling up to 5 s.
+    /// A batch whose acks are held: 50 ms, doubling up to 5 s (jittered).
     pub const HELD: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     /// Work that waits for the database, nothing held: 1 s, doubling up to 60 s.
     pub const PATIENT: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-    /// A steady 1 s (background work that must not fall behind much).
+    /// A steady 1 s, plus up to 1 s of jitter (background work that must
+    /// not fall behind much).
     pub const STEADY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
 
     /// `first`, doubling, capped at `max`.
@@ -79,11 +83,20 @@ impl Backoff {
         Backoff { first, max }
     }
 
+    /// The wait after the `failures`-th consecutive failure (1-based), for
+    /// work whose failures are counted in a table rather than in a loop
+    /// (webhook deliveries): the same waits as the retry loops'.
+    pub fn after(self, failures: u32) -> Duration {
+        let n = failures.clamp(1, 64) as usize - 1;
+        self.builder().build().nth(n).unwrap_or(self.max)
+    }
+
     fn builder(self) -> ExponentialBuilder {
         ExponentialBuilder::new()
             .with_min_delay(self.first)
             .with_max_delay(self.max)
             .with_factor(2.0)
+            .with_jitter()
             .without_max_times()
     }
 }
@@ -139,7 +152,7 @@ mod tests {
     use std::cell::Cell;
 
     #[tokio::test(start_paused = true)]
-    async fn transient_errors_are_retried_with_doubling_waits_and_others_returned() {
+    async fn transient_errors_are_retried_with_doubling_jittered_waits_and_others_returned() {
         let calls = Cell::new(0);
         let mut waits = Vec::new();
         let r: Result<(), sqlx::Error> = retry_transient(
@@ -157,7 +170,11 @@ mod tests {
         .await;
         assert!(matches!(r, Err(sqlx::Error::RowNotFound)));
         assert_eq!(calls.get(), 4);
-        assert_eq!(waits, vec![50, 100, 150]);
+        // 50, 100, 150 (capped), each plus up to as much again of jitter.
+        assert_eq!(waits.len(), 3);
+        for (w, base) in waits.iter().zip([50, 100, 150]) {
+            assert!((base..=2 * base).contains(w), "{waits:?}");
+        }
     }
 
     /// A server error with only a SQLSTATE.

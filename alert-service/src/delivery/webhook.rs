@@ -87,11 +87,16 @@ pub fn signature(secret: &[u8], unix_s: i64, body: &[u8]) -> String {
     format!("t={unix_s},v1={hex}")
 }
 
-/// The delay after the `attempts`-th failure: base × 2^(attempts − 1), capped.
+/// The delay after the `attempts`-th failure: base × 2^(attempts − 1),
+/// capped, plus up to as much again of jitter (the shared policy,
+/// [`store::Backoff`]), so that deliveries failed together by one outage
+/// do not all retry at the same instant.
 pub fn backoff(cfg: &AlertConfig, attempts: i32) -> Duration {
-    let exp = attempts.clamp(1, 30) as u32 - 1;
-    let ms = cfg.webhook_backoff_ms.saturating_mul(1u64 << exp.min(20));
-    Duration::from_millis(ms.min(cfg.webhook_backoff_max_s.saturating_mul(1000)))
+    store::Backoff::new(
+        Duration::from_millis(cfg.webhook_backoff_ms),
+        Duration::from_millis(cfg.webhook_backoff_max_s.saturating_mul(1000)),
+    )
+    .after(u32::try_from(attempts).unwrap_or(1))
 }
 
 async fn post(
@@ -388,15 +393,28 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_the_cap() {
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
         let cfg = AlertConfig {
             webhook_backoff_ms: 100,
             webhook_backoff_max_s: 1,
             ..AlertConfig::default()
         };
-        let got: Vec<u64> = (1..=6)
-            .map(|a| backoff(&cfg, a).as_millis() as u64)
-            .collect();
-        assert_eq!(got, vec![100, 200, 400, 800, 1000, 1000]);
+        for (attempt, base) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (6, 1000)] {
+            let waits: Vec<u128> = (0..200)
+                .map(|_| backoff(&cfg, attempt).as_millis())
+                .collect();
+            let (lo, hi) = (waits.iter().min(), waits.iter().max());
+            assert!(
+                waits.iter().all(|w| (base..=2 * base).contains(w)),
+                "attempt {attempt}: {base} ms plus up to as much again, got {lo:?}..{hi:?}"
+            );
+            // Spread, not in step: 200 deliveries do not share one instant.
+            let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
+            assert!(
+                distinct.len() > 50,
+                "attempt {attempt}: {} distinct waits",
+                distinct.len()
+            );
+        }
     }
 }
