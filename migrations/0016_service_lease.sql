@@ -15,10 +15,13 @@ CREATE TABLE service_lease (
 -- service: locks the lease row FOR SHARE (a takeover waits until the
 -- transaction ends) and refuses, with SQLSTATE EMF01, unless the caller
 -- still holds the lease it took. A node that lost the lease cannot write,
--- even before it notices.
+-- even before it notices. The transaction may then sit idle for at most
+-- 5 s: a frozen node's lock is released by the server, so that a standby
+-- can take over (other transactions keep the server's setting).
 CREATE FUNCTION emtrack_fence(p_holder text, p_epoch bigint) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM set_config('idle_in_transaction_session_timeout', '5s', true);
     PERFORM 1 FROM service_lease
      WHERE name = 'run' AND holder = p_holder AND epoch = p_epoch
        FOR SHARE;

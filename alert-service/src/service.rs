@@ -623,11 +623,19 @@ impl Alerter {
 
     /// Moves the re-read point along now and then even when nothing happens.
     async fn advance_idle(&mut self) {
-        if !self.refused
-            && self.watermark > self.stored_watermark + 10_000
-            && outbox::advance(&self.pool, self.watermark).await.is_ok()
-        {
-            self.stored_watermark = self.watermark;
+        if self.refused || self.watermark <= self.stored_watermark + 10_000 {
+            return;
+        }
+        let advanced = async {
+            let mut tx = self.pool.begin().await?;
+            self.fence.check(&mut tx).await?;
+            outbox::advance(&mut *tx, self.watermark).await?;
+            tx.commit().await
+        };
+        match advanced.await {
+            Ok(()) => self.stored_watermark = self.watermark,
+            Err(e) if store::fenced(&e) => self.fenced = true,
+            Err(_) => {}
         }
     }
 

@@ -89,9 +89,14 @@ fn env_error(e: &figment::Error, vars: &[EnvKey]) -> ConfigError {
         v.key == path || unknown.is_some_and(|f| v.key == format!("{path}.{f}") || v.key == f)
     });
     match culprit {
+        // The value of an unknown variable is never shown: it may be a
+        // secret set under a wrong name.
         Some(v) => ConfigError::Env {
             var: v.var.clone(),
-            value: redacted(&v.value),
+            value: match unknown {
+                Some(_) => "…".to_owned(),
+                None => redacted(&v.value),
+            },
             why: match unknown {
                 Some(_) => "no such configuration key".to_owned(),
                 None => e.kind.to_string(),

@@ -127,9 +127,17 @@ pub async fn start(
     stop: CancellationToken,
 ) -> Result<Service, StartError> {
     let registry = prometheus::Registry::new();
+    // Renewed from now on: loading the engine and the alerts may take
+    // longer than the lease's period.
+    let fence = lease.fence();
+    let lease = Arc::new(tokio::sync::Mutex::new(lease));
+    let keeper = {
+        let (held, s) = (lease.clone(), stop.clone());
+        tokio::spawn(async move { held.lock().await.keep(&s).await })
+    };
     // Every file the peers need is read before anything starts.
     let peers = Peers::from(config)?;
-    let (loaded, alert_inputs) = load(config, &pool, &registry, lease.fence()).await?;
+    let (loaded, alert_inputs) = load(config, &pool, &registry, fence).await?;
     crate::metrics::register_active(&registry, &pool, &loaded.core);
     let core = loaded.core.clone();
     let ref_metrics = loaded.reference.clone();
@@ -138,9 +146,12 @@ pub async fn start(
     let (ops_listener, http) = bind(&config.http_listen).await?;
     let (api_listener, api) = bind(&config.api_listen).await?;
     let mut tasks = Supervisor::new(stop.clone());
-    let lease = Arc::new(tokio::sync::Mutex::new(lease));
-    let (held, s) = (lease.clone(), stop.clone());
-    tasks.spawn("lease", async move { held.lock().await.keep(&s).await });
+    tasks.spawn("lease", async move {
+        keeper
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    });
     // Current: the initial load ran after LISTEN began.
     let reference_current = Arc::new(AtomicBool::new(true));
     let ingest = loaded.ingest.clone();

@@ -27,10 +27,13 @@ pub async fn take(
 ) -> Result<Option<Lease>, StartError> {
     let holder = store::lease::holder_name();
     let period = Duration::from_secs(config.lease_period_s);
-    if let Some(lease) = Lease::try_take(pool, &holder, period)
-        .await
-        .map_err(|e| StartError::Db("take the service lease", e))?
-    {
+    let first = tokio::time::timeout(
+        Duration::from_secs(5),
+        Lease::try_take(pool, &holder, period),
+    )
+    .await
+    .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+    if let Some(lease) = first.map_err(|e| StartError::Db("take the service lease", e))? {
         return Ok(Some(lease));
     }
     let active = Lease::holder(pool).await.ok().flatten();

@@ -98,7 +98,7 @@ async fn kill_9_of_the_active_node_fails_over_to_the_standby(pool: PgPool) {
         takeover < Duration::from_secs(15),
         "the standby takes over within 15 s, not {takeover:?}"
     );
-    assert!(fix_count(&pool).await < total as i64, "killed mid-stream");
+    assert!(at_kill < total as i64, "killed mid-stream");
     let (matched, alerts) = settled_as_truth(&pool, &b, &truth).await;
     assert!(matched >= 15, "only {matched} episodes");
     assert_eq!(
@@ -216,8 +216,10 @@ async fn a_paused_active_node_is_fenced_when_it_resumes(pool: PgPool) {
     let (matched, _) = settled_as_truth(&pool, &b, &truth).await;
     assert!(matched >= 10, "only {matched} episodes");
     let text = std::fs::read_to_string(&log).unwrap_or_default();
+    // Its lease renewal or its alert service finds out first.
     assert!(
-        text.contains("lost the service lease"),
+        text.contains("lost the service lease")
+            || text.contains("another emtrack is the active node"),
         "the old node says why it stopped"
     );
     // The resumed node's reconnection took the shared broker session from

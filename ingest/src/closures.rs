@@ -41,8 +41,10 @@ async fn record(ctx: &Context, ts: Vec<Transition>) {
     let r = retry_transient(
         Backoff::STEADY,
         || async {
-            let mut conn = pool.acquire().await?;
-            insert_transitions(&mut conn, &stored).await
+            let mut tx = pool.begin().await?;
+            ctx.writer.fence.check(&mut tx).await?;
+            insert_transitions(&mut tx, &stored).await?;
+            tx.commit().await
         },
         |e, _| tracing::warn!(error = %e, "cannot store closed episodes; retrying"),
     )

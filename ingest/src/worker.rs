@@ -33,7 +33,20 @@ pub(crate) async fn run(
     let mut last_census = Instant::now();
     // This worker's share of the devices-seen gauge.
     let mut counted = 0i64;
-    while let Some(batch) = next_batch(&mut rx, &ctx).await {
+    loop {
+        // The census runs every 10 s, batches or not: a fleet gone quiet
+        // must show as no device online.
+        if last_census.elapsed() > CENSUS_EVERY {
+            last_census = Instant::now();
+            let n = device_state::census(&states);
+            ctx.metrics.devices_online.add(n - counted);
+            counted = n;
+        }
+        let batch = match tokio::time::timeout(CENSUS_EVERY, rx.recv()).await {
+            Ok(Some(first)) => next_batch(first, &mut rx, &ctx).await,
+            Ok(None) => break,
+            Err(_) => continue,
+        };
         // Every log line of the batch carries its number and size.
         let span = tracing::info_span!(
             "batch",
@@ -53,20 +66,20 @@ pub(crate) async fn run(
         if done.send(batch).is_err() {
             break;
         }
-        if last_census.elapsed() > Duration::from_secs(10) {
-            last_census = Instant::now();
-            let n = device_state::census(&states);
-            ctx.metrics.devices_online.add(n - counted);
-            counted = n;
-        }
     }
     ctx.metrics.devices_online.sub(counted);
 }
 
-/// The next batch: up to `max_batch` messages, waiting at most `linger`
-/// after the first. `None` once the queue is closed and empty.
-async fn next_batch(rx: &mut mpsc::Receiver<Publish>, ctx: &Context) -> Option<Vec<Publish>> {
-    let first = rx.recv().await?;
+/// How often the devices-online census runs.
+const CENSUS_EVERY: Duration = Duration::from_secs(10);
+
+/// The batch that `first` opens: up to `max_batch` messages, waiting at
+/// most `linger` after the first.
+async fn next_batch(
+    first: Publish,
+    rx: &mut mpsc::Receiver<Publish>,
+    ctx: &Context,
+) -> Vec<Publish> {
     let mut batch = vec![first];
     let deadline = tokio::time::Instant::now() + ctx.cfg.linger;
     while batch.len() < ctx.cfg.max_batch {
@@ -83,7 +96,7 @@ async fn next_batch(rx: &mut mpsc::Receiver<Publish>, ctx: &Context) -> Option<V
             Ok(None) | Err(_) => break,
         }
     }
-    Some(batch)
+    batch
 }
 
 /// One batch, from payloads to committed rows and the bus; `Fenced` if this

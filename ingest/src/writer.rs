@@ -47,7 +47,7 @@ pub(crate) struct Writer {
     /// Days whose partitions exist.
     days: Days,
     /// Checked first in each transaction: only the active node writes.
-    fence: Fence,
+    pub(crate) fence: Fence,
 }
 
 impl Writer {

@@ -66,12 +66,6 @@ fn target(o: &PgConnectOptions) -> String {
     )
 }
 
-/// How long the server keeps a transaction whose client went silent (a
-/// frozen or partitioned host): then it ends the session, releasing its
-/// locks, among them the lease row's that the fence takes, so a standby can
-/// take over. emtrack's transactions never wait on anything but the database.
-const IDLE_IN_TRANSACTION: &str = "5s";
-
 /// Connects to `url`, creating its database first if it does not exist.
 pub async fn connect(url: &str) -> Result<PgPool, DbError> {
     connect_to(url, true).await
@@ -85,9 +79,7 @@ pub async fn connect_existing(url: &str) -> Result<PgPool, DbError> {
 }
 
 async fn connect_to(url: &str, create: bool) -> Result<PgPool, DbError> {
-    let opts = PgConnectOptions::from_str(url)
-        .map_err(|e| DbError::BadUrl(e.to_string()))?
-        .options([("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION)]);
+    let opts = PgConnectOptions::from_str(url).map_err(|e| DbError::BadUrl(e.to_string()))?;
     let pool = |o: PgConnectOptions| {
         PgPoolOptions::new()
             .max_connections(8)

@@ -5,9 +5,11 @@
 //! every quarter of its period through a connection of its own, whose
 //! `application_name` is the holder's name. A standby polls every second and
 //! takes the lease when it has expired by the database server's clock (host
-//! loss, a partition: the hosts' clocks never matter) or as soon as no
-//! session of that name is left (the holder's process died and the server
-//! closed its connections: kill -9 is noticed within a poll).
+//! loss, a partition: the hosts' clocks never matter) or once no session of
+//! that name is left and the holder has not renewed for a renewal interval
+//! and a second (its process died and the server closed its connections:
+//! kill -9 is noticed within about 3 s; a holder whose connection merely
+//! dropped, in a database restart, reconnects within that and keeps it).
 //!
 //! Fencing: each write transaction of ingest and the alert service first
 //! calls [`Fence::check`] (`emtrack_fence`), which locks the row `FOR SHARE`
@@ -113,8 +115,8 @@ impl Lease {
         let options = (*pool.connect_options()).clone().application_name(holder);
         let mut conn = options.connect().await?;
         // A holder frozen inside a fenced transaction keeps the row locked
-        // until the server ends its session (`IDLE_IN_TRANSACTION`): do not
-        // queue behind it, try again at the next poll.
+        // until the server ends its session (the fence allows 5 s idle): do
+        // not queue behind it, try again at the next poll.
         sqlx::query("SET lock_timeout = '1s'")
             .execute(&mut conn)
             .await?;
@@ -124,24 +126,35 @@ impl Lease {
         )
         .execute(&mut conn)
         .await?;
+        // Taken when expired, or when the holder's sessions are gone and it
+        // has not renewed for over a renewal interval and a second: a holder
+        // whose lease connection merely dropped (a database restart)
+        // reconnects at its next renewal and keeps it.
+        let grace = millis(period.saturating_sub(renewal(period) + Duration::from_secs(1)));
         let epoch: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(
             "UPDATE service_lease SET holder = $1, epoch = epoch + 1, taken_at = now(), \
                     expires_at = now() + $2 * interval '1 millisecond' \
               WHERE name = 'run' \
                 AND (expires_at < now() \
-                     OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a \
-                                     WHERE a.datname = current_database() \
-                                       AND a.application_name = service_lease.holder)) \
+                     OR (expires_at < now() + $3 * interval '1 millisecond' \
+                         AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a \
+                                          WHERE a.datname = current_database() \
+                                            AND a.application_name = service_lease.holder))) \
              RETURNING epoch",
         )
         .bind(holder)
         .bind(millis(period))
+        .bind(grace)
         .fetch_optional(&mut conn)
         .await;
         let epoch = match epoch {
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => None,
             other => other?,
         };
+        if epoch.is_some() {
+            // Renewals wait behind this node's own fenced transactions.
+            sqlx::query("RESET lock_timeout").execute(&mut conn).await?;
+        }
         Ok(epoch.map(|epoch| Lease {
             options,
             conn: Some(conn),
@@ -162,13 +175,21 @@ impl Lease {
         poll: Duration,
         stop: &CancellationToken,
     ) -> Option<Lease> {
+        // Bounded and stoppable: a database that does not answer must not
+        // keep a standby from stopping.
+        let bound = poll.max(Duration::from_secs(5));
         loop {
-            match Lease::try_take(pool, holder, period).await {
-                Ok(Some(lease)) => return Some(lease),
-                Ok(None) => {}
-                Err(e) => {
+            let taken = tokio::select! {
+                _ = stop.cancelled() => return None,
+                t = tokio::time::timeout(bound, Lease::try_take(pool, holder, period)) => t,
+            };
+            match taken {
+                Ok(Ok(Some(lease))) => return Some(lease),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "standby: cannot read the service lease; retrying")
                 }
+                Err(_) => tracing::warn!("standby: the database does not answer; retrying"),
             }
             tokio::select! {
                 _ = stop.cancelled() => return None,
@@ -203,12 +224,21 @@ impl Lease {
     /// next renewal that reaches the database says so.
     pub async fn keep(&mut self, stop: &CancellationToken) -> Result<(), LeaseLost> {
         let mut confirmed = Instant::now();
+        let every = renewal(self.period);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(self.period / 4) => {}
+                _ = tokio::time::sleep(every) => {}
             }
-            match self.renew().await {
+            // A renewal that hangs (a dead connection) is a failed one.
+            let renewed = match tokio::time::timeout(every, self.renew()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.conn = None;
+                    Err(sqlx::Error::PoolTimedOut)
+                }
+            };
+            match renewed {
                 Ok(true) => confirmed = Instant::now(),
                 Ok(false) => return Err(LeaseLost::TakenBy(self.current_holder().await)),
                 Err(e) if confirmed.elapsed() >= self.period => {
@@ -260,9 +290,12 @@ impl Lease {
         match r {
             Ok(done) => Ok(done.rows_affected() == 1),
             Err(e) => {
-                // Reconnect at the next renewal: the session named after
-                // this node must exist for it to keep the lease.
-                self.conn = None;
+                // A broken connection is replaced at the next renewal (the
+                // session named after this node must exist for it to keep
+                // the lease); one the server answered on stays.
+                if !matches!(e, sqlx::Error::Database(_)) {
+                    self.conn = None;
+                }
                 Err(e)
             }
         }
@@ -290,6 +323,11 @@ impl Lease {
             Err(e) => format!("another node (cannot read the lease: {e})"),
         }
     }
+}
+
+/// How often the holder renews: a quarter of the period.
+fn renewal(period: Duration) -> Duration {
+    period / 4
 }
 
 fn millis(d: Duration) -> i64 {
