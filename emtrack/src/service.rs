@@ -127,14 +127,8 @@ pub async fn start(
     stop: CancellationToken,
 ) -> Result<Service, StartError> {
     let registry = prometheus::Registry::new();
-    // Renewed from now on: loading the engine and the alerts may take
-    // longer than the lease's period.
     let fence = lease.fence();
-    let lease = Arc::new(tokio::sync::Mutex::new(lease));
-    let keeper = {
-        let (held, s) = (lease.clone(), stop.clone());
-        tokio::spawn(async move { held.lock().await.keep(&s).await })
-    };
+    let (lease, keeper, unless_started) = keep(lease, &stop);
     // Every file the peers need is read before anything starts.
     let peers = Peers::from(config)?;
     let (loaded, alert_inputs) = load(config, &pool, &registry, fence).await?;
@@ -146,6 +140,7 @@ pub async fn start(
     let (ops_listener, http) = bind(&config.http_listen).await?;
     let (api_listener, api) = bind(&config.api_listen).await?;
     let mut tasks = Supervisor::new(stop.clone());
+    unless_started.disarm();
     tasks.spawn("lease", async move {
         keeper
             .await
@@ -199,6 +194,26 @@ pub async fn start(
         tasks,
         lease,
     })
+}
+
+/// Renews `lease` from now on (loading the engine and the alerts may take
+/// longer than its period) until `stop`, or until the returned guard is
+/// dropped: a start that fails ends the renewals too.
+#[allow(clippy::type_complexity)]
+fn keep(
+    lease: Lease,
+    stop: &CancellationToken,
+) -> (
+    Arc<tokio::sync::Mutex<Lease>>,
+    tokio::task::JoinHandle<Result<(), store::LeaseLost>>,
+    tokio_util::sync::DropGuard,
+) {
+    let lease = Arc::new(tokio::sync::Mutex::new(lease));
+    let keeping = stop.child_token();
+    let guard = keeping.clone().drop_guard();
+    let held = lease.clone();
+    let keeper = tokio::spawn(async move { held.lock().await.keep(&keeping).await });
+    (lease, keeper, guard)
 }
 
 /// Seals stored webhook secrets, then loads the alert service.
