@@ -6,8 +6,12 @@
 //! the Grafana dashboard and every rule expression is run against it. A
 //! query that errors fails the test, and so does one that returns nothing
 //! (every panel has data in this run), a metric name that emtrack does not
-//! export, an unhealthy rule, or a rule whose condition holds other than
-//! the ones the run provokes on purpose.
+//! export, an unhealthy rule, a provoked rule that does not hold, or a rule
+//! that signals a fault holding on this healthy node. Rules whose condition
+//! is a speed threshold (commit latency, pool use, unacked backlog) are run
+//! and their values reported, not asserted: how fast this machine is at the
+//! moment of the query is not what this test checks (`promtool` tests their
+//! logic, firing and quiet).
 
 mod common;
 
@@ -26,7 +30,7 @@ use std::time::Duration;
 const DESK_PASSWORD: &str = "desk-password-for-the-test";
 
 /// The rules whose condition this run provokes, and why; every other rule
-/// must stay quiet on this otherwise healthy node.
+/// but [`SPEED`]'s must stay quiet on this otherwise healthy node.
 const PROVOKED: &[(&str, &str)] = &[
     (
         "EmtrackDeliveryFailures",
@@ -40,6 +44,16 @@ const PROVOKED: &[(&str, &str)] = &[
         "EmtrackIngestLagHigh",
         "the past day arrives as live messages, weeks after its fixes' time",
     ),
+];
+
+/// The rules whose condition is a speed threshold, which a loaded or slow
+/// machine can cross at the instant of the query: a full-speed past day
+/// keeps over 100,000 messages unacked and every pool connection busy for a
+/// while on purpose.
+const SPEED: &[&str] = &[
+    "EmtrackCommitSlow",
+    "EmtrackDbPoolSaturated",
+    "EmtrackUnackedMessagesHigh",
 ];
 
 fn deploy(path: &str) -> PathBuf {
@@ -244,6 +258,11 @@ async fn live(port: u16, world: &std::sync::Arc<device_sim::world::World>, for_:
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn every_dashboard_query_and_rule_runs_on_a_real_prometheus(pool: PgPool) {
+    // The dead letters this test provokes on purpose stay out of its output.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn,alert_service::delivery=error")
+        .with_test_writer()
+        .try_init();
     let broker = Broker::start().expect("mosquitto starts");
     let world = world(&pool, 21, 60).await;
     // A receiver that refuses connections: webhook failures to count.
@@ -320,7 +339,8 @@ async fn every_dashboard_query_and_rule_runs_on_a_real_prometheus(pool: PgPool) 
         }
     }
     let rules = prometheus.rules().await;
-    let mut firing = Vec::new();
+    // (name, what its expression returned) of each rule whose condition holds.
+    let mut holding: Vec<(String, String)> = Vec::new();
     for (name, expr, health, error) in &rules {
         if health != "ok" {
             problems.push(format!("rule {name}: {health} {error}"));
@@ -331,16 +351,29 @@ async fn every_dashboard_query_and_rule_runs_on_a_real_prometheus(pool: PgPool) 
             }
         }
         match prometheus.query(expr).await {
-            Ok(r) if !r.is_empty() => firing.push(name.clone()),
+            Ok(r) if !r.is_empty() => holding.push((name.clone(), Value::Array(r).to_string())),
             Ok(_) => {}
             Err(e) => problems.push(format!("rule {name}: {expr} fails: {e}")),
         }
     }
+    let holds = |rule: &str| holding.iter().any(|(n, _)| n == rule);
+    for (rule, why) in PROVOKED {
+        if !holds(rule) {
+            problems.push(format!("rule {rule} does not hold, though {why}"));
+        }
+    }
+    for (rule, value) in &holding {
+        let expected = PROVOKED.iter().any(|(r, _)| r == rule) || SPEED.contains(&rule.as_str());
+        if !expected {
+            problems.push(format!("rule {rule} holds on a healthy node: {value}"));
+        }
+    }
     eprintln!(
-        "dashboard: {} queries, {with_data} returned data; rules: {} evaluated, all healthy: {}; returning data (would fire): {firing:?}",
+        "dashboard: {} queries, {with_data} returned data; rules: {} evaluated, all healthy: {}; holding (would fire): {:?}",
         queries.len(),
         rules.len(),
         problems.iter().all(|p| !p.starts_with("rule")),
+        holding.iter().map(|(n, _)| n).collect::<Vec<_>>(),
     );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     assert!(
@@ -348,11 +381,5 @@ async fn every_dashboard_query_and_rule_runs_on_a_real_prometheus(pool: PgPool) 
         "the shipped rules are loaded: {}",
         rules.len()
     );
-    // Exactly the provoked rules hold: each fires on real data, and the
-    // others stay quiet.
-    let mut expected: Vec<String> = PROVOKED.iter().map(|(r, _)| (*r).to_owned()).collect();
-    expected.sort();
-    firing.sort();
-    assert_eq!(firing, expected, "rules whose condition holds");
     running.shut_down().await;
 }
