@@ -116,7 +116,7 @@ pub async fn start(
         restored,
         inputs.fleet,
         out,
-        inputs.fence,
+        inputs.fence.clone(),
     );
     alerter.start_watching(restore::last_fixes(&pool).await?);
     let replay = restore::stored_since(&pool, since).await?;
@@ -132,6 +132,7 @@ pub async fn start(
         metrics,
         cfg,
         held,
+        fence: inputs.fence,
     };
     delivery::spawn(senders, outbound, queues, receivers, sweep, stop);
     let (commands_tx, commands) = mpsc::channel(256);

@@ -12,7 +12,9 @@ cd "$(dirname "$0")/../.."
 S=; [ "$(id -u)" = 0 ] || S=sudo    # dpkg -i and /etc/emtrack need root
 
 echo "== building the package (release build: several minutes on 2 cores)"
-DEB=$(cargo deb -p emtrack --locked 2>&1 | tee /dev/stderr | tail -n 1)
+# The build's progress goes to stderr as it comes; stdout ends with the
+# package's path.
+DEB=$(cargo deb -p emtrack --locked | tail -n 1)
 [ -f "$DEB" ] || { echo "no package built" >&2; exit 1; }
 
 DB=emtrack_pkg_test

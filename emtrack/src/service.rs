@@ -128,7 +128,11 @@ pub async fn start(
 ) -> Result<Service, StartError> {
     let registry = prometheus::Registry::new();
     let fence = lease.fence();
-    let (lease, keeper, unless_started) = keep(lease, &stop);
+    let Kept {
+        lease,
+        keeper,
+        unless_started,
+    } = keep(lease, &stop);
     // Every file the peers need is read before anything starts.
     let peers = Peers::from(config)?;
     let (loaded, alert_inputs) = load(config, &pool, &registry, fence).await?;
@@ -196,24 +200,30 @@ pub async fn start(
     })
 }
 
+/// The lease of a starting service, renewed in the background.
+struct Kept {
+    /// Shared with the renewals; released at shutdown.
+    lease: Arc<tokio::sync::Mutex<Lease>>,
+    /// The renewals: they end when the lease is lost or `stop` comes.
+    keeper: tokio::task::JoinHandle<Result<(), store::LeaseLost>>,
+    /// Ends the renewals when dropped, unless disarmed once started.
+    unless_started: tokio_util::sync::DropGuard,
+}
+
 /// Renews `lease` from now on (loading the engine and the alerts may take
 /// longer than its period) until `stop`, or until the returned guard is
 /// dropped: a start that fails ends the renewals too.
-#[allow(clippy::type_complexity)]
-fn keep(
-    lease: Lease,
-    stop: &CancellationToken,
-) -> (
-    Arc<tokio::sync::Mutex<Lease>>,
-    tokio::task::JoinHandle<Result<(), store::LeaseLost>>,
-    tokio_util::sync::DropGuard,
-) {
+fn keep(lease: Lease, stop: &CancellationToken) -> Kept {
     let lease = Arc::new(tokio::sync::Mutex::new(lease));
     let keeping = stop.child_token();
-    let guard = keeping.clone().drop_guard();
+    let unless_started = keeping.clone().drop_guard();
     let held = lease.clone();
     let keeper = tokio::spawn(async move { held.lock().await.keep(&keeping).await });
-    (lease, keeper, guard)
+    Kept {
+        lease,
+        keeper,
+        unless_started,
+    }
 }
 
 /// Seals stored webhook secrets, then loads the alert service.

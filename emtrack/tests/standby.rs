@@ -3,7 +3,8 @@
 //! under simulator load; the standby takes over within 15 s with the same
 //! persistent broker session; stored data equals the ground truth (nothing
 //! lost, nothing duplicated, no alert twice); the old node, restarted,
-//! stays the standby.
+//! stays the standby. A paused node is fenced when it resumes, and a node
+//! that lost the lease claims no delivery.
 
 mod common;
 
@@ -230,4 +231,61 @@ async fn a_paused_active_node_is_fenced_when_it_resumes(pool: PgPool) {
     })
     .await;
     let _ = std::fs::remove_file(&log);
+}
+
+/// A node that lost the service lease sends nothing more: its delivery
+/// sweeper's claims are fenced from the takeover on, not only once its own
+/// renewal finds out (a lease of 20 s is renewed every 5 s; the sweeper
+/// runs every second). Without the fence it would claim and send the
+/// delivery below, as the new active node does.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_node_that_lost_the_lease_claims_no_delivery(pool: PgPool) {
+    let broker = Broker::start().expect("mosquitto starts");
+    sqlx::query("INSERT INTO webhooks (id, url, secret) VALUES (1, 'http://127.0.0.1:9/hook', 'whsec-test-secret-0123456789')")
+        .execute(&pool)
+        .await
+        .expect("webhook");
+    sqlx::query(
+        "INSERT INTO alerts (id, subject_id, kind, scope, episode_at, severity, state, event_at, \
+                             raised_at, historical, version, resolved_at) \
+         VALUES (1, 1, 'strap_tamper', 0, now(), 'critical', 'resolved', now(), now(), true, 1, now())",
+    )
+    .execute(&pool)
+    .await
+    .expect("an alert");
+    let mut cfg = config(broker.port, "emtrack-fenced-sweep");
+    cfg.lease_period_s = 20;
+    let running = Running::start_with(pool.clone(), cfg).await;
+    // Another node takes over, as a standby does once the lease expired.
+    sqlx::query("UPDATE service_lease SET holder = 'emtrack another node', epoch = epoch + 1")
+        .execute(&pool)
+        .await
+        .expect("taken over");
+    let due: String = sqlx::query_scalar(
+        "INSERT INTO alert_deliveries (alert_id, version, channel, target, payload, next_attempt_at) \
+         VALUES (1, 1, 'webhook', '1', '{}', now()) RETURNING next_attempt_at::text",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("a due delivery");
+    let failures = tokio::time::timeout(Duration::from_secs(30), running.svc.stopped())
+        .await
+        .expect("the node stops by itself");
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.contains("lost the service lease")),
+        "it stops because it lost the lease: {failures:?}"
+    );
+    let row: (String, i32, String, Option<String>) = sqlx::query_as(
+        "SELECT state, attempts, next_attempt_at::text, last_error FROM alert_deliveries",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the delivery");
+    assert_eq!(
+        row,
+        ("pending".into(), 0, due, None),
+        "neither claimed nor tried by the fenced node"
+    );
 }

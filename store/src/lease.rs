@@ -112,20 +112,39 @@ impl Lease {
         holder: &str,
         period: Duration,
     ) -> Result<Option<Lease>, sqlx::Error> {
+        Lease::take_on(pool, holder, period, &mut None).await
+    }
+
+    /// [`Lease::try_take`] on `session`, the waiting node's own connection:
+    /// opened when `None`, left there when another node holds the lease (a
+    /// standby polls on one session, not a new one per poll), and gone after
+    /// an error or once the lease is taken (it becomes the lease's).
+    async fn take_on(
+        pool: &PgPool,
+        holder: &str,
+        period: Duration,
+        session: &mut Option<PgConnection>,
+    ) -> Result<Option<Lease>, sqlx::Error> {
         let options = (*pool.connect_options()).clone().application_name(holder);
-        let mut conn = options.connect().await?;
-        // A holder frozen inside a fenced transaction keeps the row locked
-        // until the server ends its session (the fence allows 5 s idle): do
-        // not queue behind it, try again at the next poll.
-        sqlx::query("SET lock_timeout = '1s'")
-            .execute(&mut conn)
-            .await?;
-        sqlx::query(
-            "INSERT INTO service_lease (name, holder, epoch, taken_at, expires_at) \
-             VALUES ('run', '', 0, now(), '-infinity') ON CONFLICT (name) DO NOTHING",
-        )
-        .execute(&mut conn)
-        .await?;
+        let mut conn = match session.take() {
+            Some(conn) => conn,
+            None => {
+                let mut conn = options.connect().await?;
+                // A holder frozen inside a fenced transaction keeps the row
+                // locked until the server ends its session (the fence allows
+                // 5 s idle): do not queue behind it, try again at the next poll.
+                sqlx::query("SET lock_timeout = '1s'")
+                    .execute(&mut conn)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO service_lease (name, holder, epoch, taken_at, expires_at) \
+                     VALUES ('run', '', 0, now(), '-infinity') ON CONFLICT (name) DO NOTHING",
+                )
+                .execute(&mut conn)
+                .await?;
+                conn
+            }
+        };
         // Taken when expired, or when the holder's sessions are gone and it
         // has not renewed for over a renewal interval and a second: a holder
         // whose lease connection merely dropped (a database restart)
@@ -151,11 +170,13 @@ impl Lease {
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => None,
             other => other?,
         };
-        if epoch.is_some() {
-            // Renewals wait behind this node's own fenced transactions.
-            sqlx::query("RESET lock_timeout").execute(&mut conn).await?;
-        }
-        Ok(epoch.map(|epoch| Lease {
+        let Some(epoch) = epoch else {
+            *session = Some(conn);
+            return Ok(None);
+        };
+        // Renewals wait behind this node's own fenced transactions.
+        sqlx::query("RESET lock_timeout").execute(&mut conn).await?;
+        Ok(Some(Lease {
             options,
             conn: Some(conn),
             fence: Fence {
@@ -178,10 +199,11 @@ impl Lease {
         // Bounded and stoppable: a database that does not answer must not
         // keep a standby from stopping.
         let bound = poll.max(Duration::from_secs(5));
+        let mut session = None;
         loop {
             let taken = tokio::select! {
                 _ = stop.cancelled() => return None,
-                t = tokio::time::timeout(bound, Lease::try_take(pool, holder, period)) => t,
+                t = tokio::time::timeout(bound, Lease::take_on(pool, holder, period, &mut session)) => t,
             };
             match taken {
                 Ok(Ok(Some(lease))) => return Some(lease),

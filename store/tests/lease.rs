@@ -143,3 +143,68 @@ async fn an_expired_lease_is_taken_and_its_old_holder_stops(pool: PgPool) {
     let mut conn = pool.acquire().await.expect("conn");
     conn.ping().await.expect("the database is fine");
 }
+
+/// The session named `name`: (its backend's pid, when its last query
+/// started), one row at most.
+async fn session_of(pool: &PgPool, name: &str) -> Option<(i32, String)> {
+    let rows: Vec<(i32, String)> = sqlx::query_as(
+        "SELECT pid, query_start::text FROM pg_stat_activity \
+          WHERE datname = current_database() AND application_name = $1",
+    )
+    .bind(name)
+    .fetch_all(pool)
+    .await
+    .expect("pg_stat_activity");
+    assert!(rows.len() <= 1, "one session for {name}: {rows:?}");
+    rows.into_iter().next()
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_standby_polls_on_one_session_which_becomes_its_lease(pool: PgPool) {
+    let mut a = Lease::try_take(&pool, "emtrack test a", PERIOD)
+        .await
+        .expect("reads the lease")
+        .expect("taken");
+    let stop = CancellationToken::new();
+    let waiting = tokio::spawn({
+        let (pool, stop) = (pool.clone(), stop.clone());
+        async move {
+            Lease::wait(
+                &pool,
+                "emtrack test b",
+                PERIOD,
+                Duration::from_millis(20),
+                &stop,
+            )
+            .await
+        }
+    });
+    // Polls that a keeps refusing, all on the same backend.
+    let started = std::time::Instant::now();
+    let mut pid = None;
+    let mut polls = std::collections::BTreeSet::new();
+    while polls.len() < 10 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the standby polls: {polls:?}"
+        );
+        if let Some((p, at)) = session_of(&pool, "emtrack test b").await {
+            assert_eq!(*pid.get_or_insert(p), p, "the standby's session changed");
+            polls.insert(at);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!waiting.is_finished(), "a still holds the lease");
+    a.release().await;
+    let b = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("takes the released lease")
+        .expect("joined")
+        .expect("not stopped");
+    assert_eq!(b.epoch(), 2);
+    let (lease_pid, _) = session_of(&pool, "emtrack test b")
+        .await
+        .expect("the lease's session");
+    assert_eq!(Some(lease_pid), pid, "the polling session is the lease's");
+    drop(b);
+}

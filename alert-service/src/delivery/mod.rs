@@ -230,6 +230,8 @@ pub(crate) struct Senders {
     pub(crate) metrics: Metrics,
     pub(crate) cfg: AlertConfig,
     pub(crate) held: Held,
+    /// Checked before claiming deliveries (the sweeper).
+    pub(crate) fence: store::Fence,
 }
 
 impl Senders {

@@ -1,7 +1,8 @@
 //! The sweeper: sends again what no sender holds once its lease has ended
 //! (a crash, a lost connection, a queue that was full), every second or when
-//! woken, per channel. Each send takes a new lease. It also keeps the
-//! backlog gauges (pending deliveries, the oldest one's age) current.
+//! woken, per channel. Each send takes a new lease, claimed behind the
+//! service lease's fence: a node that lost it stops sending. It also keeps
+//! the backlog gauges (pending deliveries, the oldest one's age) current.
 
 use super::{Channel, Delivery, DeliveryRow, Queues, Senders};
 use std::sync::Arc;
@@ -12,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 /// How often the backlog gauges are refreshed.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
-/// Sweeps every channel until `stop` (or a sender is gone), and keeps the
+/// Sweeps every channel until `stop` (or a sender is gone, or the fence
+/// refused a claim), and keeps the
 /// backlog gauges (pending deliveries and the oldest one's age) current.
 pub(crate) async fn run(s: Senders, queues: Queues, wake: Arc<Notify>, stop: CancellationToken) {
     let mut next_backlog = tokio::time::Instant::now();
@@ -62,28 +64,45 @@ async fn backlog(s: &Senders) {
     }
 }
 
+/// Claims up to `room` due deliveries of `channel`, each with a lease of
+/// `delivery_lease_s`, behind the fence: a node that lost the service lease
+/// (paused, partitioned) sends nothing the active node also sends.
+async fn claim(s: &Senders, channel: Channel, room: i64) -> Result<Vec<DeliveryRow>, sqlx::Error> {
+    let mut tx = s.pool.begin().await?;
+    s.fence.check(&mut tx).await?;
+    let rows = sqlx::query_as(
+        "UPDATE alert_deliveries d SET next_attempt_at = now() + $1 * interval '1 second' \
+         FROM (SELECT id FROM alert_deliveries WHERE state = 'pending' AND next_attempt_at <= now() \
+               AND channel = $3 ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) due \
+         WHERE d.id = due.id \
+         RETURNING d.id, d.alert_id, d.version, d.channel, d.target, d.payload, d.attempts, d.live_event_at",
+    )
+    .bind(i64::from(s.cfg.delivery_lease_s))
+    .bind(room)
+    .bind(channel.as_str())
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
 /// Sends what is due on one channel, as much as its queue has room for (a
-/// lease runs while queued). False when the sender is gone.
+/// lease runs while queued). False when the sender is gone or this node was
+/// fenced.
 async fn sweep(s: &Senders, channel: Channel, q: &mpsc::Sender<Delivery>) -> bool {
     loop {
         let room = q.capacity().min(1_000) as i64;
         if room == 0 {
             return true;
         }
-        let rows: Result<Vec<DeliveryRow>, _> = sqlx::query_as(
-            "UPDATE alert_deliveries d SET next_attempt_at = now() + $1 * interval '1 second' \
-             FROM (SELECT id FROM alert_deliveries WHERE state = 'pending' AND next_attempt_at <= now() \
-                   AND channel = $3 ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) due \
-             WHERE d.id = due.id \
-             RETURNING d.id, d.alert_id, d.version, d.channel, d.target, d.payload, d.attempts, d.live_event_at",
-        )
-        .bind(i64::from(s.cfg.delivery_lease_s))
-        .bind(room)
-        .bind(channel.as_str())
-        .fetch_all(&s.pool)
-        .await;
-        let rows = match rows {
+        let rows = match claim(s, channel, room).await {
             Ok(r) => r,
+            Err(e) if store::fenced(&e) => {
+                tracing::error!(
+                    "the delivery sweeps were fenced: another emtrack is the active node; this one sends nothing more"
+                );
+                return false;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, channel = channel.as_str(), "delivery sweep failed; will retry");
                 return true;
