@@ -4,7 +4,7 @@
 //! persistent broker session; stored data equals the ground truth (nothing
 //! lost, nothing duplicated, no alert twice); the old node, restarted,
 //! stays the standby. A paused node is fenced when it resumes, and a node
-//! that lost the lease claims no delivery.
+//! that lost the lease makes no more delivery attempts.
 
 mod common;
 
@@ -220,7 +220,7 @@ async fn a_paused_active_node_is_fenced_when_it_resumes(pool: PgPool) {
     // Its lease renewal or its alert service finds out first.
     assert!(
         text.contains("lost the service lease")
-            || text.contains("another emtrack is the active node"),
+            || text.contains("the alert service's changes were fenced"),
         "the old node says why it stopped"
     );
     // The resumed node's reconnection took the shared broker session from
@@ -233,41 +233,94 @@ async fn a_paused_active_node_is_fenced_when_it_resumes(pool: PgPool) {
     let _ = std::fs::remove_file(&log);
 }
 
-/// A node that lost the service lease sends nothing more: its delivery
-/// sweeper's claims are fenced from the takeover on, not only once its own
-/// renewal finds out (a lease of 20 s is renewed every 5 s; the sweeper
-/// runs every second). Without the fence it would claim and send the
-/// delivery below, as the new active node does.
-#[sqlx::test(migrator = "store::MIGRATOR")]
-async fn a_node_that_lost_the_lease_claims_no_delivery(pool: PgPool) {
-    let broker = Broker::start().expect("mosquitto starts");
-    sqlx::query("INSERT INTO webhooks (id, url, secret) VALUES (1, 'http://127.0.0.1:9/hook', 'whsec-test-secret-0123456789')")
-        .execute(&pool)
+/// A webhook receiver that accepts each request's connection, notes when,
+/// and closes it unanswered (a failed attempt); those times.
+async fn closing_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Instant>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .expect("webhook");
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noted = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            noted.lock().expect("times").push(Instant::now());
+            drop(conn);
+        }
+    });
+    (port, seen)
+}
+
+/// A node that lost the service lease makes no more attempts: its webhook
+/// retries and its delivery sweeper's claims are fenced from the takeover
+/// on, not only once its own renewal finds out. The takeover comes right
+/// after a renewal, so the node goes on unaware for a quarter of its 40 s
+/// lease, while a retry falls due every 3–6 s and the sweeper runs every
+/// second: without the fence it would retry the first delivery and claim
+/// and try the second, as the new active node does.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_node_that_lost_the_lease_makes_no_more_attempts(pool: PgPool) {
+    let broker = Broker::start().expect("mosquitto starts");
+    let (hook_port, attempts) = closing_receiver().await;
+    sqlx::query(
+        "INSERT INTO webhooks (id, url, secret) VALUES (1, $1, 'whsec-test-secret-0123456789')",
+    )
+    .bind(format!("http://127.0.0.1:{hook_port}/hook"))
+    .execute(&pool)
+    .await
+    .expect("webhook");
     sqlx::query(
         "INSERT INTO alerts (id, subject_id, kind, scope, episode_at, severity, state, event_at, \
                              raised_at, historical, version, resolved_at) \
-         VALUES (1, 1, 'strap_tamper', 0, now(), 'critical', 'resolved', now(), now(), true, 1, now())",
+         VALUES (1, 1, 'strap_tamper', 0, now(), 'critical', 'resolved', now(), now(), true, 2, now())",
     )
     .execute(&pool)
     .await
     .expect("an alert");
-    let mut cfg = config(broker.port, "emtrack-fenced-sweep");
-    cfg.lease_period_s = 20;
+    let deliver = |version: i32| {
+        sqlx::query_scalar::<_, String>(
+            "INSERT INTO alert_deliveries (alert_id, version, channel, target, payload, next_attempt_at) \
+             VALUES (1, $1, 'webhook', '1', '{}', now()) RETURNING next_attempt_at::text",
+        )
+        .bind(version)
+        .fetch_one(&pool)
+    };
+    let mut cfg = config(broker.port, "emtrack-fenced-delivery");
+    cfg.lease_period_s = 40;
+    cfg.alerts.webhook_backoff_ms = 1_500;
+    cfg.alerts.webhook_backoff_max_s = 3;
     let running = Running::start_with(pool.clone(), cfg).await;
-    // Another node takes over, as a standby does once the lease expired.
+    deliver(1).await.expect("a due delivery");
+    let tried = || attempts.lock().expect("times").len();
+    wait_until(Duration::from_secs(10), "the first attempt", || {
+        let n = tried();
+        async move { n >= 1 }
+    })
+    .await;
+    // Another node takes over right after a renewal, as a standby does once
+    // the lease expired.
+    let expires = "SELECT expires_at::text FROM service_lease";
+    let before: String = sqlx::query_scalar(expires)
+        .fetch_one(&pool)
+        .await
+        .expect("lease");
+    wait_until(Duration::from_secs(15), "a renewal", || {
+        let (pool, before) = (pool.clone(), before.clone());
+        async move {
+            sqlx::query_scalar::<_, String>(expires)
+                .fetch_one(&pool)
+                .await
+                .is_ok_and(|e| e != before)
+        }
+    })
+    .await;
     sqlx::query("UPDATE service_lease SET holder = 'emtrack another node', epoch = epoch + 1")
         .execute(&pool)
         .await
         .expect("taken over");
-    let due: String = sqlx::query_scalar(
-        "INSERT INTO alert_deliveries (alert_id, version, channel, target, payload, next_attempt_at) \
-         VALUES (1, 1, 'webhook', '1', '{}', now()) RETURNING next_attempt_at::text",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("a due delivery");
+    let took_over = Instant::now();
+    let due = deliver(2).await.expect("a due delivery");
+
     let failures = tokio::time::timeout(Duration::from_secs(30), running.svc.stopped())
         .await
         .expect("the node stops by itself");
@@ -277,14 +330,30 @@ async fn a_node_that_lost_the_lease_claims_no_delivery(pool: PgPool) {
             .any(|f| f.contains("lost the service lease")),
         "it stops because it lost the lease: {failures:?}"
     );
-    let row: (String, i32, String, Option<String>) = sqlx::query_as(
-        "SELECT state, attempts, next_attempt_at::text, last_error FROM alert_deliveries",
+    let stopped = took_over.elapsed();
+    // An attempt already past the fence when the takeover came connects
+    // within milliseconds; none starts later.
+    let late: Vec<Duration> = attempts
+        .lock()
+        .expect("times")
+        .iter()
+        .filter(|t| **t > took_over)
+        .map(|t| t.duration_since(took_over))
+        .filter(|d| *d > Duration::from_millis(500))
+        .collect();
+    assert!(
+        stopped > Duration::from_secs(3),
+        "the node went on unaware long enough for a retry: {stopped:?}"
+    );
+    assert!(late.is_empty(), "attempts after the takeover: {late:?}");
+    let second: (String, i32, String, Option<String>) = sqlx::query_as(
+        "SELECT state, attempts, next_attempt_at::text, last_error FROM alert_deliveries WHERE version = 2",
     )
     .fetch_one(&pool)
     .await
-    .expect("the delivery");
+    .expect("the second delivery");
     assert_eq!(
-        row,
+        second,
         ("pending".into(), 0, due, None),
         "neither claimed nor tried by the fenced node"
     );

@@ -118,7 +118,8 @@ impl Lease {
     /// [`Lease::try_take`] on `session`, the waiting node's own connection:
     /// opened when `None`, left there when another node holds the lease (a
     /// standby polls on one session, not a new one per poll), and gone after
-    /// an error or once the lease is taken (it becomes the lease's).
+    /// an error, a timeout or once the lease is taken (it becomes the
+    /// lease's).
     async fn take_on(
         pool: &PgPool,
         holder: &str,

@@ -145,9 +145,9 @@ async fn an_expired_lease_is_taken_and_its_old_holder_stops(pool: PgPool) {
 }
 
 /// The session named `name`: (its backend's pid, when its last query
-/// started), one row at most.
-async fn session_of(pool: &PgPool, name: &str) -> Option<(i32, String)> {
-    let rows: Vec<(i32, String)> = sqlx::query_as(
+/// started: none yet just after it connected), one row at most.
+async fn session_of(pool: &PgPool, name: &str) -> Option<(i32, Option<String>)> {
+    let rows: Vec<(i32, Option<String>)> = sqlx::query_as(
         "SELECT pid, query_start::text FROM pg_stat_activity \
           WHERE datname = current_database() AND application_name = $1",
     )
@@ -190,7 +190,7 @@ async fn a_standby_polls_on_one_session_which_becomes_its_lease(pool: PgPool) {
         );
         if let Some((p, at)) = session_of(&pool, "emtrack test b").await {
             assert_eq!(*pid.get_or_insert(p), p, "the standby's session changed");
-            polls.insert(at);
+            polls.extend(at);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -1,8 +1,9 @@
 //! The sweeper: sends again what no sender holds once its lease has ended
 //! (a crash, a lost connection, a queue that was full), every second or when
 //! woken, per channel. Each send takes a new lease, claimed behind the
-//! service lease's fence: a node that lost it stops sending. It also keeps
-//! the backlog gauges (pending deliveries, the oldest one's age) current.
+//! service lease's fence: a node that lost it claims nothing more. It also
+//! keeps the backlog gauges (pending deliveries, the oldest one's age)
+//! current.
 
 use super::{Channel, Delivery, DeliveryRow, Queues, Senders};
 use std::sync::Arc;
@@ -99,7 +100,7 @@ async fn sweep(s: &Senders, channel: Channel, q: &mpsc::Sender<Delivery>) -> boo
             Ok(r) => r,
             Err(e) if store::fenced(&e) => {
                 tracing::error!(
-                    "the delivery sweeps were fenced: another emtrack is the active node; this one sends nothing more"
+                    "the delivery sweeps were fenced: another emtrack is the active node; this one claims no more deliveries"
                 );
                 return false;
             }

@@ -267,7 +267,24 @@ pub async fn seal_stored_secrets(
     Ok(plain.len() as u64)
 }
 
-/// Tries `d` until it is delivered, dead, or its webhook paused.
+/// Reads the webhook `target` behind the service lease's fence, before each
+/// attempt: a node that lost the lease (paused, partitioned) makes no more
+/// attempts, its retries included.
+async fn read_hook(s: &Senders, target: &str) -> Result<Option<Hook>, sqlx::Error> {
+    let mut tx = s.pool.begin().await?;
+    s.fence.check(&mut tx).await?;
+    let hook = sqlx::query_as(
+        "SELECT id, url, secret, secret_sealed, max_attempts, active FROM webhooks WHERE id = $1::text::int8",
+    )
+    .bind(target)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(hook)
+}
+
+/// Tries `d` until it is delivered, dead, or its webhook paused; stops if
+/// this node was fenced.
 async fn deliver(
     s: &Senders,
     client: &Client,
@@ -278,14 +295,12 @@ async fn deliver(
 ) {
     let _holding = Holding(&s.held, d.id);
     loop {
-        let hook: Option<Hook> = match sqlx::query_as(
-            "SELECT id, url, secret, secret_sealed, max_attempts, active FROM webhooks WHERE id = $1::text::int8",
-        )
-        .bind(&d.target)
-        .fetch_optional(&s.pool)
-        .await
-        {
+        let hook = match read_hook(s, &d.target).await {
             Ok(h) => h,
+            Err(e) if store::fenced(&e) => {
+                tracing::error!(alert = d.alert, webhook = %d.target, "webhook attempt fenced: another emtrack is the active node and sends it");
+                return;
+            }
             Err(e) => {
                 // The lease runs out and the sweeper tries again.
                 tracing::warn!(error = %e, webhook = %d.target, "cannot read the webhook; its delivery waits for its lease to end");
