@@ -230,7 +230,8 @@ pub(crate) struct Senders {
     pub(crate) metrics: Metrics,
     pub(crate) cfg: AlertConfig,
     pub(crate) held: Held,
-    /// Checked before claiming deliveries (the sweeper).
+    /// Checked before the sweeper claims deliveries and before each webhook
+    /// attempt: a node that lost the service lease stops sending.
     pub(crate) fence: store::Fence,
 }
 

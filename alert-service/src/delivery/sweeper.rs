@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Sweeps every channel until `stop` (or a sender is gone, or the fence
-/// refused a claim), and keeps the
-/// backlog gauges (pending deliveries and the oldest one's age) current.
+/// refused a claim), and keeps the backlog gauges (pending deliveries and
+/// the oldest one's age) current.
 pub(crate) async fn run(s: Senders, queues: Queues, wake: Arc<Notify>, stop: CancellationToken) {
     let mut next_backlog = tokio::time::Instant::now();
     loop {
@@ -67,7 +67,7 @@ async fn backlog(s: &Senders) {
 
 /// Claims up to `room` due deliveries of `channel`, each with a lease of
 /// `delivery_lease_s`, behind the fence: a node that lost the service lease
-/// (paused, partitioned) sends nothing the active node also sends.
+/// (paused, partitioned) claims nothing more.
 async fn claim(s: &Senders, channel: Channel, room: i64) -> Result<Vec<DeliveryRow>, sqlx::Error> {
     let mut tx = s.pool.begin().await?;
     s.fence.check(&mut tx).await?;
