@@ -46,8 +46,7 @@ pub(crate) async fn store(
     let webhooks: Vec<i64> = sqlx::query_scalar("SELECT id FROM webhooks WHERE active ORDER BY id")
         .fetch_all(pool)
         .await?;
-    let mut tx = pool.begin().await?;
-    fence.check(&mut tx).await?;
+    let mut tx = fence.begin(pool).await?;
     let conflicts = insert_new(&mut tx, c).await?;
     let kept: Vec<&Alert> = c
         .alerts

@@ -627,8 +627,7 @@ impl Alerter {
             return;
         }
         let advanced = async {
-            let mut tx = self.pool.begin().await?;
-            self.fence.check(&mut tx).await?;
+            let mut tx = self.fence.begin(&self.pool).await?;
             outbox::advance(&mut *tx, self.watermark).await?;
             tx.commit().await
         };

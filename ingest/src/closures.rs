@@ -41,8 +41,7 @@ async fn record(ctx: &Context, ts: Vec<Transition>) {
     let r = retry_transient(
         Backoff::STEADY,
         || async {
-            let mut tx = pool.begin().await?;
-            ctx.writer.fence.check(&mut tx).await?;
+            let mut tx = ctx.writer.fence.begin(pool).await?;
             insert_transitions(&mut tx, &stored).await?;
             tx.commit().await
         },

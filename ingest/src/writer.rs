@@ -96,8 +96,7 @@ impl Writer {
         let times = rows.fixes.iter().map(|f| f.time_ms);
         let times = times.chain(rows.events.iter().map(|e| e.event.time.as_millisecond()));
         self.days.ensure(&self.pool, times).await?;
-        let mut tx = self.pool.begin().await?;
-        self.fence.check(&mut tx).await?;
+        let mut tx = self.fence.begin(&self.pool).await?;
         let ids = custody::insert_messages(&mut tx, rows, checked).await?;
         let fixes = insert_fixes(&mut tx, rows, &ids).await?;
         let conflicts = custody::keep_conflicts(&mut tx, rows, &ids).await?;

@@ -12,7 +12,7 @@
 //! dropped, in a database restart, reconnects within that and keeps it).
 //!
 //! Fencing: each write transaction of ingest and the alert service first
-//! calls [`Fence::check`] (`emtrack_fence`), which locks the row `FOR SHARE`
+//! begins with [`Fence::begin`] (`emtrack_fence`), which locks the row `FOR SHARE`
 //! and refuses with SQLSTATE `EMF01` unless this node still holds the epoch
 //! it took. A takeover waits for those transactions to end, and every later
 //! one of the old node fails ([`fenced`]): a node that was paused,
@@ -20,7 +20,7 @@
 //! notices.
 
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, PgConnection, PgPool};
+use sqlx::{ConnectOptions, PgConnection, PgPool, Postgres, Transaction};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,15 +43,21 @@ pub struct Fence {
 }
 
 impl Fence {
-    /// Refuses (an error for which [`fenced`] is true) unless this node
-    /// still holds the lease; call inside the transaction, before writing.
-    pub async fn check(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    /// Begins a write transaction on `pool` behind the fence: refused (an
+    /// error for which [`fenced`] is true) unless this node still holds the
+    /// lease, and holding the lease row until it ends, so that a takeover
+    /// waits for it. Every write of the active node starts here.
+    pub async fn begin(
+        &self,
+        pool: &PgPool,
+    ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let mut tx = pool.begin().await?;
         sqlx::query("SELECT emtrack_fence($1, $2)")
             .bind(&*self.holder)
             .bind(self.epoch)
-            .execute(tx)
-            .await
-            .map(drop)
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
     }
 }
 

@@ -11,8 +11,7 @@ const PERIOD: Duration = Duration::from_secs(8);
 
 /// Writes one row through `lease`'s fence, as ingest and the alert service do.
 async fn fenced_write(pool: &PgPool, fence: &store::Fence) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    fence.check(&mut tx).await?;
+    let mut tx = fence.begin(pool).await?;
     sqlx::query("INSERT INTO probe VALUES (1)")
         .execute(&mut *tx)
         .await?;

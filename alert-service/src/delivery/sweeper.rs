@@ -69,8 +69,7 @@ async fn backlog(s: &Senders) {
 /// `delivery_lease_s`, behind the fence: a node that lost the service lease
 /// (paused, partitioned) claims nothing more.
 async fn claim(s: &Senders, channel: Channel, room: i64) -> Result<Vec<DeliveryRow>, sqlx::Error> {
-    let mut tx = s.pool.begin().await?;
-    s.fence.check(&mut tx).await?;
+    let mut tx = s.fence.begin(&s.pool).await?;
     let rows = sqlx::query_as(
         "UPDATE alert_deliveries d SET next_attempt_at = now() + $1 * interval '1 second' \
          FROM (SELECT id FROM alert_deliveries WHERE state = 'pending' AND next_attempt_at <= now() \

@@ -271,8 +271,7 @@ pub async fn seal_stored_secrets(
 /// attempt: a node that lost the lease (paused, partitioned) makes no more
 /// attempts, its retries included.
 async fn read_hook(s: &Senders, target: &str) -> Result<Option<Hook>, sqlx::Error> {
-    let mut tx = s.pool.begin().await?;
-    s.fence.check(&mut tx).await?;
+    let mut tx = s.fence.begin(&s.pool).await?;
     let hook = sqlx::query_as(
         "SELECT id, url, secret, secret_sealed, max_attempts, active FROM webhooks WHERE id = $1::text::int8",
     )
